@@ -1,0 +1,8 @@
+"""Daily incremental ingestion of the CMS Provider Data Hospitals CSVs, as a Luigi task graph.
+
+Run: luigi --module pipeline HospitalsDaily --workers 8
+"""
+
+from pipeline.tasks import DownloadCsv, FetchCatalog, HospitalsDaily, NormalizeCsv
+
+__all__ = ["DownloadCsv", "FetchCatalog", "HospitalsDaily", "NormalizeCsv"]

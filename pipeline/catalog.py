@@ -1,0 +1,153 @@
+"""Reading the DKAN metastore answer: which CSV distributions belong to the theme, and which items are broken."""
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class CatalogError(ValueError):
+    """The metastore answer as a whole is unusable; nothing may be downloaded."""
+
+
+@dataclass(frozen=True)
+class CsvVersion:
+    """One CSV distribution of one dataset version: the unit that is downloaded and normalized."""
+
+    identifier: str
+    title: str
+    modified: str
+    url: str
+    theme: str
+    released: str = ""
+    described_by: str = ""
+
+
+@dataclass(frozen=True)
+class InvalidItem:
+    identifier: str
+    title: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Catalog:
+    versions: list[CsvVersion]
+    invalid: list[InvalidItem]
+    items_total: int
+
+    def to_json(self) -> dict:
+        return {"items_total": self.items_total,
+                "versions": [asdict(v) for v in self.versions],
+                "invalid": [asdict(i) for i in self.invalid]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Catalog":
+        return cls([CsvVersion(**v) for v in data["versions"]], [InvalidItem(**i) for i in data["invalid"]],
+                   data["items_total"])
+
+
+def _unwrap(value):
+    """DKAN's reference mode wraps values as {"identifier": ..., "data": ...}."""
+    if isinstance(value, dict) and "data" in value and "identifier" in value:
+        return value["data"]
+    return value
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _themes(item: dict) -> list[str]:
+    return [t for t in map(_unwrap, _as_list(item.get("theme"))) if isinstance(t, str)]
+
+
+def _is_csv(dist: dict, url: str) -> bool:
+    media_type = dist.get("mediaType")
+    if media_type is None:
+        return urlsplit(url).path.lower().endswith(".csv")
+    return isinstance(media_type, str) and media_type.split(";")[0].strip().lower() == "text/csv"
+
+
+def _valid_modified(value) -> bool:
+    if not isinstance(value, str):
+        return False
+    if _DATE.fullmatch(value):
+        return True
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _csv_versions(item: dict, theme: str) -> list[CsvVersion]:
+    """The item's CSV versions; raises ValueError naming what is missing."""
+    identifier, modified = item.get("identifier"), item.get("modified")
+    if not isinstance(identifier, str) or not identifier.strip():
+        raise ValueError("missing identifier")
+    if not _valid_modified(modified):
+        raise ValueError(f"missing or malformed 'modified' ({modified!r})")
+    title = item.get("title") if isinstance(item.get("title"), str) else ""
+    distributions = _as_list(item.get("distribution"))
+    if not distributions:
+        raise ValueError("no distribution")
+    described_by = ""
+    versions = []
+    for dist in map(_unwrap, distributions):
+        if not isinstance(dist, dict):
+            raise ValueError("distribution is not an object")
+        url = dist.get("downloadURL")
+        if not isinstance(url, str) or not url.strip():
+            raise ValueError("distribution without downloadURL")
+        if not _is_csv(dist, url):
+            continue
+        if urlsplit(url).scheme.lower() not in ("http", "https"):
+            raise ValueError(f"download URL is not http(s): {url!r}")
+        if isinstance(dist.get("describedBy"), str):
+            described_by = dist["describedBy"]
+        versions.append(CsvVersion(identifier, title, modified, url, theme,
+                                   released=item.get("released") if isinstance(item.get("released"), str) else "",
+                                   described_by=described_by))
+    if not versions:
+        raise ValueError("no CSV distribution")
+    return versions
+
+
+def parse_catalog(payload: bytes, theme: str) -> Catalog:
+    """Every CSV distribution of the items whose theme list contains `theme` (exact match)."""
+    try:
+        items = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"metastore answer is not a JSON array: it is not JSON ({exc})") from None
+    if not isinstance(items, list):
+        raise CatalogError(f"metastore answer is not a JSON array but a {type(items).__name__}")
+    versions: list[CsvVersion] = []
+    invalid: list[InvalidItem] = []
+    seen: set[tuple[str, str]] = set()
+    for position, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            invalid.append(InvalidItem("", "", f"item {position} is not an object"))
+            continue
+        if theme not in _themes(item):
+            continue
+        identifier = item.get("identifier") if isinstance(item.get("identifier"), str) else ""
+        title = item.get("title") if isinstance(item.get("title"), str) else ""
+        try:
+            found = _csv_versions(item, theme)
+        except ValueError as exc:
+            invalid.append(InvalidItem(identifier, title, f"item {position}: {exc}"))
+            continue
+        for version in found:
+            key = (version.identifier, version.url)
+            if key in seen:
+                invalid.append(InvalidItem(identifier, title, f"item {position}: duplicate of an earlier item"))
+                continue
+            seen.add(key)
+            versions.append(version)
+    return Catalog(versions, invalid, len(items))

@@ -1,0 +1,126 @@
+"""HTTP for the pipeline: one retrying requests Session per process, and checked, resumable downloads.
+
+Who retries what: urllib3's Retry (in the Session) retries failed connects, and 429/5xx answers, honouring
+Retry-After. A body cut off mid-transfer is resumed here (Range + If-Range) or restarted. Luigi does not
+retry a failed task within a run; the next run retries it.
+"""
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+CHUNK = 1 << 20
+RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+class DownloadError(Exception):
+    """The server did not give us a usable file."""
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retries: int = 5
+    backoff_factor: float = 1.0
+    body_attempts: int = 3
+    user_agent: str = "cms-hospitals-pipeline"
+
+    @property
+    def timeout(self) -> tuple[float, float]:
+        return (self.connect_timeout, self.read_timeout)
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    bytes: int
+    last_modified: str
+    content_type: str
+
+
+_sessions: dict[tuple[int, HttpSettings], requests.Session] = {}
+
+
+def session_for(settings: HttpSettings) -> requests.Session:
+    """The process's Session (keyed by pid too: a forked child must not share its parent's sockets)."""
+    key = (os.getpid(), settings)
+    if key not in _sessions:
+        retry = Retry(total=settings.retries, connect=settings.retries, read=settings.retries,
+                      status=settings.retries, backoff_factor=settings.backoff_factor,
+                      status_forcelist=RETRY_STATUSES, allowed_methods=frozenset({"GET", "HEAD"}),
+                      respect_retry_after_header=True, raise_on_status=False)
+        session = requests.Session()
+        adapter = HTTPAdapter(max_retries=retry)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers["User-Agent"] = settings.user_agent
+        _sessions[key] = session
+    return _sessions[key]
+
+
+def fetch_bytes(url: str, settings: HttpSettings) -> bytes:
+    """A whole (small) response body, e.g. the metastore answer."""
+    try:
+        response = session_for(settings).get(url, timeout=settings.timeout)
+    except requests.RequestException as exc:
+        raise DownloadError(f"{url}: {exc}") from None
+    if response.status_code != 200:
+        raise DownloadError(f"{url}: HTTP {response.status_code} {response.reason}")
+    return response.content
+
+
+def _is_html(content_type: str) -> bool:
+    return content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml")
+
+
+def download(url: str, dest: Path, settings: HttpSettings,
+             progress: Callable[[int, int | None], None] | None = None) -> Downloaded:
+    """Stream `url` into `dest`, checking status, type, emptiness and length; resume a cut-off body."""
+    session = session_for(settings)
+    done, total, validator, last_modified, content_type, encoded = 0, None, "", "", "", False
+    with open(dest, "wb") as out:
+        for attempt in range(1, settings.body_attempts + 1):
+            resume = done > 0 and bool(validator)
+            headers = {"Range": f"bytes={done}-", "If-Range": validator} if resume else {}
+            try:
+                with session.get(url, stream=True, timeout=settings.timeout, headers=headers) as response:
+                    if response.status_code == 200 or (response.status_code == 206 and not resume):
+                        out.seek(0)
+                        out.truncate()
+                        done = 0
+                    elif response.status_code != 206:
+                        raise DownloadError(f"HTTP {response.status_code} {response.reason}")
+                    content_type = response.headers.get("Content-Type", "")
+                    if _is_html(content_type):
+                        raise DownloadError(f"server sent an HTML page ({content_type}), not a CSV")
+                    if done == 0:
+                        length = response.headers.get("Content-Length")
+                        total = int(length) if length and length.isdigit() else None
+                        # Resuming is only safe against the same file, unencoded, that we started on.
+                        ranges = response.headers.get("Accept-Ranges", "").lower() == "bytes"
+                        encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+                        last_modified = response.headers.get("Last-Modified", "")
+                        validator = last_modified if ranges and not encoded else ""
+                    for chunk in response.iter_content(CHUNK):
+                        if done == 0 and chunk.lstrip().startswith(b"<"):
+                            raise DownloadError("server sent markup (body starts with '<'), not a CSV")
+                        out.write(chunk)
+                        done += len(chunk)
+                        if progress:
+                            progress(done, total)
+            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                    requests.Timeout) as exc:
+                if attempt == settings.body_attempts:
+                    raise DownloadError(f"transfer failed after {attempt} attempts ({done} bytes): {exc}") from None
+                continue
+            break
+    if done == 0:
+        raise DownloadError("empty response body")
+    if total is not None and not encoded and done != total:
+        raise DownloadError(f"body length {done} does not match Content-Length {total}")
+    return Downloaded(done, last_modified, content_type)

@@ -1,0 +1,57 @@
+"""Where things live under the data directory; every path the pipeline writes is built here.
+
+    <data>/runlog.sqlite
+    <data>/runs/<run_id>/catalog.json          what the metastore said, as parsed for this run
+    <data>/reports/<run_id>.json               the run report
+    <data>/datasets/<identifier>/<modified>-<url fingerprint>/
+        source.csv  normalized.csv  header_map.json
+"""
+
+import hashlib
+import re
+from pathlib import Path
+
+_UNSAFE = re.compile(r"[^a-z0-9_-]+")
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
+MAX_COMPONENT = 48  # keeps whole paths far below Windows' 260 characters
+
+
+def fingerprint(text: str, length: int = 8) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
+def safe_component(text: str) -> str:
+    """A folder name any filesystem accepts; text that had to change gets a fingerprint so names stay unique."""
+    safe = _UNSAFE.sub("_", text.lower()).strip("_-")[:MAX_COMPONENT]
+    if safe and safe == text and safe not in _WINDOWS_RESERVED:
+        return safe
+    return f"{safe or 'x'}-{fingerprint(text)}"
+
+
+def version_dir(data_dir: Path, identifier: str, modified: str, url: str) -> Path:
+    """A dataset version is (identifier, modified, download URL): each gets its own folder."""
+    return Path(data_dir) / "datasets" / safe_component(identifier) / f"{safe_component(modified)}-{fingerprint(url)}"
+
+
+def source_csv(version: Path) -> Path:
+    return version / "source.csv"
+
+
+def normalized_csv(version: Path) -> Path:
+    return version / "normalized.csv"
+
+
+def header_map(version: Path) -> Path:
+    return version / "header_map.json"
+
+
+def runlog_db(data_dir: Path) -> Path:
+    return Path(data_dir) / "runlog.sqlite"
+
+
+def catalog_snapshot(data_dir: Path, run_id: str) -> Path:
+    return Path(data_dir) / "runs" / safe_component(run_id) / "catalog.json"
+
+
+def report(data_dir: Path, run_id: str) -> Path:
+    return Path(data_dir) / "reports" / f"{safe_component(run_id)}.json"

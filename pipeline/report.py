@@ -1,0 +1,45 @@
+"""The run report: one JSON document per run, and the one-line console summary that names it."""
+
+COUNTS = ("discovered", "downloaded", "up_to_date", "failed", "invalid")
+
+
+def build_report(run: dict, items: list[dict], counts: dict, status: str, finished_at: str) -> dict:
+    datasets = []
+    for item in items:
+        done = item["outcome"] in ("downloaded", "up_to_date")
+        datasets.append({
+            "identifier": item["identifier"],
+            "title": item["title"],
+            "version": {"modified": item["modified"], "download_url": item["download_url"]},
+            "status": item["outcome"],
+            "paths": {"source": item["source_path"], "normalized": item["output_path"],
+                      "header_map": item["header_map_path"]} if done else None,
+            "rows": item["rows"] if done else None,
+            "bytes": item["bytes"] if done else None,
+            "sha256": item["sha256"] if done else None,
+            "source_encoding": item["source_encoding"] if done else None,
+            "error": item["error"],
+        })
+    return {
+        "run_id": run["run_id"],
+        "status": status,
+        "started_at": run["started_at"],
+        "finished_at": finished_at,
+        "metastore_url": run["metastore_url"],
+        "theme": run["theme"],
+        "counts": {name: counts[name] for name in COUNTS},
+        "datasets": datasets,
+    }
+
+
+def summary_lines(report: dict, report_path) -> list[str]:
+    counts = report["counts"]
+    lines = [f"HospitalsDaily run {report['run_id']} {report['status']}: "
+             + ", ".join(f"{counts[name]} {name.replace('_', ' ')}" for name in COUNTS)
+             + f". Report: {report_path}"]
+    for entry in report["datasets"]:
+        if entry["status"] in ("failed", "invalid"):
+            lines.append(f"  {entry['status'].upper()} {entry['identifier'] or '(no identifier)'}: {entry['error']}")
+        elif entry["source_encoding"] not in (None, "utf-8"):
+            lines.append(f"  NOTE {entry['identifier']}: source was not UTF-8, read as {entry['source_encoding']}")
+    return lines

@@ -1,0 +1,192 @@
+"""The SQLite run log: runs, the dataset versions ever seen, and what each run did with each version.
+
+Several Luigi worker processes write at once, so every connection waits on locks (busy timeout) and
+the database runs in WAL mode; each change is one short transaction.
+"""
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline.catalog import CsvVersion, InvalidItem
+
+BUSY_TIMEOUT_MS = 60_000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL,              -- running | succeeded | failed | interrupted
+    metastore_url TEXT,
+    theme TEXT,
+    discovered INTEGER, downloaded INTEGER, up_to_date INTEGER, failed INTEGER, invalid INTEGER,
+    report_path TEXT,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS versions (
+    identifier TEXT NOT NULL,
+    modified TEXT NOT NULL,
+    download_url TEXT NOT NULL,
+    title TEXT, theme TEXT, released TEXT, described_by TEXT,
+    status TEXT NOT NULL,              -- pending | done | failed
+    error TEXT,
+    source_path TEXT, output_path TEXT, header_map_path TEXT,
+    source_encoding TEXT, rows INTEGER, bytes INTEGER, sha256 TEXT,
+    first_run_id TEXT, run_id TEXT,    -- first run that saw it, last run that worked on it
+    updated_at TEXT,
+    PRIMARY KEY (identifier, modified, download_url)
+);
+CREATE TABLE IF NOT EXISTS run_items (
+    run_id TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    modified TEXT NOT NULL,
+    download_url TEXT NOT NULL,
+    title TEXT,
+    outcome TEXT NOT NULL,             -- queued | downloaded | up_to_date | failed | invalid
+    error TEXT,
+    PRIMARY KEY (run_id, identifier, modified, download_url)
+);
+"""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunLog:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)) as db:
+            db.row_factory = sqlite3.Row
+            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            yield db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: take the write lock up front so read-then-write sequences are serialized."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- runs ---------------------------------------------------------------------------------------------
+
+    def start_run(self, run_id: str, metastore_url: str, theme: str) -> None:
+        """Record a run; runs left 'running' by a killed process are marked interrupted."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status='interrupted', finished_at=COALESCE(finished_at, ?) "
+                       "WHERE status='running' AND run_id<>?", (now(), run_id))
+            db.execute("INSERT INTO runs(run_id, started_at, status, metastore_url, theme) VALUES (?,?,?,?,?) "
+                       "ON CONFLICT(run_id) DO UPDATE SET status='running', finished_at=NULL, error=NULL",
+                       (run_id, now(), "running", metastore_url, theme))
+
+    def fail_run(self, run_id: str, error: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE run_id=?",
+                       (now(), error, run_id))
+
+    def run(self, run_id: str) -> sqlite3.Row | None:
+        with self._connect() as db:
+            return db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+
+    # -- the plan of a run --------------------------------------------------------------------------------
+
+    def plan_run(self, run_id: str, queued: list[CsvVersion], up_to_date: list[tuple[CsvVersion, dict]],
+                 invalid: list[InvalidItem]) -> None:
+        """Record what this run will do: `up_to_date` pairs each finished version with its stored stats."""
+        with self.transaction() as db:
+            planned = [*((v, "queued") for v in queued), *((v, "up_to_date") for v, _ in up_to_date)]
+            for version, outcome in planned:
+                db.execute(
+                    "INSERT INTO versions(identifier, modified, download_url, title, theme, released, described_by,"
+                    " status, first_run_id, run_id, updated_at) VALUES (?,?,?,?,?,?,?,'pending',?,?,?)"
+                    " ON CONFLICT DO UPDATE SET title=excluded.title, released=excluded.released,"
+                    " described_by=excluded.described_by",
+                    (version.identifier, version.modified, version.url, version.title, version.theme,
+                     version.released, version.described_by, run_id, run_id, now()))
+                db.execute("INSERT OR REPLACE INTO run_items VALUES (?,?,?,?,?,?,NULL)",
+                           (run_id, version.identifier, version.modified, version.url, version.title, outcome))
+            for item in invalid:
+                db.execute("INSERT OR REPLACE INTO run_items VALUES (?,?,'','',?,'invalid',?)",
+                           (run_id, item.identifier, item.title, item.error))
+            for version, stats in up_to_date:  # heals a row whose outputs landed but whose log write did not
+                self._store_done(db, version, stats, None, "status<>'done'")
+
+    # -- outcomes of one version --------------------------------------------------------------------------
+
+    def record_done(self, run_id: str, version: CsvVersion, stats: dict) -> None:
+        with self.transaction() as db:
+            self._store_done(db, version, stats, run_id)
+            self._set_outcome(db, run_id, version, "downloaded", None)
+
+    @staticmethod
+    def _store_done(db: sqlite3.Connection, version: CsvVersion, stats: dict, run_id, condition="1") -> None:
+        db.execute(
+            "UPDATE versions SET status='done', error=NULL, source_path=?, output_path=?, header_map_path=?,"
+            " source_encoding=?, rows=?, bytes=?, sha256=?, run_id=COALESCE(?, run_id), updated_at=?"
+            f" WHERE identifier=? AND modified=? AND download_url=? AND {condition}",
+            (stats["source_path"], stats["output_path"], stats["header_map_path"], stats["source_encoding"],
+             stats["rows"], stats["bytes"], stats["sha256"], run_id, now(),
+             version.identifier, version.modified, version.url))
+
+    def record_failed(self, run_id: str, version: CsvVersion, error: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE versions SET status='failed', error=?, run_id=?, updated_at=?"
+                       " WHERE identifier=? AND modified=? AND download_url=? AND status<>'done'",
+                       (error, run_id, now(), version.identifier, version.modified, version.url))
+            self._set_outcome(db, run_id, version, "failed", error)
+
+    @staticmethod
+    def _set_outcome(db: sqlite3.Connection, run_id: str, version: CsvVersion, outcome: str, error) -> None:
+        db.execute("UPDATE run_items SET outcome=?, error=? WHERE run_id=? AND identifier=? AND modified=?"
+                   " AND download_url=?", (outcome, error, run_id, version.identifier, version.modified, version.url))
+
+    def settle_queued(self, run_id: str) -> None:
+        """Once every task of the run is complete, versions still queued were finished by someone else."""
+        with self.transaction() as db:
+            db.execute("UPDATE run_items SET outcome='up_to_date' WHERE run_id=? AND outcome='queued'", (run_id,))
+
+    # -- the end of a run ---------------------------------------------------------------------------------
+
+    def finish_if_complete(self, run_id: str, write_report) -> dict | None:
+        """When no item of the run is still queued, close the run and write its report (once, atomically).
+
+        Called after every item's outcome, from whichever process finished it; the write lock makes
+        exactly one caller see the last outcome. Returns the report when this call closed the run.
+        """
+        with self.transaction() as db:
+            run = db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if run is None or run["status"] != "running":
+                return None
+            items = db.execute(
+                "SELECT i.*, v.status AS version_status, v.source_path, v.output_path, v.header_map_path,"
+                " v.rows, v.bytes, v.sha256, v.source_encoding FROM run_items i LEFT JOIN versions v"
+                " ON v.identifier=i.identifier AND v.modified=i.modified AND v.download_url=i.download_url"
+                " WHERE i.run_id=? ORDER BY i.identifier, i.modified, i.download_url", (run_id,)).fetchall()
+            if any(item["outcome"] == "queued" for item in items):
+                return None
+            counts = {name: sum(item["outcome"] == name for item in items)
+                      for name in ("downloaded", "up_to_date", "failed", "invalid")}
+            counts["discovered"] = sum(item["outcome"] != "invalid" for item in items)
+            status = "failed" if counts["failed"] else "succeeded"
+            finished = now()
+            report_path, report = write_report(dict(run), [dict(item) for item in items], counts, status, finished)
+            db.execute("UPDATE runs SET status=?, finished_at=?, discovered=?, downloaded=?, up_to_date=?,"
+                       " failed=?, invalid=?, report_path=? WHERE run_id=?",
+                       (status, finished, counts["discovered"], counts["downloaded"], counts["up_to_date"],
+                        counts["failed"], counts["invalid"], str(report_path), run_id))
+            return report

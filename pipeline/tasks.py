@@ -1,0 +1,239 @@
+"""The Luigi task graph:
+
+    HospitalsDaily(run_id) -> FetchCatalog(run_id)           the metastore, once per run
+                           => NormalizeCsv(version) x N     yielded together, so workers run them in parallel
+                                -> DownloadCsv(version)      streams the CSV; holds one `cms_http` slot
+
+Targets are keyed by the version (identifier, modified, download URL), so finished versions are skipped
+without a request. Outcomes go to the SQLite run log; whichever task settles the run's last version
+writes the run report.
+"""
+
+import json
+import logging
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import luigi
+
+from pipeline import layout
+from pipeline.catalog import Catalog, CatalogError, CsvVersion, parse_catalog
+from pipeline.header_rewrite import rewrite_csv
+from pipeline.http import download, fetch_bytes
+from pipeline.report import build_report, summary_lines
+from pipeline.runlog import RunLog
+from pipeline.settings import download as download_settings
+
+logger = logging.getLogger("luigi-interface")
+
+
+class DatasetError(Exception):
+    """A failure of one dataset version: Luigi shows "<identifier>: <cause>", the run log keeps the cause."""
+
+    def __init__(self, identifier: str, cause: str):
+        super().__init__(identifier, cause)  # both in args, so the exception pickles
+        self.identifier, self.cause = identifier, cause
+
+    def __str__(self) -> str:
+        return f"{self.identifier}: {self.cause}"
+
+
+def default_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")[:-3]
+
+
+@contextmanager
+def atomic_path(target: luigi.LocalTarget):
+    """Luigi's temporary_path (same folder, then rename), minus the temp file when the body fails."""
+    temp = None
+    try:
+        with target.temporary_path() as temp:
+            yield Path(temp)
+    except BaseException:
+        if temp:
+            Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(target: luigi.LocalTarget, data) -> None:
+    with atomic_path(target) as temp:
+        temp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", newline="")
+
+
+def remove_stale_temps(*targets: luigi.LocalTarget) -> None:
+    """Temp files of a killed earlier attempt at these very targets."""
+    for target in targets:
+        path = Path(target.path)
+        for stale in path.parent.glob(f"{path.name}-luigi-tmp-*"):
+            stale.unlink(missing_ok=True)
+
+
+class RunTask(luigi.Task):
+    data_dir = luigi.Parameter(description="folder for outputs, run log and reports")
+    run_id = luigi.Parameter(description="names this run in the log and the report")
+
+    def runlog(self) -> RunLog:
+        return RunLog(layout.runlog_db(Path(self.data_dir)))
+
+    def close_run_if_complete(self) -> None:
+        """Write the report if this run has nothing left queued; print its summary once."""
+        data_dir = Path(self.data_dir)
+
+        def write_report(run, items, counts, status, finished_at):
+            report = build_report(run, items, counts, status, finished_at)
+            target = luigi.LocalTarget(str(layout.report(data_dir, self.run_id)))
+            write_json(target, report)
+            return target.path, report
+
+        report = self.runlog().finish_if_complete(self.run_id, write_report)
+        if report:
+            print("\n".join(summary_lines(report, layout.report(data_dir, self.run_id))), flush=True)
+
+
+class FetchCatalog(RunTask):
+    metastore_url = luigi.Parameter()
+    theme = luigi.Parameter()
+
+    def output(self):
+        return luigi.LocalTarget(str(layout.catalog_snapshot(Path(self.data_dir), self.run_id)))
+
+    def run(self):
+        log = self.runlog()
+        log.start_run(self.run_id, self.metastore_url, self.theme)
+        payload = fetch_bytes(self.metastore_url, download_settings().http_settings())
+        catalog = parse_catalog(payload, self.theme)
+        if not catalog.versions and not catalog.invalid:
+            raise CatalogError(f"no dataset has the theme {self.theme!r} ({catalog.items_total} items)")
+        queued, up_to_date = [], []
+        for version in catalog.versions:
+            done = NormalizeCsv.for_version(self, version)
+            if done.complete():
+                up_to_date.append((version, done.stored_stats()))
+            else:
+                queued.append(version)
+        log.plan_run(self.run_id, queued, up_to_date, catalog.invalid)
+        write_json(self.output(), catalog.to_json())
+
+    def on_failure(self, exception):
+        message = f"metastore {self.metastore_url}: {exception}"
+        self.runlog().fail_run(self.run_id, message)
+        logger.error("Run %s failed: %s", self.run_id, message)
+        return message
+
+
+class VersionTask(RunTask):
+    """A task about one CSV distribution of one dataset version."""
+
+    identifier = luigi.Parameter()
+    modified = luigi.Parameter()
+    url = luigi.Parameter()
+
+    @classmethod
+    def for_version(cls, run: RunTask, version: CsvVersion):
+        return cls(data_dir=run.data_dir, run_id=run.run_id, identifier=version.identifier,
+                   modified=version.modified, url=version.url)
+
+    @property
+    def version(self) -> CsvVersion:
+        return CsvVersion(self.identifier, "", self.modified, self.url, "")
+
+    @property
+    def folder(self) -> Path:
+        return layout.version_dir(Path(self.data_dir), self.identifier, self.modified, self.url)
+
+    def on_failure(self, exception):
+        cause = exception.cause if isinstance(exception, DatasetError) else repr(exception)
+        try:
+            self.runlog().record_failed(self.run_id, self.version, cause)
+            self.close_run_if_complete()
+        except Exception:  # Luigi swallows errors here; say so loudly instead
+            logger.exception("%s: could not record the failure in the run log", self.identifier)
+        return f"{self.identifier}: {cause}"
+
+
+@VersionTask.event_handler(luigi.Event.PROCESS_FAILURE)
+@VersionTask.event_handler(luigi.Event.TIMEOUT)
+def _worker_process_lost(task: VersionTask, error, *_) -> None:
+    """Runs in the scheduling process when a task's own process died, so its on_failure never ran."""
+    task.on_failure(DatasetError(task.identifier, f"worker process lost: {error}"))
+
+
+class DownloadCsv(VersionTask):
+    resources = {"cms_http": 1}
+
+    def output(self):
+        return luigi.LocalTarget(str(layout.source_csv(self.folder)), format=luigi.format.Nop)
+
+    def run(self):
+        remove_stale_temps(self.output())
+        with atomic_path(self.output()) as temp:
+            try:
+                download(self.url, temp, download_settings().http_settings(), self._progress)
+            except Exception as exc:
+                raise DatasetError(self.identifier, f"download of {self.url} failed: {exc}") from exc
+
+    def _progress(self, done: int, total: int | None) -> None:
+        if total:
+            self.set_progress_percentage(min(100, done * 100 // total))
+        self.set_status_message(f"{done:,} bytes" + (f" of {total:,}" if total else ""))
+
+
+class NormalizeCsv(VersionTask):
+    def requires(self):
+        return DownloadCsv(data_dir=self.data_dir, run_id=self.run_id, identifier=self.identifier,
+                           modified=self.modified, url=self.url)
+
+    def output(self):
+        return {"csv": luigi.LocalTarget(str(layout.normalized_csv(self.folder)), format=luigi.format.Nop),
+                "header_map": luigi.LocalTarget(str(layout.header_map(self.folder)))}
+
+    def stored_stats(self) -> dict:
+        """What the run log keeps about a finished version, read back from its header map."""
+        stats = json.loads(Path(self.output()["header_map"].path).read_text(encoding="utf-8"))
+        return {key: stats[key] for key in ("source_path", "output_path", "header_map_path", "source_encoding",
+                                            "rows", "bytes", "sha256")}
+
+    def run(self):
+        outputs = self.output()
+        remove_stale_temps(*outputs.values())
+        source = Path(self.input().path)
+        with atomic_path(outputs["csv"]) as temp, open(source, "rb") as src, open(temp, "w+b") as dst:
+            try:
+                result = rewrite_csv(src, dst)
+            except (ValueError, UnicodeError) as exc:
+                raise DatasetError(self.identifier, f"cannot normalize the download: {exc}") from exc
+        self.set_status_message(f"{result.rows:,} rows")
+        stats = {"identifier": self.identifier, "modified": self.modified, "download_url": self.url,
+                 "source_path": str(source), "output_path": outputs["csv"].path,
+                 "header_map_path": outputs["header_map"].path, "source_encoding": result.encoding,
+                 "line_ending": result.line_ending, "rows": result.rows, "bytes": result.bytes,
+                 "sha256": result.sha256, "columns": result.header_map()}
+        write_json(outputs["header_map"], stats)
+        self.runlog().record_done(self.run_id, self.version, stats)
+        logger.info("%s: %s rows, %s", self.identifier, f"{result.rows:,}", self.modified)
+        self.close_run_if_complete()
+
+
+class HospitalsDaily(RunTask):
+    """Every CSV of every dataset in the theme, downloaded if new and normalized to snake_case headers."""
+
+    data_dir = luigi.Parameter(default="data", description="folder for outputs, run log and reports")
+    run_id = luigi.Parameter(default=default_run_id(), description="defaults to the UTC start time")
+    metastore_url = luigi.Parameter(description="DKAN metastore items endpoint (set in luigi.cfg)")
+    theme = luigi.Parameter(default="Hospitals", description="exact theme to select")
+
+    def requires(self):
+        return FetchCatalog(data_dir=self.data_dir, run_id=self.run_id, metastore_url=self.metastore_url,
+                            theme=self.theme)
+
+    def output(self):
+        return luigi.LocalTarget(str(layout.report(Path(self.data_dir), self.run_id)))
+
+    def run(self):
+        # Side-effect free up to the yield: Luigi runs this method again from the top once the children are done.
+        with self.input().open("r") as snapshot:
+            catalog = Catalog.from_json(json.load(snapshot))
+        yield [NormalizeCsv.for_version(self, version) for version in catalog.versions]
+        self.runlog().settle_queued(self.run_id)
+        self.close_run_if_complete()

@@ -1,0 +1,68 @@
+"""A loopback CMS site (catalog + files on a real HTTP server) and helpers to run the real Luigi graph on it."""
+
+import json
+import sqlite3
+import uuid
+from pathlib import Path
+
+import luigi
+
+from pipeline import HospitalsDaily
+from tests.fixtures import item, resource_path
+from tests.loopback_server import LoopbackServer
+
+CATALOG_PATH = "/provider-data/api/1/metastore/schemas/dataset/items"
+
+
+class Site:
+    """Publishes DKAN items and their CSV files on a LoopbackServer, the way data.cms.gov lays them out."""
+
+    def __init__(self, server: LoopbackServer):
+        self.server = server
+        self.items: dict[str, dict] = {}
+        self.extra: list = []
+
+    @property
+    def metastore_url(self) -> str:
+        return self.server.base_url + CATALOG_PATH
+
+    def dataset(self, identifier: str, modified: str, files: dict[str, bytes], *, upload: int = 1700000000,
+                theme=("Hospitals",), title: str | None = None, serve: bool = True) -> list[str]:
+        """(Re)publish a dataset: `files` maps file names to bytes; returns the download paths."""
+        paths = [resource_path(identifier, upload, name) for name in files]
+        self.items[identifier] = item(identifier, modified, [self.server.base_url + p for p in paths],
+                                      title=title, theme=theme)
+        if serve:
+            for path, body in zip(paths, files.values(), strict=True):
+                self.server.add(path, body, last_modified=upload + 300)
+        self.publish()
+        return paths
+
+    def retire(self, identifier: str) -> None:
+        self.items.pop(identifier)
+        self.publish()
+
+    def publish(self) -> None:
+        body = json.dumps([*self.items.values(), *self.extra]).encode()
+        self.server.add(CATALOG_PATH, body, content_type="application/json")
+
+
+def run_daily(site: Site, data_dir: Path, workers: int = 2, **params) -> tuple[bool, dict | None]:
+    """One HospitalsDaily run through luigi.build; returns (success, run report or None)."""
+    run_id = params.pop("run_id", uuid.uuid4().hex[:12])
+    task = HospitalsDaily(data_dir=str(data_dir), run_id=run_id, metastore_url=site.metastore_url, **params)
+    ok = luigi.build([task], local_scheduler=True, workers=workers, log_level="WARNING")
+    report_path = Path(task.output().path)
+    return ok, json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else None
+
+
+def query(data_dir: Path, sql: str, *args) -> list[tuple]:
+    with sqlite3.connect(data_dir / "runlog.sqlite") as db:
+        return db.execute(sql, args).fetchall()
+
+
+def by_identifier(report: dict) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for entry in report["datasets"]:
+        found.setdefault(entry["identifier"], []).append(entry)
+    return found
