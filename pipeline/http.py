@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 CHUNK = 1 << 20
 RETRY_STATUSES = (429, 500, 502, 503, 504)
+MAX_RETRY_AFTER = 300.0  # seconds; a longer Retry-After is cut to this
 
 
 class DownloadError(Exception):
@@ -43,6 +45,14 @@ class Downloaded:
     content_type: str
 
 
+class _CappedRetry(Retry):
+    """urllib3's Retry, but a server asking us to wait an hour does not stall the morning run."""
+
+    def get_retry_after(self, response):
+        wait = super().get_retry_after(response)
+        return None if wait is None else min(wait, MAX_RETRY_AFTER)
+
+
 _sessions: dict[tuple[int, HttpSettings], requests.Session] = {}
 
 
@@ -50,10 +60,10 @@ def session_for(settings: HttpSettings) -> requests.Session:
     """The process's Session (keyed by pid too: a forked child must not share its parent's sockets)."""
     key = (os.getpid(), settings)
     if key not in _sessions:
-        retry = Retry(total=settings.retries, connect=settings.retries, read=settings.retries,
-                      status=settings.retries, backoff_factor=settings.backoff_factor,
-                      status_forcelist=RETRY_STATUSES, allowed_methods=frozenset({"GET", "HEAD"}),
-                      respect_retry_after_header=True, raise_on_status=False)
+        retry = _CappedRetry(total=settings.retries, connect=settings.retries, read=settings.retries,
+                             status=settings.retries, backoff_factor=settings.backoff_factor,
+                             status_forcelist=RETRY_STATUSES, allowed_methods=frozenset({"GET", "HEAD"}),
+                             respect_retry_after_header=True, raise_on_status=False)
         session = requests.Session()
         adapter = HTTPAdapter(max_retries=retry)
         session.mount("http://", adapter)
@@ -88,36 +98,40 @@ def download(url: str, dest: Path, settings: HttpSettings,
             resume = done > 0 and bool(validator)
             headers = {"Range": f"bytes={done}-", "If-Range": validator} if resume else {}
             try:
-                with session.get(url, stream=True, timeout=settings.timeout, headers=headers) as response:
-                    if response.status_code == 200 or (response.status_code == 206 and not resume):
-                        out.seek(0)
-                        out.truncate()
-                        done = 0
-                    elif response.status_code != 206:
-                        raise DownloadError(f"HTTP {response.status_code} {response.reason}")
-                    content_type = response.headers.get("Content-Type", "")
-                    if _is_html(content_type):
-                        raise DownloadError(f"server sent an HTML page ({content_type}), not a CSV")
-                    if done == 0:
-                        length = response.headers.get("Content-Length")
-                        total = int(length) if length and length.isdigit() else None
-                        # Resuming is only safe against the same file, unencoded, that we started on.
-                        ranges = response.headers.get("Accept-Ranges", "").lower() == "bytes"
-                        encoded = response.headers.get("Content-Encoding", "identity") != "identity"
-                        last_modified = response.headers.get("Last-Modified", "")
-                        validator = last_modified if ranges and not encoded else ""
-                    for chunk in response.iter_content(CHUNK):
+                response = session.get(url, stream=True, timeout=settings.timeout, headers=headers)
+            except requests.RequestException as exc:  # the Session's Retry has already tried again
+                raise DownloadError(f"request failed: {exc}") from None
+            with response:
+                if response.status_code == 200 or (response.status_code == 206 and not resume):
+                    out.seek(0)
+                    out.truncate()
+                    done = 0
+                elif response.status_code != 206:
+                    raise DownloadError(f"HTTP {response.status_code} {response.reason}")
+                content_type = response.headers.get("Content-Type", "")
+                if _is_html(content_type):
+                    raise DownloadError(f"server sent an HTML page ({content_type}), not a CSV")
+                if done == 0:
+                    length = response.headers.get("Content-Length")
+                    total = int(length) if length and length.isdigit() else None
+                    # Resuming is only safe against the same file, unencoded, that we started on.
+                    ranges = response.headers.get("Accept-Ranges", "").lower() == "bytes"
+                    encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+                    last_modified = response.headers.get("Last-Modified", "")
+                    validator = last_modified if ranges and not encoded else ""
+                try:
+                    # read1 hands over whatever has arrived, so a body cut off mid-way keeps its prefix.
+                    while chunk := response.raw.read1(CHUNK):
                         if done == 0 and chunk.lstrip().startswith(b"<"):
                             raise DownloadError("server sent markup (body starts with '<'), not a CSV")
                         out.write(chunk)
                         done += len(chunk)
                         if progress:
                             progress(done, total)
-            except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                    requests.Timeout) as exc:
-                if attempt == settings.body_attempts:
-                    raise DownloadError(f"transfer failed after {attempt} attempts ({done} bytes): {exc}") from None
-                continue
+                except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                    if attempt == settings.body_attempts:
+                        raise DownloadError(f"body cut off {attempt} times (at {done:,} bytes): {exc}") from None
+                    continue
             break
     if done == 0:
         raise DownloadError("empty response body")

@@ -170,7 +170,8 @@ class RunLog:
         """
         with self.transaction() as db:
             run = db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
-            if run is None or run["status"] != "running":
+            # 'interrupted' too: a run wrongly taken for dead by an overlapping one still closes properly.
+            if run is None or run["status"] not in ("running", "interrupted"):
                 return None
             items = db.execute(
                 "SELECT i.*, v.status AS version_status, v.source_path, v.output_path, v.header_map_path,"

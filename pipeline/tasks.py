@@ -101,6 +101,9 @@ class FetchCatalog(RunTask):
     def run(self):
         log = self.runlog()
         log.start_run(self.run_id, self.metastore_url, self.theme)
+        # Nothing of this run writes yet, so any temp file left now is from a killed run.
+        for stale in (Path(self.data_dir) / "datasets").glob("*/*/*-luigi-tmp-*"):
+            stale.unlink(missing_ok=True)
         payload = fetch_bytes(self.metastore_url, download_settings().http_settings())
         catalog = parse_catalog(payload, self.theme)
         if not catalog.versions and not catalog.invalid:

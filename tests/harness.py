@@ -1,7 +1,10 @@
 """A loopback CMS site (catalog + files on a real HTTP server) and helpers to run the real Luigi graph on it."""
 
 import json
+import shutil
 import sqlite3
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -12,6 +15,8 @@ from tests.fixtures import item, resource_path
 from tests.loopback_server import LoopbackServer
 
 CATALOG_PATH = "/provider-data/api/1/metastore/schemas/dataset/items"
+PROJECT_CFG = Path(__file__).resolve().parent.parent / "luigi.cfg"
+COMMAND = ["luigi", "--module", "pipeline", "HospitalsDaily", "--workers", "8"]  # as the README has it
 
 
 class Site:
@@ -66,3 +71,23 @@ def by_identifier(report: dict) -> dict[str, list[dict]]:
     for entry in report["datasets"]:
         found.setdefault(entry["identifier"], []).append(entry)
     return found
+
+
+def write_project_cfg(site: Site, folder: Path) -> None:
+    """The shipped luigi.cfg, pointed at the loopback catalog, as `folder`/luigi.cfg."""
+    lines = PROJECT_CFG.read_text(encoding="utf-8").splitlines()
+    assert any(line.startswith("metastore_url = https://data.cms.gov/") for line in lines)
+    text = "\n".join(f"metastore_url = {site.metastore_url}" if line.startswith("metastore_url") else line
+                     for line in lines)
+    (folder / "luigi.cfg").write_text(text + "\n", encoding="utf-8")
+
+
+def command(*extra: str) -> list[str]:
+    found = shutil.which("luigi", path=str(Path(sys.executable).parent))
+    assert found, "the luigi console script is installed beside this Python"
+    return [found, *COMMAND[1:], *extra]
+
+
+def run_command(folder: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command(*extra), cwd=folder, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)

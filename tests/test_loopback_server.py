@@ -10,10 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-try:
-    from loopback_server import LoopbackServer
-except ImportError:  # tests/ imported as a package (rootdir on sys.path)
-    from tests.loopback_server import LoopbackServer
+from tests.loopback_server import LoopbackServer
 
 CSV = b"id,name\n1,alpha\n2,beta\n"
 TS = 1_700_000_000
