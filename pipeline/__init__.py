@@ -3,6 +3,6 @@
 Run: luigi --module pipeline HospitalsDaily --workers 8
 """
 
-from pipeline.tasks import DownloadCsv, FetchCatalog, HospitalsDaily, NormalizeCsv
+from pipeline.tasks import DownloadCsv, FetchCatalog, HospitalsDaily, HospitalsPlan, NormalizeCsv
 
-__all__ = ["DownloadCsv", "FetchCatalog", "HospitalsDaily", "NormalizeCsv"]
+__all__ = ["DownloadCsv", "FetchCatalog", "HospitalsDaily", "HospitalsPlan", "NormalizeCsv"]

@@ -3,6 +3,7 @@
     <data>/runlog.sqlite
     <data>/runs/<run_id>/catalog.json          what the metastore said, as parsed for this run
     <data>/reports/<run_id>.json               the run report
+    <data>/reports/plan-<run_id>.json          a dry run's plan
     <data>/datasets/<identifier>/<modified>-<url fingerprint>/
         source.csv  normalized.csv  header_map.json
 """
@@ -55,3 +56,7 @@ def catalog_snapshot(data_dir: Path, run_id: str) -> Path:
 
 def report(data_dir: Path, run_id: str) -> Path:
     return Path(data_dir) / "reports" / f"{safe_component(run_id)}.json"
+
+
+def plan_report(data_dir: Path, run_id: str) -> Path:
+    return Path(data_dir) / "reports" / f"plan-{safe_component(run_id)}.json"

@@ -1,6 +1,6 @@
 """The run report: one JSON document per run, and the one-line console summary that names it."""
 
-COUNTS = ("discovered", "downloaded", "up_to_date", "failed", "invalid")
+COUNTS = ("discovered", "downloaded", "up_to_date", "failed", "invalid", "retired")
 
 
 def build_report(run: dict, items: list[dict], counts: dict, status: str, finished_at: str) -> dict:
@@ -40,6 +40,8 @@ def summary_lines(report: dict, report_path) -> list[str]:
     for entry in report["datasets"]:
         if entry["status"] in ("failed", "invalid"):
             lines.append(f"  {entry['status'].upper()} {entry['identifier'] or '(no identifier)'}: {entry['error']}")
+        elif entry["status"] == "retired":
+            lines.append(f"  RETIRED {entry['identifier']}: no longer in the catalog (its files stay)")
         elif entry["source_encoding"] not in (None, "utf-8"):
             lines.append(f"  NOTE {entry['identifier']}: source was not UTF-8, read as {entry['source_encoding']}")
     return lines

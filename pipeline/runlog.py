@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL,              -- running | succeeded | failed | interrupted
     metastore_url TEXT,
     theme TEXT,
-    discovered INTEGER, downloaded INTEGER, up_to_date INTEGER, failed INTEGER, invalid INTEGER,
+    discovered INTEGER, downloaded INTEGER, up_to_date INTEGER, failed INTEGER, invalid INTEGER, retired INTEGER,
     report_path TEXT,
     error TEXT
 );
@@ -45,9 +45,16 @@ CREATE TABLE IF NOT EXISTS run_items (
     modified TEXT NOT NULL,
     download_url TEXT NOT NULL,
     title TEXT,
-    outcome TEXT NOT NULL,             -- queued | downloaded | up_to_date | failed | invalid
+    outcome TEXT NOT NULL,             -- queued | downloaded | up_to_date | failed | invalid | retired
     error TEXT,
     PRIMARY KEY (run_id, identifier, modified, download_url)
+);
+CREATE TABLE IF NOT EXISTS retired (   -- datasets of the theme that left the catalog; their files stay
+    identifier TEXT PRIMARY KEY,
+    title TEXT,
+    theme TEXT,
+    retired_at TEXT NOT NULL,
+    run_id TEXT NOT NULL
 );
 """
 
@@ -125,13 +132,33 @@ class RunLog:
                            (run_id, item.identifier, item.title, item.error))
             for version, stats in up_to_date:  # heals a row whose outputs landed but whose log write did not
                 self._store_done(db, version, stats, None, "status<>'done'")
+            self._mark_retired(db, run_id, planned, invalid)
+
+    @staticmethod
+    def _mark_retired(db: sqlite3.Connection, run_id: str, planned, invalid: list[InvalidItem]) -> None:
+        present = {v.identifier for v, _ in planned} | {i.identifier for i in invalid}
+        themes = {v.theme for v, _ in planned}
+        for identifier in present:
+            db.execute("DELETE FROM retired WHERE identifier=?", (identifier,))
+        for theme in themes:
+            gone = db.execute("SELECT identifier, max(title) FROM versions WHERE theme=? AND identifier NOT IN"
+                              " (SELECT identifier FROM retired) GROUP BY identifier", (theme,)).fetchall()
+            for identifier, title in gone:
+                if identifier in present:
+                    continue
+                db.execute("INSERT INTO retired VALUES (?,?,?,?,?)", (identifier, title, theme, now(), run_id))
+                db.execute("INSERT OR REPLACE INTO run_items VALUES (?,?,'','',?,'retired',NULL)",
+                           (run_id, identifier, title))
 
     # -- outcomes of one version --------------------------------------------------------------------------
 
-    def record_done(self, run_id: str, version: CsvVersion, stats: dict) -> None:
+    def record_done(self, run_id: str, version: CsvVersion, stats: dict) -> tuple[int, int]:
+        """Returns (settled, total) versions of the run, for a progress line."""
         with self.transaction() as db:
             self._store_done(db, version, stats, run_id)
             self._set_outcome(db, run_id, version, "downloaded", None)
+            return db.execute("SELECT sum(outcome NOT IN ('queued')), count(*) FROM run_items WHERE run_id=?"
+                              " AND outcome NOT IN ('invalid', 'retired')", (run_id,)).fetchone()
 
     @staticmethod
     def _store_done(db: sqlite3.Connection, version: CsvVersion, stats: dict, run_id, condition="1") -> None:
@@ -181,13 +208,27 @@ class RunLog:
             if any(item["outcome"] == "queued" for item in items):
                 return None
             counts = {name: sum(item["outcome"] == name for item in items)
-                      for name in ("downloaded", "up_to_date", "failed", "invalid")}
-            counts["discovered"] = sum(item["outcome"] != "invalid" for item in items)
+                      for name in ("downloaded", "up_to_date", "failed", "invalid", "retired")}
+            counts["discovered"] = sum(item["outcome"] not in ("invalid", "retired") for item in items)
             status = "failed" if counts["failed"] else "succeeded"
             finished = now()
             report_path, report = write_report(dict(run), [dict(item) for item in items], counts, status, finished)
             db.execute("UPDATE runs SET status=?, finished_at=?, discovered=?, downloaded=?, up_to_date=?,"
-                       " failed=?, invalid=?, report_path=? WHERE run_id=?",
+                       " failed=?, invalid=?, retired=?, report_path=? WHERE run_id=?",
                        (status, finished, counts["discovered"], counts["downloaded"], counts["up_to_date"],
-                        counts["failed"], counts["invalid"], str(report_path), run_id))
+                        counts["failed"], counts["invalid"], counts["retired"], str(report_path), run_id))
             return report
+
+
+def read_state(path: Path, theme: str) -> tuple[dict[str, str], set[tuple[str, str, str]], set[str]]:
+    """Without writing anything: (identifier -> title of every dataset seen in the theme, keys of failed
+    versions, retired identifiers). Empty when there is no log yet."""
+    if not Path(path).exists():
+        return {}, set(), set()
+    with closing(sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)) as db:
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        known = dict(db.execute("SELECT identifier, max(title) FROM versions WHERE theme=? GROUP BY identifier",
+                                (theme,)).fetchall())
+        failed = set(db.execute("SELECT identifier, modified, download_url FROM versions WHERE status='failed'"))
+        retired = {row[0] for row in db.execute("SELECT identifier FROM retired")}
+    return known, failed, retired

@@ -11,6 +11,8 @@ writes the run report.
 
 import json
 import logging
+import time
+import warnings
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,8 +23,9 @@ from pipeline import layout
 from pipeline.catalog import Catalog, CatalogError, CsvVersion, parse_catalog
 from pipeline.header_rewrite import rewrite_csv
 from pipeline.http import download, fetch_bytes
+from pipeline.plan import format_table, plan
 from pipeline.report import build_report, summary_lines
-from pipeline.runlog import RunLog
+from pipeline.runlog import RunLog, read_state
 from pipeline.settings import download as download_settings
 
 logger = logging.getLogger("luigi-interface")
@@ -37,6 +40,25 @@ class DatasetError(Exception):
 
     def __str__(self) -> str:
         return f"{self.identifier}: {self.cause}"
+
+
+class _QuietDatasetErrors(logging.Filter):
+    """A dataset failure is data, not a bug: Luigi logs one line for it, the summary gives the cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], DatasetError):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logger.addFilter(_QuietDatasetErrors())
+
+
+def load_catalog(metastore_url: str, theme: str) -> Catalog:
+    catalog = parse_catalog(fetch_bytes(metastore_url, download_settings().http_settings()), theme)
+    if not catalog.versions and not catalog.invalid:
+        raise CatalogError(f"no dataset has the theme {theme!r} ({catalog.items_total} items)")
+    return catalog
 
 
 def default_run_id() -> str:
@@ -104,10 +126,7 @@ class FetchCatalog(RunTask):
         # Nothing of this run writes yet, so any temp file left now is from a killed run.
         for stale in (Path(self.data_dir) / "datasets").glob("*/*/*-luigi-tmp-*"):
             stale.unlink(missing_ok=True)
-        payload = fetch_bytes(self.metastore_url, download_settings().http_settings())
-        catalog = parse_catalog(payload, self.theme)
-        if not catalog.versions and not catalog.invalid:
-            raise CatalogError(f"no dataset has the theme {self.theme!r} ({catalog.items_total} items)")
+        catalog = load_catalog(self.metastore_url, self.theme)
         queued, up_to_date = [], []
         for version in catalog.versions:
             done = NormalizeCsv.for_version(self, version)
@@ -176,10 +195,16 @@ class DownloadCsv(VersionTask):
             except Exception as exc:
                 raise DatasetError(self.identifier, f"download of {self.url} failed: {exc}") from exc
 
+    _last_report = 0.0
+
     def _progress(self, done: int, total: int | None) -> None:
+        # Each report is a scheduler RPC: at most one a second.
+        if time.monotonic() - self._last_report < 1.0 or not self.set_status_message:
+            return
+        self._last_report = time.monotonic()
         if total:
             self.set_progress_percentage(min(100, done * 100 // total))
-        self.set_status_message(f"{done:,} bytes" + (f" of {total:,}" if total else ""))
+        self.set_status_message(f"{done / 1e6:,.1f} MB" + (f" of {total / 1e6:,.1f} MB" if total else ""))
 
 
 class NormalizeCsv(VersionTask):
@@ -206,15 +231,19 @@ class NormalizeCsv(VersionTask):
                 result = rewrite_csv(src, dst)
             except (ValueError, UnicodeError) as exc:
                 raise DatasetError(self.identifier, f"cannot normalize the download: {exc}") from exc
-        self.set_status_message(f"{result.rows:,} rows")
+        if self.set_status_message:
+            self.set_status_message(f"{result.rows:,} rows")
+            self.set_progress_percentage(100)
         stats = {"identifier": self.identifier, "modified": self.modified, "download_url": self.url,
                  "source_path": str(source), "output_path": outputs["csv"].path,
                  "header_map_path": outputs["header_map"].path, "source_encoding": result.encoding,
                  "line_ending": result.line_ending, "rows": result.rows, "bytes": result.bytes,
                  "sha256": result.sha256, "columns": result.header_map()}
         write_json(outputs["header_map"], stats)
-        self.runlog().record_done(self.run_id, self.version, stats)
-        logger.info("%s: %s rows, %s", self.identifier, f"{result.rows:,}", self.modified)
+        settled, total = self.runlog().record_done(self.run_id, self.version, stats)
+        print(f"[{settled}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "
+              f"{result.bytes / 1e6:,.1f} MB" + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
+              flush=True)
         self.close_run_if_complete()
 
 
@@ -237,6 +266,43 @@ class HospitalsDaily(RunTask):
         # Side-effect free up to the yield: Luigi runs this method again from the top once the children are done.
         with self.input().open("r") as snapshot:
             catalog = Catalog.from_json(json.load(snapshot))
-        yield [NormalizeCsv.for_version(self, version) for version in catalog.versions]
+        children = [NormalizeCsv.for_version(self, version) for version in catalog.versions]
+        if self.set_status_message:
+            done = sum(child.complete() for child in children)
+            self.set_status_message(f"{done} of {len(children)} CSV versions done")
+            self.set_progress_percentage(100 * done // max(1, len(children)))
+        yield children
         self.runlog().settle_queued(self.run_id)
         self.close_run_if_complete()
+
+
+# Luigi calls a config_path fallback "deprecated"; here it is the point: one [HospitalsDaily] section for both tasks.
+warnings.filterwarnings("ignore", r"The use of the configuration \[HospitalsDaily\]", DeprecationWarning)
+
+
+def _daily_setting(name: str, **kwargs) -> luigi.Parameter:
+    """A parameter that falls back to HospitalsDaily's value in luigi.cfg, so a plan sees the same settings."""
+    return luigi.Parameter(config_path={"section": "HospitalsDaily", "name": name}, **kwargs)
+
+
+class HospitalsPlan(luigi.Task):
+    """Dry run: which versions are new, changed, up to date, failed last time, retired or invalid.
+
+    Downloads no file and writes nothing but its own report, reports/plan-<run_id>.json.
+    """
+
+    data_dir = _daily_setting("data_dir", default="data")
+    metastore_url = _daily_setting("metastore_url")
+    theme = _daily_setting("theme", default="Hospitals")
+    run_id = luigi.Parameter(default=default_run_id())
+
+    def output(self):
+        return luigi.LocalTarget(str(layout.plan_report(Path(self.data_dir), self.run_id)))
+
+    def run(self):
+        catalog = load_catalog(self.metastore_url, self.theme)
+        known, failed, retired = read_state(layout.runlog_db(Path(self.data_dir)), self.theme)
+        rows = plan(catalog, lambda v: NormalizeCsv.for_version(self, v).complete(), known, failed, retired)
+        write_json(self.output(), {"run_id": self.run_id, "metastore_url": self.metastore_url, "theme": self.theme,
+                                   "versions": rows})
+        print(format_table(rows) + f"\nPlan: {self.output().path}", flush=True)

@@ -59,7 +59,7 @@ def test_first_run_fetches_every_hospitals_csv_once_and_nothing_else(site, serve
     assert len(csv_requests) == 5 == len(set(csv_requests))
     assert not any("NH.csv" in p for p in csv_requests)
     assert report["status"] == "succeeded"
-    assert report["counts"] == {"discovered": 5, "downloaded": 5, "up_to_date": 0, "failed": 0, "invalid": 0}
+    assert report["counts"] == {"discovered": 5, "downloaded": 5, "up_to_date": 0, "failed": 0, "invalid": 0, "retired": 0}
 
     entries = by_identifier(report)
     assert sorted(entries) == ["48nr-hqxx", "hbf-map", "ipf1-2345", "x663-bwbj"]
@@ -136,7 +136,7 @@ def test_a_failing_dataset_fails_alone_and_only_it_is_retried(site, server, tmp_
     ok, report = run_daily(site, tmp_path)
     assert not ok
     assert report["status"] == "failed"
-    assert report["counts"] == {"discovered": 7, "downloaded": 5, "up_to_date": 0, "failed": 2, "invalid": 0}
+    assert report["counts"] == {"discovered": 7, "downloaded": 5, "up_to_date": 0, "failed": 2, "invalid": 0, "retired": 0}
     entries = by_identifier(report)
     assert "HTTP 404" in entries["77hc-ibv8"][0]["error"]
     assert "HTML" in entries["632h-zaca"][0]["error"]
