@@ -97,7 +97,8 @@ def _csv_versions(item: dict, theme: str) -> list[CsvVersion]:
     distributions = _as_list(item.get("distribution"))
     if not distributions:
         raise ValueError("no distribution")
-    described_by = ""
+    # DCAT puts the data dictionary link on the distribution; accept it on the dataset too.
+    described_by = item.get("describedBy") if isinstance(item.get("describedBy"), str) else ""
     versions = []
     for dist in map(_unwrap, distributions):
         if not isinstance(dist, dict):
@@ -109,11 +110,10 @@ def _csv_versions(item: dict, theme: str) -> list[CsvVersion]:
             continue
         if urlsplit(url).scheme.lower() not in ("http", "https"):
             raise ValueError(f"download URL is not http(s): {url!r}")
-        if isinstance(dist.get("describedBy"), str):
-            described_by = dist["describedBy"]
+        dictionary = dist["describedBy"] if isinstance(dist.get("describedBy"), str) else described_by
         versions.append(CsvVersion(identifier, title, modified, url, theme,
                                    released=item.get("released") if isinstance(item.get("released"), str) else "",
-                                   described_by=described_by))
+                                   described_by=dictionary))
     if not versions:
         raise ValueError("no CSV distribution")
     return versions

@@ -1,5 +1,9 @@
 """The run report: one JSON document per run, and the one-line console summary that names it."""
 
+import json
+
+from pipeline.schema_drift import describe
+
 COUNTS = ("discovered", "downloaded", "up_to_date", "failed", "invalid", "retired")
 
 
@@ -18,6 +22,11 @@ def build_report(run: dict, items: list[dict], counts: dict, status: str, finish
             "bytes": item["bytes"] if done else None,
             "sha256": item["sha256"] if done else None,
             "source_encoding": item["source_encoding"] if done else None,
+            "released": item["released"],
+            "described_by": item["described_by"],
+            "schema_change": {"previous_version": {"modified": item["previous_modified"],
+                                                   "download_url": item["previous_url"]},
+                              **json.loads(item["schema_change"])} if item["schema_change"] else None,
             "error": item["error"],
         })
     return {
@@ -40,6 +49,8 @@ def summary_lines(report: dict, report_path) -> list[str]:
     for entry in report["datasets"]:
         if entry["status"] in ("failed", "invalid"):
             lines.append(f"  {entry['status'].upper()} {entry['identifier'] or '(no identifier)'}: {entry['error']}")
+        elif entry["schema_change"]:
+            lines.append(f"  SCHEMA {entry['identifier']}: {describe(entry['schema_change'])}")
         elif entry["status"] == "retired":
             lines.append(f"  RETIRED {entry['identifier']}: no longer in the catalog (its files stay)")
         elif entry["source_encoding"] not in (None, "utf-8"):

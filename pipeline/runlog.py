@@ -49,6 +49,16 @@ CREATE TABLE IF NOT EXISTS run_items (
     error TEXT,
     PRIMARY KEY (run_id, identifier, modified, download_url)
 );
+CREATE TABLE IF NOT EXISTS schema_changes (  -- a version whose normalized header differs from the previous one
+    identifier TEXT NOT NULL,
+    modified TEXT NOT NULL,
+    download_url TEXT NOT NULL,
+    previous_modified TEXT,
+    previous_url TEXT,
+    change TEXT NOT NULL,              -- JSON: added, removed, renamed, moved
+    run_id TEXT NOT NULL,
+    PRIMARY KEY (identifier, modified, download_url)
+);
 CREATE TABLE IF NOT EXISTS retired (   -- datasets of the theme that left the catalog; their files stay
     identifier TEXT PRIMARY KEY,
     title TEXT,
@@ -152,10 +162,27 @@ class RunLog:
 
     # -- outcomes of one version --------------------------------------------------------------------------
 
-    def record_done(self, run_id: str, version: CsvVersion, stats: dict) -> tuple[int, int]:
+    def previous_header_map(self, version: CsvVersion) -> tuple[str, str, str] | None:
+        """(modified, url, header map path) of the dataset's latest other finished version, preferring the
+        same file name (a dataset may have several CSV distributions)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT modified, download_url, header_map_path FROM versions WHERE identifier=?"
+                              " AND status='done' AND NOT (modified=? AND download_url=?) ORDER BY rowid DESC",
+                              (version.identifier, version.modified, version.url)).fetchall()
+        name = version.url.rsplit("/", 1)[-1]
+        rows = [tuple(r) for r in rows if r["header_map_path"] and Path(r["header_map_path"]).exists()]
+        same_file = [r for r in rows if r[1].rsplit("/", 1)[-1] == name]
+        return (same_file or rows or [None])[0]
+
+    def record_done(self, run_id: str, version: CsvVersion, stats: dict, schema_change: str | None = None,
+                    previous: tuple[str, str, str] | None = None) -> tuple[int, int]:
         """Returns (settled, total) versions of the run, for a progress line."""
         with self.transaction() as db:
             self._store_done(db, version, stats, run_id)
+            if schema_change:
+                db.execute("INSERT OR REPLACE INTO schema_changes VALUES (?,?,?,?,?,?,?)",
+                           (version.identifier, version.modified, version.url, previous[0], previous[1],
+                            schema_change, run_id))
             self._set_outcome(db, run_id, version, "downloaded", None)
             return db.execute("SELECT sum(outcome NOT IN ('queued')), count(*) FROM run_items WHERE run_id=?"
                               " AND outcome NOT IN ('invalid', 'retired')", (run_id,)).fetchone()
@@ -202,8 +229,12 @@ class RunLog:
                 return None
             items = db.execute(
                 "SELECT i.*, v.status AS version_status, v.source_path, v.output_path, v.header_map_path,"
-                " v.rows, v.bytes, v.sha256, v.source_encoding FROM run_items i LEFT JOIN versions v"
+                " v.rows, v.bytes, v.sha256, v.source_encoding, v.released, v.described_by,"
+                " s.change AS schema_change, s.previous_modified, s.previous_url FROM run_items i"
+                " LEFT JOIN versions v"
                 " ON v.identifier=i.identifier AND v.modified=i.modified AND v.download_url=i.download_url"
+                " LEFT JOIN schema_changes s ON s.run_id=i.run_id"
+                " AND s.identifier=i.identifier AND s.modified=i.modified AND s.download_url=i.download_url"
                 " WHERE i.run_id=? ORDER BY i.identifier, i.modified, i.download_url", (run_id,)).fetchall()
             if any(item["outcome"] == "queued" for item in items):
                 return None
@@ -212,12 +243,36 @@ class RunLog:
             counts["discovered"] = sum(item["outcome"] not in ("invalid", "retired") for item in items)
             status = "failed" if counts["failed"] else "succeeded"
             finished = now()
-            report_path, report = write_report(dict(run), [dict(item) for item in items], counts, status, finished)
+            retired = {row[0] for row in db.execute("SELECT identifier FROM retired")}
+            report_path, report = write_report(dict(run), [dict(item) for item in items], counts, status, finished,
+                                               retired)
             db.execute("UPDATE runs SET status=?, finished_at=?, discovered=?, downloaded=?, up_to_date=?,"
                        " failed=?, invalid=?, retired=?, report_path=? WHERE run_id=?",
                        (status, finished, counts["discovered"], counts["downloaded"], counts["up_to_date"],
                         counts["failed"], counts["invalid"], counts["retired"], str(report_path), run_id))
             return report
+
+    def prune(self, run_id: str, keep: int) -> list[str]:
+        """Beyond the newest `keep` finished versions of each dataset this run saw settled, the older ones'
+        folders (as listed by their output path) are returned and marked pruned. Newest = latest first seen."""
+        pruned = []
+        with self.transaction() as db:
+            identifiers = [r[0] for r in db.execute("SELECT DISTINCT identifier FROM run_items WHERE run_id=?"
+                                                    " AND outcome IN ('downloaded', 'up_to_date')", (run_id,))]
+            for identifier in identifiers:
+                done = db.execute("SELECT rowid, output_path FROM versions WHERE identifier=? AND status='done'"
+                                  " ORDER BY rowid DESC", (identifier,)).fetchall()
+                current = {r[0] for r in db.execute(
+                    "SELECT v.rowid FROM versions v JOIN run_items i ON v.identifier=i.identifier AND"
+                    " v.modified=i.modified AND v.download_url=i.download_url WHERE i.run_id=? AND i.identifier=?",
+                    (run_id, identifier))}
+                kept = [r for r in done if r[0] in current]
+                kept += [r for r in done if r[0] not in current][:max(0, keep - len(kept))]
+                for rowid, output_path in done:
+                    if (rowid, output_path) not in [tuple(k) for k in kept]:
+                        db.execute("UPDATE versions SET status='pruned', updated_at=? WHERE rowid=?", (now(), rowid))
+                        pruned.append(output_path)
+        return pruned
 
 
 def read_state(path: Path, theme: str) -> tuple[dict[str, str], set[tuple[str, str, str]], set[str]]:

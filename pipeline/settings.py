@@ -16,3 +16,8 @@ class download(luigi.Config):  # noqa: N801 - Luigi names the config section aft
     def http_settings(self) -> HttpSettings:
         return HttpSettings(self.connect_timeout, self.read_timeout, self.retries, self.backoff_factor,
                             self.body_attempts, self.user_agent)
+
+
+class retention(luigi.Config):  # noqa: N801
+    keep_versions = luigi.IntParameter(default=0, description="finished versions kept per dataset; 0 keeps all")
+    drop_source = luigi.BoolParameter(default=False, description="delete source.csv once normalized.csv is written")

@@ -11,6 +11,7 @@ writes the run report.
 
 import json
 import logging
+import shutil
 import time
 import warnings
 from contextlib import contextmanager
@@ -19,14 +20,16 @@ from pathlib import Path
 
 import luigi
 
-from pipeline import layout
+from pipeline import latest, layout
 from pipeline.catalog import Catalog, CatalogError, CsvVersion, parse_catalog
 from pipeline.header_rewrite import rewrite_csv
 from pipeline.http import download, fetch_bytes
 from pipeline.plan import format_table, plan
 from pipeline.report import build_report, summary_lines
-from pipeline.runlog import RunLog, read_state
+from pipeline.runlog import RunLog, now, read_state
+from pipeline.schema_drift import diff_columns
 from pipeline.settings import download as download_settings
+from pipeline.settings import retention
 
 logger = logging.getLogger("luigi-interface")
 
@@ -99,18 +102,27 @@ class RunTask(luigi.Task):
         return RunLog(layout.runlog_db(Path(self.data_dir)))
 
     def close_run_if_complete(self) -> None:
-        """Write the report if this run has nothing left queued; print its summary once."""
+        """If this run has nothing left queued: refresh latest/, write the report, prune, print the summary."""
         data_dir = Path(self.data_dir)
 
-        def write_report(run, items, counts, status, finished_at):
+        def write_report(run, items, counts, status, finished_at, retired):
+            done = [i for i in items if i["outcome"] in ("downloaded", "up_to_date")]
+            for item in done:
+                item["distributions"] = sum(i["identifier"] == item["identifier"] for i in done)
+            latest.publish(data_dir / "latest", done, retired, self.run_id, now())
             report = build_report(run, items, counts, status, finished_at)
             target = luigi.LocalTarget(str(layout.report(data_dir, self.run_id)))
             write_json(target, report)
             return target.path, report
 
-        report = self.runlog().finish_if_complete(self.run_id, write_report)
-        if report:
-            print("\n".join(summary_lines(report, layout.report(data_dir, self.run_id))), flush=True)
+        log = self.runlog()
+        report = log.finish_if_complete(self.run_id, write_report)
+        if not report:
+            return
+        if retention().keep_versions > 0:
+            for output_path in log.prune(self.run_id, retention().keep_versions):
+                shutil.rmtree(Path(output_path).parent, ignore_errors=True)
+        print("\n".join(summary_lines(report, layout.report(data_dir, self.run_id))), flush=True)
 
 
 class FetchCatalog(RunTask):
@@ -239,8 +251,17 @@ class NormalizeCsv(VersionTask):
                  "header_map_path": outputs["header_map"].path, "source_encoding": result.encoding,
                  "line_ending": result.line_ending, "rows": result.rows, "bytes": result.bytes,
                  "sha256": result.sha256, "columns": result.header_map()}
+        log = self.runlog()
+        previous = log.previous_header_map(self.version)
+        change = None
+        if previous:
+            old = json.loads(Path(previous[2]).read_text(encoding="utf-8"))["columns"]
+            change = diff_columns([c["normalized"] for c in old], result.normalized)
         write_json(outputs["header_map"], stats)
-        settled, total = self.runlog().record_done(self.run_id, self.version, stats)
+        if retention().drop_source:
+            source.unlink()
+            stats["source_path"] = None
+        settled, total = log.record_done(self.run_id, self.version, stats, change and json.dumps(change), previous)
         print(f"[{settled}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "
               f"{result.bytes / 1e6:,.1f} MB" + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
               flush=True)

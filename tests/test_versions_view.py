@@ -1,0 +1,110 @@
+"""After the first download: schema drift, the stable latest view, retention, data dictionary links."""
+
+import json
+import os
+from pathlib import Path
+
+import luigi.configuration
+import pytest
+
+from tests.fixtures import csv_bytes
+from tests.harness import CATALOG_PATH, Site, by_identifier, query, run_daily
+from tests.loopback_server import LoopbackServer
+
+
+@pytest.fixture
+def site():
+    with LoopbackServer() as server:
+        yield Site(server)
+
+
+@pytest.fixture
+def setting():
+    config = luigi.configuration.get_config()
+    changed = []
+
+    def set_value(section, key, value):
+        changed.append((section, key, config.get(section, key, None)))
+        config.set(section, key, value)
+
+    yield set_value
+    for section, key, value in reversed(changed):
+        config.set(section, key, value) if value is not None else config.remove_option(section, key)
+
+
+def version(site, modified, header, rows, upload, identifier="yv7e-xc69"):
+    body = csv_bytes(header, rows)
+    site.dataset(identifier, modified, {"Timely.csv": body}, upload=upload)
+    return body
+
+
+def test_schema_drift_is_recorded_reported_and_printed(site, tmp_path, capfd):
+    version(site, "2025-01-01", '"Facility ID","Score","Footnote"', ['"1","2","3"'], 1700000000)
+    assert run_daily(site, tmp_path)[0]
+    assert by_identifier(run_daily(site, tmp_path)[1])["yv7e-xc69"][0]["schema_change"] is None
+    version(site, "2025-04-01", '"Facility ID","Footnote","Score (%)","Start Date"', ['"1","3","2","x"'], 1700000100)
+    ok, report = run_daily(site, tmp_path)
+    change = by_identifier(report)["yv7e-xc69"][0]["schema_change"]
+    assert change["added"] == ["score_percent", "start_date"] and change["removed"] == ["score"]
+    assert change["previous_version"]["modified"] == "2025-01-01"
+    [(stored,)] = query(tmp_path, "SELECT change FROM schema_changes WHERE modified='2025-04-01'")
+    assert json.loads(stored)["removed"] == ["score"]
+    assert "SCHEMA yv7e-xc69: added score_percent, start_date; removed score" in capfd.readouterr().out
+
+
+def test_latest_view_follows_the_current_version_and_survives_a_failed_one(site, tmp_path):
+    first = version(site, "2025-01-01", '"Facility ID","Score"', ['"1","2"'], 1700000000)
+    site.dataset("hbf-map", "2025-01-01", {"a.csv": b"name\nA\n", "b.csv": b"name\nB\n"})
+    ok, report = run_daily(site, tmp_path)
+    latest = tmp_path / "latest"
+    entry = by_identifier(report)["yv7e-xc69"][0]
+    assert (latest / "yv7e-xc69.csv").read_bytes() == Path(entry["paths"]["normalized"]).read_bytes()
+    if os.name != "nt":
+        assert (latest / "yv7e-xc69.csv").stat().st_ino == Path(entry["paths"]["normalized"]).stat().st_ino
+    assert (latest / "hbf-map__a.csv").read_bytes() == b"name\nA\n"  # several CSVs: one file each
+    manifest = json.loads((latest / "latest.json").read_text(encoding="utf-8"))
+    [item] = [d for d in manifest["datasets"] if d["identifier"] == "yv7e-xc69"]
+    assert item["rows"] == 1 and item["sha256"] == entry["sha256"] and item["path"] == "yv7e-xc69.csv"
+    assert item["version"] == {"modified": "2025-01-01", "download_url": entry["version"]["download_url"]}
+
+    [broken] = site.dataset("yv7e-xc69", "2025-02-01", {"Timely.csv": b""}, upload=1700000050, serve=False)
+    assert not run_daily(site, tmp_path)[0]
+    assert (latest / "yv7e-xc69.csv").read_bytes().endswith(first[first.index(b"\n"):])  # still the good one
+
+    second = csv_bytes('"Facility ID","Score"', ['"1","9"'])
+    site.server.add(broken, second)
+    ok, report = run_daily(site, tmp_path)
+    assert ok and (latest / "yv7e-xc69.csv").read_bytes() == b'"facility_id","score"\r\n"1","9"\r\n'
+    manifest = json.loads((latest / "latest.json").read_text(encoding="utf-8"))
+    assert [d["version"]["modified"] for d in manifest["datasets"] if d["identifier"] == "yv7e-xc69"] == ["2025-02-01"]
+    assert not list(latest.glob("*.tmp"))
+
+
+def test_retention_keeps_the_newest_versions_and_drop_source_halves_disk(site, tmp_path, setting):
+    setting("retention", "keep_versions", "2")
+    setting("retention", "drop_source", "true")
+    for n in range(4):
+        version(site, f"2025-0{n + 1}-01", '"A","B"', [f'"{n}","x"'], 1700000000 + n)
+        assert run_daily(site, tmp_path)[0]
+    folders = sorted((tmp_path / "datasets" / "yv7e-xc69").iterdir())
+    assert [f.name[:10] for f in folders] == ["2025-03-01", "2025-04-01"]
+    assert all(not (f / "source.csv").exists() and (f / "normalized.csv").exists() for f in folders)
+    assert query(tmp_path, "SELECT modified, status FROM versions ORDER BY modified") == [
+        ("2025-01-01", "pruned"), ("2025-02-01", "pruned"), ("2025-03-01", "done"), ("2025-04-01", "done")]
+    assert (tmp_path / "latest" / "yv7e-xc69.csv").read_bytes().endswith(b'"3","x"\r\n')
+    site.server.clear()
+    assert run_daily(site, tmp_path)[0] and site.server.paths() == [CATALOG_PATH]  # no refetch without source
+
+
+def test_data_dictionary_link_and_released_date_are_kept(site, tmp_path):
+    version(site, "2025-01-01", '"A"', ['"1"'], 1700000000)
+    site.items["yv7e-xc69"]["released"] = "2025-01-15"
+    site.items["yv7e-xc69"]["distribution"][0]["describedBy"] = "https://example.invalid/dictionary.pdf"
+    site.publish()
+    ok, report = run_daily(site, tmp_path)
+    assert query(tmp_path, "SELECT released, described_by FROM versions") == [
+        ("2025-01-15", "https://example.invalid/dictionary.pdf")]
+    entry = by_identifier(report)["yv7e-xc69"][0]
+    assert entry["released"] == "2025-01-15" and entry["described_by"].endswith("dictionary.pdf")
+    [item] = json.loads((tmp_path / "latest" / "latest.json").read_text(encoding="utf-8"))["datasets"]
+    assert item["released"] == "2025-01-15" and item["described_by"].endswith("dictionary.pdf")
