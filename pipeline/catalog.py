@@ -24,6 +24,7 @@ class CsvVersion:
     theme: str
     released: str = ""
     described_by: str = ""
+    revision: str = ""  # the Last-Modified of a file replaced in place under the same URL (verify mode)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,25 @@ def fetch_bytes(url: str, settings: HttpSettings) -> bytes:
     return response.content
 
 
+def changed_since(url: str, last_modified: str, settings: HttpSettings) -> str | None:
+    """Ask with If-Modified-Since whether the file changed in place: its new Last-Modified, or None.
+
+    The body of a 200 is not read here; the download fetches it."""
+    headers = {"If-Modified-Since": last_modified}
+    try:
+        with session_for(settings).get(url, stream=True, timeout=settings.timeout, headers=headers) as response:
+            if response.status_code == 304:
+                return None
+            if response.status_code != 200:
+                raise DownloadError(f"HTTP {response.status_code} {response.reason}")
+            new = response.headers.get("Last-Modified", "")
+    except requests.RequestException as exc:
+        raise DownloadError(f"request failed: {exc}") from None
+    if not new:
+        raise DownloadError("the server sent no Last-Modified, so a change cannot be told")
+    return None if new == last_modified else new
+
+
 def _is_html(content_type: str) -> bool:
     return content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml")
 

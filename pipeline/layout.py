@@ -29,9 +29,11 @@ def safe_component(text: str) -> str:
     return f"{safe or 'x'}-{fingerprint(text)}"
 
 
-def version_dir(data_dir: Path, identifier: str, modified: str, url: str) -> Path:
-    """A dataset version is (identifier, modified, download URL): each gets its own folder."""
-    return Path(data_dir) / "datasets" / safe_component(identifier) / f"{safe_component(modified)}-{fingerprint(url)}"
+def version_dir(data_dir: Path, identifier: str, modified: str, url: str, revision: str = "") -> Path:
+    """A dataset version is (identifier, modified, download URL): each gets its own folder, and so does a
+    file found replaced in place (`revision`, its new Last-Modified)."""
+    key = f"{url}\n{revision}" if revision else url
+    return Path(data_dir) / "datasets" / safe_component(identifier) / f"{safe_component(modified)}-{fingerprint(key)}"
 
 
 def source_csv(version: Path) -> Path:

@@ -14,7 +14,8 @@ def build_report(run: dict, items: list[dict], counts: dict, status: str, finish
         datasets.append({
             "identifier": item["identifier"],
             "title": item["title"],
-            "version": {"modified": item["modified"], "download_url": item["download_url"]},
+            "version": {"modified": item["modified"], "download_url": item["download_url"],
+                        "revision": item["revision"] or None},
             "status": item["outcome"],
             "paths": {"source": item["source_path"], "normalized": item["output_path"],
                       "header_map": item["header_map_path"]} if done else None,
@@ -53,6 +54,8 @@ def summary_lines(report: dict, report_path) -> list[str]:
             lines.append(f"  SCHEMA {entry['identifier']}: {describe(entry['schema_change'])}")
         elif entry["status"] == "retired":
             lines.append(f"  RETIRED {entry['identifier']}: no longer in the catalog (its files stay)")
+        elif entry["error"]:
+            lines.append(f"  NOTE {entry['identifier']}: {entry['error']}")
         elif entry["source_encoding"] not in (None, "utf-8"):
             lines.append(f"  NOTE {entry['identifier']}: source was not UTF-8, read as {entry['source_encoding']}")
     return lines

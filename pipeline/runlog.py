@@ -35,6 +35,8 @@ CREATE TABLE IF NOT EXISTS versions (
     error TEXT,
     source_path TEXT, output_path TEXT, header_map_path TEXT,
     source_encoding TEXT, rows INTEGER, bytes INTEGER, sha256 TEXT,
+    last_modified TEXT,                -- the file's Last-Modified when downloaded
+    revision TEXT NOT NULL DEFAULT '', -- set when verify found the file replaced in place
     first_run_id TEXT, run_id TEXT,    -- first run that saw it, last run that worked on it
     updated_at TEXT,
     PRIMARY KEY (identifier, modified, download_url)
@@ -191,11 +193,27 @@ class RunLog:
     def _store_done(db: sqlite3.Connection, version: CsvVersion, stats: dict, run_id, condition="1") -> None:
         db.execute(
             "UPDATE versions SET status='done', error=NULL, source_path=?, output_path=?, header_map_path=?,"
-            " source_encoding=?, rows=?, bytes=?, sha256=?, run_id=COALESCE(?, run_id), updated_at=?"
+            " source_encoding=?, rows=?, bytes=?, sha256=?, revision=?, run_id=COALESCE(?, run_id), updated_at=?"
             f" WHERE identifier=? AND modified=? AND download_url=? AND {condition}",
             (stats["source_path"], stats["output_path"], stats["header_map_path"], stats["source_encoding"],
-             stats["rows"], stats["bytes"], stats["sha256"], run_id, now(),
+             stats["rows"], stats["bytes"], stats["sha256"], version.revision, run_id, now(),
              version.identifier, version.modified, version.url))
+
+    def record_download(self, version: CsvVersion, last_modified: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE versions SET last_modified=? WHERE identifier=? AND modified=? AND download_url=?",
+                       (last_modified, version.identifier, version.modified, version.url))
+
+    def known_versions(self) -> dict[tuple[str, str, str], tuple[str, str]]:
+        """(identifier, modified, url) -> (revision, Last-Modified) of every finished version."""
+        with self._connect() as db:
+            rows = db.execute("SELECT identifier, modified, download_url, revision, last_modified FROM versions"
+                              " WHERE status='done'").fetchall()
+        return {(r[0], r[1], r[2]): (r[3], r[4] or "") for r in rows}
+
+    def note(self, run_id: str, version: CsvVersion, text: str) -> None:
+        with self.transaction() as db:
+            self._set_outcome(db, run_id, version, "up_to_date", text)
 
     def record_failed(self, run_id: str, version: CsvVersion, error: str) -> None:
         with self.transaction() as db:
@@ -229,7 +247,7 @@ class RunLog:
                 return None
             items = db.execute(
                 "SELECT i.*, v.status AS version_status, v.source_path, v.output_path, v.header_map_path,"
-                " v.rows, v.bytes, v.sha256, v.source_encoding, v.released, v.described_by,"
+                " v.rows, v.bytes, v.sha256, v.source_encoding, v.released, v.described_by, v.revision,"
                 " s.change AS schema_change, s.previous_modified, s.previous_url FROM run_items i"
                 " LEFT JOIN versions v"
                 " ON v.identifier=i.identifier AND v.modified=i.modified AND v.download_url=i.download_url"

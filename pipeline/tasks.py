@@ -14,7 +14,9 @@ import logging
 import shutil
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import luigi
 from pipeline import latest, layout
 from pipeline.catalog import Catalog, CatalogError, CsvVersion, parse_catalog
 from pipeline.header_rewrite import rewrite_csv
-from pipeline.http import download, fetch_bytes
+from pipeline.http import DownloadError, changed_since, download, fetch_bytes
 from pipeline.plan import format_table, plan
 from pipeline.report import build_report, summary_lines
 from pipeline.runlog import RunLog, now, read_state
@@ -128,6 +130,7 @@ class RunTask(luigi.Task):
 class FetchCatalog(RunTask):
     metastore_url = luigi.Parameter()
     theme = luigi.Parameter()
+    verify = luigi.BoolParameter(default=False)
 
     def output(self):
         return luigi.LocalTarget(str(layout.catalog_snapshot(Path(self.data_dir), self.run_id)))
@@ -139,15 +142,48 @@ class FetchCatalog(RunTask):
         for stale in (Path(self.data_dir) / "datasets").glob("*/*/*-luigi-tmp-*"):
             stale.unlink(missing_ok=True)
         catalog = load_catalog(self.metastore_url, self.theme)
+        known = log.known_versions()
         queued, up_to_date = [], []
         for version in catalog.versions:
+            revision, _ = known.get((version.identifier, version.modified, version.url), ("", ""))
+            version = replace(version, revision=revision)
             done = NormalizeCsv.for_version(self, version)
             if done.complete():
                 up_to_date.append((version, done.stored_stats()))
             else:
                 queued.append(version)
+        notes = {}
+        if self.verify:
+            up_to_date, replaced, notes = self._verify(up_to_date, known)
+            queued += replaced
         log.plan_run(self.run_id, queued, up_to_date, catalog.invalid)
-        write_json(self.output(), catalog.to_json())
+        for version, note in notes.items():
+            log.note(self.run_id, version, note)
+        write_json(self.output(), replace(catalog, versions=queued + [v for v, _ in up_to_date]).to_json())
+
+    def _verify(self, up_to_date, known):
+        """Conditional GETs for finished versions: a file replaced under the same URL becomes a new revision."""
+        def check(version):
+            last_modified = known.get((version.identifier, version.modified, version.url), ("", ""))[1]
+            if not last_modified:
+                return None, "verify: no Last-Modified was recorded at download"
+            try:
+                return changed_since(version.url, last_modified, download_settings().http_settings()), None
+            except DownloadError as exc:
+                return None, f"verify: {exc}"
+
+        slots = luigi.configuration.get_config().getint("resources", "cms_http", 4)
+        with ThreadPoolExecutor(max_workers=max(1, slots)) as pool:
+            results = list(pool.map(check, [v for v, _ in up_to_date]))
+        kept, replaced, notes = [], [], {}
+        for (version, stats), (new_revision, note) in zip(up_to_date, results, strict=True):
+            if new_revision:
+                replaced.append(replace(version, revision=new_revision))
+            else:
+                kept.append((version, stats))
+                if note:
+                    notes[version] = note
+        return kept, replaced, notes
 
     def on_failure(self, exception):
         message = f"metastore {self.metastore_url}: {exception}"
@@ -162,19 +198,20 @@ class VersionTask(RunTask):
     identifier = luigi.Parameter()
     modified = luigi.Parameter()
     url = luigi.Parameter()
+    revision = luigi.Parameter(default="", description="Last-Modified of a file replaced in place")
 
     @classmethod
     def for_version(cls, run: RunTask, version: CsvVersion):
         return cls(data_dir=run.data_dir, run_id=run.run_id, identifier=version.identifier,
-                   modified=version.modified, url=version.url)
+                   modified=version.modified, url=version.url, revision=version.revision)
 
     @property
     def version(self) -> CsvVersion:
-        return CsvVersion(self.identifier, "", self.modified, self.url, "")
+        return CsvVersion(self.identifier, "", self.modified, self.url, "", revision=self.revision)
 
     @property
     def folder(self) -> Path:
-        return layout.version_dir(Path(self.data_dir), self.identifier, self.modified, self.url)
+        return layout.version_dir(Path(self.data_dir), self.identifier, self.modified, self.url, self.revision)
 
     def on_failure(self, exception):
         cause = exception.cause if isinstance(exception, DatasetError) else repr(exception)
@@ -203,9 +240,10 @@ class DownloadCsv(VersionTask):
         remove_stale_temps(self.output())
         with atomic_path(self.output()) as temp:
             try:
-                download(self.url, temp, download_settings().http_settings(), self._progress)
+                fetched = download(self.url, temp, download_settings().http_settings(), self._progress)
             except Exception as exc:
                 raise DatasetError(self.identifier, f"download of {self.url} failed: {exc}") from exc
+        self.runlog().record_download(self.version, fetched.last_modified)
 
     _last_report = 0.0
 
@@ -221,8 +259,7 @@ class DownloadCsv(VersionTask):
 
 class NormalizeCsv(VersionTask):
     def requires(self):
-        return DownloadCsv(data_dir=self.data_dir, run_id=self.run_id, identifier=self.identifier,
-                           modified=self.modified, url=self.url)
+        return DownloadCsv.for_version(self, self.version)
 
     def output(self):
         return {"csv": luigi.LocalTarget(str(layout.normalized_csv(self.folder)), format=luigi.format.Nop),
@@ -275,10 +312,11 @@ class HospitalsDaily(RunTask):
     run_id = luigi.Parameter(default=default_run_id(), description="defaults to the UTC start time")
     metastore_url = luigi.Parameter(description="DKAN metastore items endpoint (set in luigi.cfg)")
     theme = luigi.Parameter(default="Hospitals", description="exact theme to select")
+    verify = luigi.BoolParameter(default=False, description="ask the server whether finished files changed in place")
 
     def requires(self):
         return FetchCatalog(data_dir=self.data_dir, run_id=self.run_id, metastore_url=self.metastore_url,
-                            theme=self.theme)
+                            theme=self.theme, verify=self.verify)
 
     def output(self):
         return luigi.LocalTarget(str(layout.report(Path(self.data_dir), self.run_id)))

@@ -149,6 +149,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             hdrs.update(res.headers)
         size = body.stat().st_size if isinstance(body, Path) else len(body)
         start, length = 0, size
+        if normal and status == 200 and self._not_modified(res):
+            status, body, size, length = 304, b"", 0, 0
         if normal and res.ranges and status == 200:
             rng = self._range(res, size)
             if rng == _UNSATISFIABLE:
@@ -172,6 +174,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             # Shut down now so the client sees EOF short of Content-Length.
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _not_modified(self, res: _Resource) -> bool:
+        """If-Modified-Since as real servers answer it: 304 unless the resource is newer."""
+        since = self.headers.get("If-Modified-Since")
+        if not since or not res.last_modified:
+            return False
+        try:
+            asked = email.utils.parsedate_to_datetime(since)
+        except (TypeError, ValueError):
+            return False
+        return email.utils.parsedate_to_datetime(res.last_modified) <= asked
 
     def _range(self, res: _Resource, size: int) -> tuple[int, int] | None:
         """(first, last) inclusive, _UNSATISFIABLE, or None to ignore the Range header."""

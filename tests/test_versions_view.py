@@ -108,3 +108,31 @@ def test_data_dictionary_link_and_released_date_are_kept(site, tmp_path):
     assert entry["released"] == "2025-01-15" and entry["described_by"].endswith("dictionary.pdf")
     [item] = json.loads((tmp_path / "latest" / "latest.json").read_text(encoding="utf-8"))["datasets"]
     assert item["released"] == "2025-01-15" and item["described_by"].endswith("dictionary.pdf")
+
+
+def test_verify_catches_a_file_replaced_under_the_same_url(site, tmp_path):
+    [path] = site.dataset("yv7e-xc69", "2025-01-01", {"Timely.csv": csv_bytes('"A"', ['"old"'])}, upload=1700000000)
+    ok, first = run_daily(site, tmp_path)
+    old_output = Path(by_identifier(first)["yv7e-xc69"][0]["paths"]["normalized"])
+    site.server.add(path, csv_bytes('"A"', ['"new"']), last_modified=1700086400)  # same URL, new file
+
+    site.server.clear()
+    assert run_daily(site, tmp_path)[0] and site.server.paths() == [CATALOG_PATH]  # a plain run cannot see it
+
+    site.server.clear()
+    ok, report = run_daily(site, tmp_path, verify=True)
+    check, fetch = [r for r in site.server.requests if r.path == path]
+    assert check.headers["If-Modified-Since"] == "Tue, 14 Nov 2023 22:18:20 GMT" and check.status == 200
+    assert "If-Modified-Since" not in fetch.headers and fetch.status == 200
+    entry = by_identifier(report)["yv7e-xc69"][0]
+    assert entry["status"] == "downloaded" and entry["version"]["revision"] == "Wed, 15 Nov 2023 22:13:20 GMT"
+    assert Path(entry["paths"]["normalized"]).read_bytes() == b'"a"\r\n"new"\r\n'
+    assert old_output.read_bytes() == b'"a"\r\n"old"\r\n'  # the earlier file is kept
+    assert (tmp_path / "latest" / "yv7e-xc69.csv").read_bytes() == b'"a"\r\n"new"\r\n'
+
+    site.server.clear()
+    ok, report = run_daily(site, tmp_path, verify=True)
+    assert ok and [r.status for r in site.server.requests if r.path == path] == [304]
+    assert by_identifier(report)["yv7e-xc69"][0]["status"] == "up_to_date"
+    site.server.clear()
+    assert run_daily(site, tmp_path)[0] and site.server.paths() == [CATALOG_PATH]
