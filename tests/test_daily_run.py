@@ -10,18 +10,6 @@ import pytest
 
 from tests.fixtures import HEADER_IPF, HEADER_OAS_CAHPS, HEADER_UNQUOTED_LF, HEADER_WITH_COMMA, csv_bytes, quoted_rows
 from tests.harness import CATALOG_PATH, Site, by_identifier, query, run_daily
-from tests.loopback_server import LoopbackServer
-
-
-@pytest.fixture
-def server():
-    with LoopbackServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def site(server):
-    return Site(server)
 
 
 def data_after_header(data: bytes) -> bytes:
@@ -59,7 +47,8 @@ def test_first_run_fetches_every_hospitals_csv_once_and_nothing_else(site, serve
     assert len(csv_requests) == 5 == len(set(csv_requests))
     assert not any("NH.csv" in p for p in csv_requests)
     assert report["status"] == "succeeded"
-    assert report["counts"] == {"discovered": 5, "downloaded": 5, "up_to_date": 0, "failed": 0, "invalid": 0, "retired": 0}
+    assert report["counts"] == {"discovered": 5, "downloaded": 5, "up_to_date": 0, "failed": 0, "invalid": 0,
+                                "retired": 0}
 
     entries = by_identifier(report)
     assert sorted(entries) == ["48nr-hqxx", "hbf-map", "ipf1-2345", "x663-bwbj"]
@@ -136,7 +125,8 @@ def test_a_failing_dataset_fails_alone_and_only_it_is_retried(site, server, tmp_
     ok, report = run_daily(site, tmp_path)
     assert not ok
     assert report["status"] == "failed"
-    assert report["counts"] == {"discovered": 7, "downloaded": 5, "up_to_date": 0, "failed": 2, "invalid": 0, "retired": 0}
+    assert report["counts"] == {"discovered": 7, "downloaded": 5, "up_to_date": 0, "failed": 2, "invalid": 0,
+                                "retired": 0}
     entries = by_identifier(report)
     assert "HTTP 404" in entries["77hc-ibv8"][0]["error"]
     assert "HTML" in entries["632h-zaca"][0]["error"]

@@ -3,42 +3,20 @@
 import hashlib
 from pathlib import Path
 
-import luigi.configuration
 import pytest
 
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, quoted_rows
 from tests.harness import CATALOG_PATH, Site, by_identifier, query, run_daily
-from tests.loopback_server import LoopbackServer
 
 BODY = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(2000, 5))  # ~60 KB
 
 
 @pytest.fixture(autouse=True)
-def fast_http():
+def fast_http(luigi_setting):
     """Short timeouts and backoff so faults resolve in well under a second."""
-    config = luigi.configuration.get_config()
-    values = {"backoff_factor": "0.01", "read_timeout": "0.5", "connect_timeout": "2", "retries": "3",
-              "body_attempts": "3"}
-    saved = {key: config.get("download", key, None) for key in values}
-    for key, value in values.items():
-        config.set("download", key, value)
-    yield
-    for key, value in saved.items():
-        if value is None:
-            config.remove_option("download", key)
-        else:
-            config.set("download", key, value)
-
-
-@pytest.fixture
-def server():
-    with LoopbackServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def site(server):
-    return Site(server)
+    for key, value in {"backoff_factor": "0.01", "read_timeout": "0.5", "connect_timeout": "2", "retries": "3",
+                       "body_attempts": "3"}.items():
+        luigi_setting("download", key, value)
 
 
 def one_dataset(site: Site, body: bytes = BODY) -> str:

@@ -5,25 +5,12 @@ from pathlib import Path
 
 import luigi
 import luigi.configuration
-import pytest
 
 from pipeline import HospitalsPlan
 from tests.fixtures import csv_bytes, quoted_rows
 from tests.harness import CATALOG_PATH, Site, by_identifier, query, run_daily
-from tests.loopback_server import LoopbackServer
 
 FILES_PREFIX = "/provider-data/sites/"
-
-
-@pytest.fixture
-def server():
-    with LoopbackServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def site(server):
-    return Site(server)
 
 
 def publish(site: Site, count: int) -> None:
@@ -31,21 +18,13 @@ def publish(site: Site, count: int) -> None:
         site.dataset(f"ds{n:02d}-0000", "2025-04-08", {"F.csv": csv_bytes('"Facility ID","Score"', quoted_rows(50, 2))})
 
 
-@pytest.fixture
-def http_slots():
-    config = luigi.configuration.get_config()
-    saved = config.get("resources", "cms_http", None)
-    config.set("resources", "cms_http", "2")
-    yield 2
-    config.set("resources", "cms_http", saved) if saved is not None else config.remove_option("resources", "cms_http")
-
-
-def test_the_http_resource_caps_concurrent_downloads_whatever_the_workers(site, server, tmp_path, http_slots):
+def test_the_http_resource_caps_concurrent_downloads_whatever_the_workers(site, server, tmp_path, luigi_setting):
+    luigi_setting("resources", "cms_http", "2")
     publish(site, 8)
     server.latency = 0.3  # each file takes long enough for downloads to overlap
     ok, report = run_daily(site, tmp_path, workers=6)
     assert ok and report["counts"]["downloaded"] == 8
-    assert server.peak_concurrency_for(FILES_PREFIX) == http_slots
+    assert server.peak_concurrency_for(FILES_PREFIX) == 2
 
 
 def test_console_shows_a_progress_line_per_dataset_and_the_summary(site, tmp_path, capfd):

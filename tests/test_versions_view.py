@@ -4,32 +4,8 @@ import json
 import os
 from pathlib import Path
 
-import luigi.configuration
-import pytest
-
 from tests.fixtures import csv_bytes
-from tests.harness import CATALOG_PATH, Site, by_identifier, query, run_daily
-from tests.loopback_server import LoopbackServer
-
-
-@pytest.fixture
-def site():
-    with LoopbackServer() as server:
-        yield Site(server)
-
-
-@pytest.fixture
-def setting():
-    config = luigi.configuration.get_config()
-    changed = []
-
-    def set_value(section, key, value):
-        changed.append((section, key, config.get(section, key, None)))
-        config.set(section, key, value)
-
-    yield set_value
-    for section, key, value in reversed(changed):
-        config.set(section, key, value) if value is not None else config.remove_option(section, key)
+from tests.harness import CATALOG_PATH, by_identifier, query, run_daily
 
 
 def version(site, modified, header, rows, upload, identifier="yv7e-xc69"):
@@ -80,9 +56,9 @@ def test_latest_view_follows_the_current_version_and_survives_a_failed_one(site,
     assert not list(latest.glob("*.tmp"))
 
 
-def test_retention_keeps_the_newest_versions_and_drop_source_halves_disk(site, tmp_path, setting):
-    setting("retention", "keep_versions", "2")
-    setting("retention", "drop_source", "true")
+def test_retention_keeps_the_newest_versions_and_drop_source_halves_disk(site, tmp_path, luigi_setting):
+    luigi_setting("retention", "keep_versions", "2")
+    luigi_setting("retention", "drop_source", "true")
     for n in range(4):
         version(site, f"2025-0{n + 1}-01", '"A","B"', [f'"{n}","x"'], 1700000000 + n)
         assert run_daily(site, tmp_path)[0]

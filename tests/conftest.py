@@ -1,0 +1,34 @@
+import luigi.configuration
+import pytest
+
+from tests.harness import Site
+from tests.loopback_server import LoopbackServer
+
+
+@pytest.fixture
+def server():
+    with LoopbackServer() as srv:
+        yield srv
+
+
+@pytest.fixture
+def site(server):
+    return Site(server)
+
+
+@pytest.fixture
+def luigi_setting():
+    """Set luigi.cfg values for one test (worker processes are forked, so they see them too)."""
+    config = luigi.configuration.get_config()
+    saved = []
+
+    def set_value(section: str, key: str, value: str) -> None:
+        saved.append((section, key, config.get(section, key, None)))
+        config.set(section, key, value)
+
+    yield set_value
+    for section, key, value in reversed(saved):
+        if value is None:
+            config.remove_option(section, key)
+        else:
+            config.set(section, key, value)
