@@ -3,6 +3,7 @@
 Run: luigi --module pipeline HospitalsDaily --workers 8
 """
 
-from pipeline.tasks import DownloadCsv, FetchCatalog, HospitalsDaily, HospitalsPlan, NormalizeCsv
+from pipeline.dry_run import HospitalsPlan
+from pipeline.tasks import DownloadCsv, FetchCatalog, HospitalsDaily, NormalizeCsv
 
 __all__ = ["DownloadCsv", "FetchCatalog", "HospitalsDaily", "HospitalsPlan", "NormalizeCsv"]

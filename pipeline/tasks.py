@@ -13,9 +13,7 @@ import json
 import logging
 import shutil
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,12 +24,12 @@ from pipeline import latest, layout
 from pipeline.catalog import Catalog, CatalogError, CsvVersion, parse_catalog
 from pipeline.header_rewrite import rewrite_csv
 from pipeline.http import DownloadError, changed_since, download, fetch_bytes
-from pipeline.plan import format_table, plan
 from pipeline.report import build_report, summary_lines
-from pipeline.runlog import RunLog, now, read_state
+from pipeline.runlog import RunLog, now
 from pipeline.schema_drift import diff_columns
 from pipeline.settings import download as download_settings
 from pipeline.settings import retention
+from pipeline.targets import atomic_path, remove_stale_temps, write_json
 
 logger = logging.getLogger("luigi-interface")
 
@@ -68,32 +66,6 @@ def load_catalog(metastore_url: str, theme: str) -> Catalog:
 
 def default_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")[:-3]
-
-
-@contextmanager
-def atomic_path(target: luigi.LocalTarget):
-    """Luigi's temporary_path (same folder, then rename), minus the temp file when the body fails."""
-    temp = None
-    try:
-        with target.temporary_path() as temp:
-            yield Path(temp)
-    except BaseException:
-        if temp:
-            Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(target: luigi.LocalTarget, data) -> None:
-    with atomic_path(target) as temp:
-        temp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", newline="")
-
-
-def remove_stale_temps(*targets: luigi.LocalTarget) -> None:
-    """Temp files of a killed earlier attempt at these very targets."""
-    for target in targets:
-        path = Path(target.path)
-        for stale in path.parent.glob(f"{path.name}-luigi-tmp-*"):
-            stale.unlink(missing_ok=True)
 
 
 class RunTask(luigi.Task):
@@ -333,35 +305,3 @@ class HospitalsDaily(RunTask):
         yield children
         self.runlog().settle_queued(self.run_id)
         self.close_run_if_complete()
-
-
-# Luigi calls a config_path fallback "deprecated"; here it is the point: one [HospitalsDaily] section for both tasks.
-warnings.filterwarnings("ignore", r"The use of the configuration \[HospitalsDaily\]", DeprecationWarning)
-
-
-def _daily_setting(name: str, **kwargs) -> luigi.Parameter:
-    """A parameter that falls back to HospitalsDaily's value in luigi.cfg, so a plan sees the same settings."""
-    return luigi.Parameter(config_path={"section": "HospitalsDaily", "name": name}, **kwargs)
-
-
-class HospitalsPlan(luigi.Task):
-    """Dry run: which versions are new, changed, up to date, failed last time, retired or invalid.
-
-    Downloads no file and writes nothing but its own report, reports/plan-<run_id>.json.
-    """
-
-    data_dir = _daily_setting("data_dir", default="data")
-    metastore_url = _daily_setting("metastore_url")
-    theme = _daily_setting("theme", default="Hospitals")
-    run_id = luigi.Parameter(default=default_run_id())
-
-    def output(self):
-        return luigi.LocalTarget(str(layout.plan_report(Path(self.data_dir), self.run_id)))
-
-    def run(self):
-        catalog = load_catalog(self.metastore_url, self.theme)
-        known, failed, retired = read_state(layout.runlog_db(Path(self.data_dir)), self.theme)
-        rows = plan(catalog, lambda v: NormalizeCsv.for_version(self, v).complete(), known, failed, retired)
-        write_json(self.output(), {"run_id": self.run_id, "metastore_url": self.metastore_url, "theme": self.theme,
-                                   "versions": rows})
-        print(format_table(rows) + f"\nPlan: {self.output().path}", flush=True)

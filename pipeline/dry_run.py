@@ -1,0 +1,43 @@
+"""HospitalsPlan: the dry run, as a Luigi task. It shares HospitalsDaily's settings."""
+
+import warnings
+from pathlib import Path
+
+import luigi
+
+from pipeline import layout
+from pipeline.plan import format_table, plan
+from pipeline.runlog import read_state
+from pipeline.targets import write_json
+from pipeline.tasks import NormalizeCsv, default_run_id, load_catalog
+
+# Luigi calls a config_path fallback "deprecated"; here it is the point: one [HospitalsDaily] section for both tasks.
+warnings.filterwarnings("ignore", r"The use of the configuration \[HospitalsDaily\]", DeprecationWarning)
+
+
+def _daily_setting(name: str, **kwargs) -> luigi.Parameter:
+    """A parameter that falls back to HospitalsDaily's value in luigi.cfg, so a plan sees the same settings."""
+    return luigi.Parameter(config_path={"section": "HospitalsDaily", "name": name}, **kwargs)
+
+
+class HospitalsPlan(luigi.Task):
+    """Dry run: which versions are new, changed, up to date, failed last time, retired or invalid.
+
+    Downloads no file and writes nothing but its own report, reports/plan-<run_id>.json.
+    """
+
+    data_dir = _daily_setting("data_dir", default="data")
+    metastore_url = _daily_setting("metastore_url")
+    theme = _daily_setting("theme", default="Hospitals")
+    run_id = luigi.Parameter(default=default_run_id())
+
+    def output(self):
+        return luigi.LocalTarget(str(layout.plan_report(Path(self.data_dir), self.run_id)))
+
+    def run(self):
+        catalog = load_catalog(self.metastore_url, self.theme)
+        known, failed, retired = read_state(layout.runlog_db(Path(self.data_dir)), self.theme)
+        rows = plan(catalog, lambda v: NormalizeCsv.for_version(self, v).complete(), known, failed, retired)
+        write_json(self.output(), {"run_id": self.run_id, "metastore_url": self.metastore_url, "theme": self.theme,
+                                   "versions": rows})
+        print(format_table(rows) + f"\nPlan: {self.output().path}", flush=True)
