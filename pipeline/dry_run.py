@@ -8,6 +8,7 @@ import luigi
 from pipeline import layout
 from pipeline.plan import format_table, plan
 from pipeline.runlog import read_state
+from pipeline.settings import SettingsParameter
 from pipeline.targets import write_json
 from pipeline.tasks import NormalizeCsv, default_run_id, load_catalog
 
@@ -30,12 +31,13 @@ class HospitalsPlan(luigi.Task):
     metastore_url = _daily_setting("metastore_url")
     theme = _daily_setting("theme", default="Hospitals")
     run_id = luigi.Parameter(default=default_run_id())
+    settings = SettingsParameter()
 
     def output(self):
         return luigi.LocalTarget(str(layout.plan_report(Path(self.data_dir), self.run_id)))
 
     def run(self):
-        catalog = load_catalog(self.metastore_url, self.theme)
+        catalog = load_catalog(self.metastore_url, self.theme, self.settings)
         known, failed, retired = read_state(layout.runlog_db(Path(self.data_dir)), self.theme)
         rows = plan(catalog, lambda v: NormalizeCsv.for_version(self, v).complete(), known, failed, retired)
         write_json(self.output(), {"run_id": self.run_id, "metastore_url": self.metastore_url, "theme": self.theme,

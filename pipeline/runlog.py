@@ -177,7 +177,7 @@ class RunLog:
         return (same_file or rows or [None])[0]
 
     def record_done(self, run_id: str, version: CsvVersion, stats: dict, schema_change: str | None = None,
-                    previous: tuple[str, str, str] | None = None) -> tuple[int, int]:
+                    previous: tuple[str, str, str] | None = None, outcome: str = "downloaded") -> tuple[int, int]:
         """Returns (settled, total) versions of the run, for a progress line."""
         with self.transaction() as db:
             self._store_done(db, version, stats, run_id)
@@ -185,7 +185,7 @@ class RunLog:
                 db.execute("INSERT OR REPLACE INTO schema_changes VALUES (?,?,?,?,?,?,?)",
                            (version.identifier, version.modified, version.url, previous[0], previous[1],
                             schema_change, run_id))
-            self._set_outcome(db, run_id, version, "downloaded", None)
+            self._set_outcome(db, run_id, version, outcome, None)
             return db.execute("SELECT sum(outcome NOT IN ('queued')), count(*) FROM run_items WHERE run_id=?"
                               " AND outcome NOT IN ('invalid', 'retired')", (run_id,)).fetchone()
 

@@ -1,6 +1,14 @@
-"""Settings read from luigi.cfg (section [download]); task parameters carry the rest."""
+"""Settings of sections [download] and [retention], and the task parameter that carries them to workers.
+
+Luigi reads a Config class where it is instantiated. A worker process started by spawning (Windows) re-reads
+luigi.cfg but never sees the command line, so the settings are resolved once, where HospitalsDaily is created,
+and handed down to every task as a hidden, insignificant parameter.
+"""
+
+from dataclasses import asdict
 
 import luigi
+from luigi.parameter import ParameterVisibility
 
 from pipeline.http import HttpSettings
 
@@ -13,11 +21,28 @@ class download(luigi.Config):  # noqa: N801 - Luigi names the config section aft
     body_attempts = luigi.IntParameter(default=3, description="tries for a body cut off mid-transfer")
     user_agent = luigi.Parameter(default="cms-hospitals-pipeline/0.1 (daily Luigi ingestion)")
 
-    def http_settings(self) -> HttpSettings:
-        return HttpSettings(self.connect_timeout, self.read_timeout, self.retries, self.backoff_factor,
-                            self.body_attempts, self.user_agent)
-
 
 class retention(luigi.Config):  # noqa: N801
     keep_versions = luigi.IntParameter(default=0, description="finished versions kept per dataset; 0 keeps all")
     drop_source = luigi.BoolParameter(default=False, description="delete source.csv once normalized.csv is written")
+
+
+def current() -> dict:
+    d, r = download(), retention()
+    http = HttpSettings(d.connect_timeout, d.read_timeout, d.retries, d.backoff_factor, d.body_attempts, d.user_agent)
+    return {"download": asdict(http), "retention": {"keep_versions": r.keep_versions, "drop_source": r.drop_source}}
+
+
+class SettingsParameter(luigi.DictParameter):
+    """Empty means "read them now", which happens in the process that creates the task."""
+
+    def __init__(self):
+        super().__init__(default={}, significant=False, visibility=ParameterVisibility.HIDDEN,
+                         description="[download] and [retention] settings, resolved where the run starts")
+
+    def normalize(self, value):
+        return super().normalize(value or current())
+
+
+def http_settings(settings) -> HttpSettings:
+    return HttpSettings(**settings["download"])

@@ -5,6 +5,29 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import luigi
+from filelock import FileLock, Timeout
+
+LOCK_NAME = ".lock"
+
+
+@contextmanager
+def folder_lock(folder: Path):
+    """An OS lock on a version folder, held while its files are written. Two overlapping runs (other run ids,
+    other hosts) then take turns instead of writing the same files; the OS drops it if the holder dies."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / LOCK_NAME):
+        yield
+
+
+def sweep_stale_temps(datasets: Path) -> None:
+    """Delete temp files left by killed writers: those in version folders nobody holds the lock of."""
+    for folder in {temp.parent for temp in datasets.glob("*/*/*-luigi-tmp-*")}:
+        try:
+            with FileLock(folder / LOCK_NAME, timeout=0):
+                for temp in folder.glob("*-luigi-tmp-*"):
+                    temp.unlink(missing_ok=True)
+        except Timeout:
+            continue  # a live writer
 
 
 @contextmanager
@@ -26,7 +49,7 @@ def write_json(target: luigi.LocalTarget, data) -> None:
 
 
 def remove_stale_temps(*targets: luigi.LocalTarget) -> None:
-    """Temp files of a killed earlier attempt at these very targets."""
+    """Temp files of a killed earlier attempt at these very targets (call it holding the folder lock)."""
     for target in targets:
         path = Path(target.path)
         for stale in path.parent.glob(f"{path.name}-luigi-tmp-*"):

@@ -27,9 +27,8 @@ from pipeline.http import DownloadError, changed_since, download, fetch_bytes
 from pipeline.report import build_report, summary_lines
 from pipeline.runlog import RunLog, now
 from pipeline.schema_drift import diff_columns
-from pipeline.settings import download as download_settings
-from pipeline.settings import retention
-from pipeline.targets import atomic_path, remove_stale_temps, write_json
+from pipeline.settings import SettingsParameter, http_settings
+from pipeline.targets import atomic_path, folder_lock, remove_stale_temps, sweep_stale_temps, write_json
 
 logger = logging.getLogger("luigi-interface")
 
@@ -57,8 +56,8 @@ class _QuietDatasetErrors(logging.Filter):
 logger.addFilter(_QuietDatasetErrors())
 
 
-def load_catalog(metastore_url: str, theme: str) -> Catalog:
-    catalog = parse_catalog(fetch_bytes(metastore_url, download_settings().http_settings()), theme)
+def load_catalog(metastore_url: str, theme: str, settings) -> Catalog:
+    catalog = parse_catalog(fetch_bytes(metastore_url, http_settings(settings)), theme)
     if not catalog.versions and not catalog.invalid:
         raise CatalogError(f"no dataset has the theme {theme!r} ({catalog.items_total} items)")
     return catalog
@@ -71,6 +70,7 @@ def default_run_id() -> str:
 class RunTask(luigi.Task):
     data_dir = luigi.Parameter(description="folder for outputs, run log and reports")
     run_id = luigi.Parameter(description="names this run in the log and the report")
+    settings = SettingsParameter()
 
     def runlog(self) -> RunLog:
         return RunLog(layout.runlog_db(Path(self.data_dir)))
@@ -93,8 +93,9 @@ class RunTask(luigi.Task):
         report = log.finish_if_complete(self.run_id, write_report)
         if not report:
             return
-        if retention().keep_versions > 0:
-            for output_path in log.prune(self.run_id, retention().keep_versions):
+        keep = self.settings["retention"]["keep_versions"]
+        if keep > 0:
+            for output_path in log.prune(self.run_id, keep):
                 shutil.rmtree(Path(output_path).parent, ignore_errors=True)
         print("\n".join(summary_lines(report, layout.report(data_dir, self.run_id))), flush=True)
 
@@ -110,10 +111,8 @@ class FetchCatalog(RunTask):
     def run(self):
         log = self.runlog()
         log.start_run(self.run_id, self.metastore_url, self.theme)
-        # Nothing of this run writes yet, so any temp file left now is from a killed run.
-        for stale in (Path(self.data_dir) / "datasets").glob("*/*/*-luigi-tmp-*"):
-            stale.unlink(missing_ok=True)
-        catalog = load_catalog(self.metastore_url, self.theme)
+        sweep_stale_temps(Path(self.data_dir) / "datasets")
+        catalog = load_catalog(self.metastore_url, self.theme, self.settings)
         known = log.known_versions()
         queued, up_to_date = [], []
         for version in catalog.versions:
@@ -140,7 +139,7 @@ class FetchCatalog(RunTask):
             if not last_modified:
                 return None, "verify: no Last-Modified was recorded at download"
             try:
-                return changed_since(version.url, last_modified, download_settings().http_settings()), None
+                return changed_since(version.url, last_modified, http_settings(self.settings)), None
             except DownloadError as exc:
                 return None, f"verify: {exc}"
 
@@ -174,7 +173,7 @@ class VersionTask(RunTask):
 
     @classmethod
     def for_version(cls, run: RunTask, version: CsvVersion):
-        return cls(data_dir=run.data_dir, run_id=run.run_id, identifier=version.identifier,
+        return cls(data_dir=run.data_dir, run_id=run.run_id, settings=run.settings, identifier=version.identifier,
                    modified=version.modified, url=version.url, revision=version.revision)
 
     @property
@@ -209,12 +208,15 @@ class DownloadCsv(VersionTask):
         return luigi.LocalTarget(str(layout.source_csv(self.folder)), format=luigi.format.Nop)
 
     def run(self):
-        remove_stale_temps(self.output())
-        with atomic_path(self.output()) as temp:
-            try:
-                fetched = download(self.url, temp, download_settings().http_settings(), self._progress)
-            except Exception as exc:
-                raise DatasetError(self.identifier, f"download of {self.url} failed: {exc}") from exc
+        with folder_lock(self.folder):
+            if self.output().exists():
+                return  # an overlapping run fetched it while we waited for the lock
+            remove_stale_temps(self.output())
+            with atomic_path(self.output()) as temp:
+                try:
+                    fetched = download(self.url, temp, http_settings(self.settings), self._progress)
+                except Exception as exc:
+                    raise DatasetError(self.identifier, f"download of {self.url} failed: {exc}") from exc
         self.runlog().record_download(self.version, fetched.last_modified)
 
     _last_report = 0.0
@@ -244,6 +246,14 @@ class NormalizeCsv(VersionTask):
                                             "rows", "bytes", "sha256")}
 
     def run(self):
+        with folder_lock(self.folder):
+            if self.complete():  # an overlapping run normalized it while we waited for the lock
+                self.runlog().record_done(self.run_id, self.version, self.stored_stats(), outcome="up_to_date")
+            else:
+                self._normalize()
+        self.close_run_if_complete()
+
+    def _normalize(self) -> None:
         outputs = self.output()
         remove_stale_temps(*outputs.values())
         source = Path(self.input().path)
@@ -267,14 +277,13 @@ class NormalizeCsv(VersionTask):
             old = json.loads(Path(previous[2]).read_text(encoding="utf-8"))["columns"]
             change = diff_columns([c["normalized"] for c in old], result.normalized)
         write_json(outputs["header_map"], stats)
-        if retention().drop_source:
+        if self.settings["retention"]["drop_source"]:
             source.unlink()
             stats["source_path"] = None
         settled, total = log.record_done(self.run_id, self.version, stats, change and json.dumps(change), previous)
         print(f"[{settled}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "
               f"{result.bytes / 1e6:,.1f} MB" + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
               flush=True)
-        self.close_run_if_complete()
 
 
 class HospitalsDaily(RunTask):
@@ -287,8 +296,8 @@ class HospitalsDaily(RunTask):
     verify = luigi.BoolParameter(default=False, description="ask the server whether finished files changed in place")
 
     def requires(self):
-        return FetchCatalog(data_dir=self.data_dir, run_id=self.run_id, metastore_url=self.metastore_url,
-                            theme=self.theme, verify=self.verify)
+        return FetchCatalog(data_dir=self.data_dir, run_id=self.run_id, settings=self.settings,
+                            metastore_url=self.metastore_url, theme=self.theme, verify=self.verify)
 
     def output(self):
         return luigi.LocalTarget(str(layout.report(Path(self.data_dir), self.run_id)))
