@@ -3,12 +3,18 @@
 Only the header record is parsed (with the csv module, so quoted commas and line breaks are handled);
 every byte after it is copied as is, so for a UTF-8 source the data is byte-identical to the download.
 A source that is not valid UTF-8 is read as Windows-1252 and written as UTF-8.
+
+Two ways to the same output: `SourceScan` is fed the bytes while they download and works out the new header,
+the output's sha256, size and rows, so `copy_normalized` only writes the header and lets the kernel copy the
+rest; `rewrite_csv` does everything from the file alone (no scan, or a source that is not UTF-8).
 """
 
 import codecs
 import csv
 import hashlib
 import io
+import os
+import shutil
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -83,8 +89,8 @@ def _write(dst: BinaryIO, result: RewriteResult, data: bytes) -> None:
     result.bytes += len(data)
 
 
-def _rewrite(src: BinaryIO, dst: BinaryIO, encoding: str) -> RewriteResult:
-    raw_header = _read_header_bytes(src)
+def _new_header(raw_header: bytes, encoding: str) -> tuple[bytes, list[str], list[str], str]:
+    """(the snake_case header line, original names, new names, line ending) from the raw first record."""
     if raw_header.startswith(_BOM):
         raw_header = raw_header[len(_BOM):]
     text = _decode(raw_header, encoding)
@@ -92,12 +98,17 @@ def _rewrite(src: BinaryIO, dst: BinaryIO, encoding: str) -> RewriteResult:
     if not any(name.strip() for name in original):
         raise HeaderError("file has no header row")
     ending = _line_ending(raw_header)
-    result = RewriteResult(original, normalize_header(original), encoding, ending)
-
+    normalized = normalize_header(original)
     out = io.StringIO(newline="")
     quoting = csv.QUOTE_ALL if text.startswith('"') else csv.QUOTE_MINIMAL
-    csv.writer(out, lineterminator=ending, quoting=quoting).writerow(result.normalized)
-    _write(dst, result, out.getvalue().encode("utf-8"))
+    csv.writer(out, lineterminator=ending, quoting=quoting).writerow(normalized)
+    return out.getvalue().encode("utf-8"), original, normalized, ending
+
+
+def _rewrite(src: BinaryIO, dst: BinaryIO, encoding: str) -> RewriteResult:
+    header, original, normalized, ending = _new_header(_read_header_bytes(src), encoding)
+    result = RewriteResult(original, normalized, encoding, ending)
+    _write(dst, result, header)
 
     validator = codecs.getincrementaldecoder("utf-8")()
     last = b""
@@ -131,3 +142,96 @@ def rewrite_csv(src: BinaryIO, dst: BinaryIO) -> RewriteResult:
         dst.seek(0)
         dst.truncate()
         return _rewrite(src, dst, "cp1252")
+
+
+def _header_record_end(buf: bytes) -> int | None:
+    """Offset just past the first record's line ending, once the buffer holds all of it."""
+    start = 0
+    while (newline := buf.find(b"\n", start)) != -1:
+        if buf.count(b'"', 0, newline + 1) % 2 == 0:
+            return newline + 1
+        start = newline + 1
+    return None
+
+
+class SourceScan:
+    """Fed a download chunk by chunk (call `reset` when it starts over). `result()` says what the normalized
+    file will be, or None when the file must go through `rewrite_csv` (no usable header, not UTF-8)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._head = bytearray()
+        self._validator = codecs.getincrementaldecoder("utf-8")()
+        self._hash = hashlib.sha256()
+        self._last = b""
+        self.header: bytes | None = None
+        self.usable = True
+        self.data_offset = self.source_bytes = self.rows = self.bytes = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.source_bytes += len(chunk)
+        if not self.usable:
+            return
+        if self.header is None:
+            self._head += chunk
+            end = _header_record_end(self._head)
+            if end is None:
+                self.usable = len(self._head) <= MAX_HEADER_BYTES
+                return
+            try:
+                self.header, self.original, self.normalized, self.line_ending = _new_header(
+                    bytes(self._head[:end]), "utf-8")
+            except (HeaderError, _NotUtf8, csv.Error):
+                self.usable = False
+                return
+            self.data_offset, chunk, self._head = end, bytes(self._head[end:]), bytearray()
+            self._hash.update(self.header)
+            self.bytes = len(self.header)
+        if not chunk:
+            return
+        if not chunk.isascii() or self._validator.getstate()[0]:
+            try:
+                self._validator.decode(chunk)
+            except UnicodeDecodeError:
+                self.usable = False
+                return
+        self.rows += chunk.count(b"\n")
+        self._last = chunk[-1:]
+        self._hash.update(chunk)
+        self.bytes += len(chunk)
+
+    def result(self) -> dict | None:
+        if not self.usable or self.header is None or self._validator.getstate()[0]:
+            return None
+        rows = self.rows + (self._last not in (b"", b"\n"))  # a last record without a line ending
+        return {"source_bytes": self.source_bytes, "data_offset": self.data_offset,
+                "header": self.header.decode("utf-8"), "original": self.original, "normalized": self.normalized,
+                "line_ending": self.line_ending, "rows": rows, "bytes": self.bytes, "sha256": self._hash.hexdigest()}
+
+
+def _copy_rest(src: BinaryIO, dst: BinaryIO) -> None:
+    """The rest of src onto dst; in the kernel where the OS can (Linux copy_file_range), else in chunks."""
+    dst.flush()
+    try:
+        while os.copy_file_range(src.fileno(), dst.fileno(), 1 << 30):
+            pass
+    except (AttributeError, OSError):  # not Linux, or a filesystem that refuses: positions are unchanged
+        shutil.copyfileobj(src, dst, CHUNK)
+
+
+def copy_normalized(src: BinaryIO, dst: BinaryIO, scan: dict) -> RewriteResult:
+    """The normalized file from a download's scan: the new header, then the source's data bytes as they are."""
+    src.seek(0, os.SEEK_END)
+    if src.tell() != scan["source_bytes"]:
+        raise ValueError("the download changed after it was scanned")
+    src.seek(scan["data_offset"])
+    header = scan["header"].encode("utf-8")
+    dst.write(header)
+    _copy_rest(src, dst)
+    dst.seek(0, os.SEEK_END)
+    if dst.tell() != scan["bytes"]:
+        raise ValueError(f"wrote {dst.tell()} bytes, the scan expected {scan['bytes']}")
+    return RewriteResult(scan["original"], scan["normalized"], "utf-8", scan["line_ending"], scan["rows"],
+                         scan["bytes"], scan["sha256"])

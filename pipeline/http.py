@@ -108,8 +108,9 @@ def _is_html(content_type: str) -> bool:
 
 
 def download(url: str, dest: Path, settings: HttpSettings,
-             progress: Callable[[int, int | None], None] | None = None) -> Downloaded:
-    """Stream `url` into `dest`, checking status, type, emptiness and length; resume a cut-off body."""
+             progress: Callable[[int, int | None], None] | None = None, scan=None) -> Downloaded:
+    """Stream `url` into `dest`, checking status, type, emptiness and length; resume a cut-off body.
+    `scan` (feed/reset) sees every byte written, in order, while it streams."""
     session = session_for(settings)
     done, total, validator, last_modified, content_type, encoded = 0, None, "", "", "", False
     with open(dest, "wb") as out:
@@ -125,6 +126,8 @@ def download(url: str, dest: Path, settings: HttpSettings,
                     out.seek(0)
                     out.truncate()
                     done = 0
+                    if scan:
+                        scan.reset()
                 elif response.status_code != 206:
                     raise DownloadError(f"HTTP {response.status_code} {response.reason}")
                 content_type = response.headers.get("Content-Type", "")
@@ -145,6 +148,8 @@ def download(url: str, dest: Path, settings: HttpSettings,
                             raise DownloadError("server sent markup (body starts with '<'), not a CSV")
                         out.write(chunk)
                         done += len(chunk)
+                        if scan:
+                            scan.feed(chunk)
                         if progress:
                             progress(done, total)
                 except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:

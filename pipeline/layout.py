@@ -5,7 +5,7 @@
     <data>/reports/<run_id>.json               the run report
     <data>/reports/plan-<run_id>.json          a dry run's plan
     <data>/datasets/<identifier>/<modified>-<url fingerprint>/
-        source.csv  normalized.csv  header_map.json
+        source.csv  source.scan.json  normalized.csv  header_map.json
 """
 
 import hashlib
@@ -38,6 +38,11 @@ def version_dir(data_dir: Path, identifier: str, modified: str, url: str, revisi
 
 def source_csv(version: Path) -> Path:
     return version / "source.csv"
+
+
+def source_scan(version: Path) -> Path:
+    """What the download's scan found: lets Normalize copy the data without reading it in Python."""
+    return version / "source.scan.json"
 
 
 def normalized_csv(version: Path) -> Path:

@@ -245,6 +245,8 @@ class RunLog:
             # 'interrupted' too: a run wrongly taken for dead by an overlapping one still closes properly.
             if run is None or run["status"] not in ("running", "interrupted"):
                 return None
+            if db.execute("SELECT 1 FROM run_items WHERE run_id=? AND outcome='queued' LIMIT 1", (run_id,)).fetchone():
+                return None  # the common case, answered without reading the whole run
             items = db.execute(
                 "SELECT i.*, v.status AS version_status, v.source_path, v.output_path, v.header_map_path,"
                 " v.rows, v.bytes, v.sha256, v.source_encoding, v.released, v.described_by, v.revision,"

@@ -22,7 +22,7 @@ import luigi
 
 from pipeline import latest, layout
 from pipeline.catalog import Catalog, CatalogError, CsvVersion, parse_catalog
-from pipeline.header_rewrite import rewrite_csv
+from pipeline.header_rewrite import SourceScan, copy_normalized, rewrite_csv
 from pipeline.http import DownloadError, changed_since, download, fetch_bytes
 from pipeline.report import build_report, summary_lines
 from pipeline.runlog import RunLog, now
@@ -211,12 +211,17 @@ class DownloadCsv(VersionTask):
         with folder_lock(self.folder):
             if self.output().exists():
                 return  # an overlapping run fetched it while we waited for the lock
-            remove_stale_temps(self.output())
+            scan_target = luigi.LocalTarget(str(layout.source_scan(self.folder)))
+            remove_stale_temps(self.output(), scan_target)
+            scan = SourceScan()
             with atomic_path(self.output()) as temp:
                 try:
-                    fetched = download(self.url, temp, http_settings(self.settings), self._progress)
+                    fetched = download(self.url, temp, http_settings(self.settings), self._progress, scan)
                 except Exception as exc:
                     raise DatasetError(self.identifier, f"download of {self.url} failed: {exc}") from exc
+                layout.source_scan(self.folder).unlink(missing_ok=True)
+                if scan.result():
+                    write_json(scan_target, scan.result())
         self.runlog().record_download(self.version, fetched.last_modified)
 
     _last_report = 0.0
@@ -257,9 +262,11 @@ class NormalizeCsv(VersionTask):
         outputs = self.output()
         remove_stale_temps(*outputs.values())
         source = Path(self.input().path)
+        scan_path = layout.source_scan(self.folder)
+        scan = json.loads(scan_path.read_text(encoding="utf-8")) if scan_path.exists() else None
         with atomic_path(outputs["csv"]) as temp, open(source, "rb") as src, open(temp, "w+b") as dst:
             try:
-                result = rewrite_csv(src, dst)
+                result = copy_normalized(src, dst, scan) if scan else rewrite_csv(src, dst)
             except (ValueError, UnicodeError) as exc:
                 raise DatasetError(self.identifier, f"cannot normalize the download: {exc}") from exc
         if self.set_status_message:
@@ -279,6 +286,7 @@ class NormalizeCsv(VersionTask):
         write_json(outputs["header_map"], stats)
         if self.settings["retention"]["drop_source"]:
             source.unlink()
+            scan_path.unlink(missing_ok=True)
             stats["source_path"] = None
         settled, total = log.record_done(self.run_id, self.version, stats, change and json.dumps(change), previous)
         print(f"[{settled}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "

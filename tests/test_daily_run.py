@@ -61,6 +61,7 @@ def test_first_run_fetches_every_hospitals_csv_once_and_nothing_else(site, serve
     assert sha(data_after_header(out)) == sha(data_after_header(files["oas"]))
     assert Path(oas["paths"]["source"]).read_bytes() == files["oas"]
     assert oas["rows"] == 30 and oas["sha256"] == sha(out)
+    assert (Path(oas["paths"]["source"]).parent / "source.scan.json").exists()  # normalized by kernel copy
 
     lf = Path(entries["hbf-map"][0]["paths"]["normalized"]).read_bytes()
     assert lf.split(b"\n")[0] == b"name,addr,city,state,zip,lat,lon" and b"\r" not in lf
@@ -180,5 +181,6 @@ def test_non_utf8_source_is_converted_and_reported(site, server, tmp_path):
     assert ok
     [entry] = report["datasets"]
     assert entry["source_encoding"] == "cp1252"
+    assert not (Path(entry["paths"]["source"]).parent / "source.scan.json").exists()  # the full rewrite
     expected = '"hopital","score"\r\n"Saint-Étienne","1"\r\n'
     assert Path(entry["paths"]["normalized"]).read_bytes().decode("utf-8") == expected

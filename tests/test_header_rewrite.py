@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from pipeline.header_rewrite import HeaderError, rewrite_csv
+from pipeline.header_rewrite import HeaderError, SourceScan, copy_normalized, rewrite_csv
 from tests.fixtures import HEADER_OAS_CAHPS, HEADER_UNQUOTED_LF, HEADER_WITH_COMMA, csv_bytes, quoted_rows
 
 
@@ -114,3 +114,55 @@ def test_header_map_lists_each_original_and_new_name_in_order():
         {"position": 3, "original": "", "normalized": "column_3"},
         {"position": 4, "original": "Rate (%)", "normalized": "rate_percent"},
     ]
+
+
+SAMPLES = [
+    csv_bytes(HEADER_OAS_CAHPS, quoted_rows(50, 5)),
+    csv_bytes(HEADER_UNQUOTED_LF, ["A,1 Main St,Dothan,AL,36301,31.2,-85.3"] * 3, newline="\n"),
+    csv_bytes(HEADER_WITH_COMMA, ['"1","A","M","x, y","2025"']),
+    b"\xef\xbb\xbf" + csv_bytes('"Facility ID","Score"', ['"1","2"']),
+    b'"Facility ID","Long\r\nName"\r\n"1","x"\r\n',
+    csv_bytes('"Ville","Prénom"', ['"Montréal","Zoë"'] * 30),
+    b'"A"\r\n"1"\r\n"2"',
+]
+
+
+@pytest.mark.parametrize("data", SAMPLES)
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_scan_while_downloading_then_kernel_copy_equals_the_full_rewrite(data, chunk, tmp_path):
+    scan = SourceScan()
+    scan.feed(b"garbage from an attempt that was restarted")
+    scan.reset()
+    for start in range(0, len(data), chunk):
+        scan.feed(data[start:start + chunk])
+    found = scan.result()
+    assert found is not None
+    (tmp_path / "src").write_bytes(data)
+    with open(tmp_path / "src", "rb") as src, open(tmp_path / "dst", "w+b") as dst:
+        fast = copy_normalized(src, dst, found)
+    expected, full = rewrite(data)
+    assert (tmp_path / "dst").read_bytes() == expected
+    assert (fast.normalized, fast.rows, fast.bytes, fast.sha256, fast.line_ending) == (
+        full.normalized, full.rows, full.bytes, full.sha256, full.line_ending)
+
+
+@pytest.mark.parametrize("data", [
+    '"Café"\r\n"Zoë"\r\n'.encode("cp1252"),     # not UTF-8: rewrite_csv must transcode
+    csv_bytes('"A"', ['"1"']) + b"\xff",         # invalid UTF-8 late in the data
+    b'"Header only, no newline"',               # no complete first record
+    b"\r\n\"1\"\r\n",                           # no header row: rewrite_csv reports it
+])
+def test_scan_declines_what_only_the_full_rewrite_can_handle(data):
+    scan = SourceScan()
+    scan.feed(data)
+    assert scan.result() is None
+
+
+def test_kernel_copy_refuses_a_source_that_changed_after_the_scan(tmp_path):
+    data = csv_bytes('"A"', ['"1"'])
+    scan = SourceScan()
+    scan.feed(data)
+    (tmp_path / "src").write_bytes(data + b'"2"\r\n')
+    with open(tmp_path / "src", "rb") as src, open(tmp_path / "dst", "w+b") as dst, \
+            pytest.raises(ValueError, match="changed"):
+        copy_normalized(src, dst, scan.result())
