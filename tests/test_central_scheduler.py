@@ -59,6 +59,16 @@ def scheduler_args(server: Luigid) -> list[str]:
     return ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(server.port)]
 
 
+def run_job_on(central: Luigid, site: Site, folder: Path, run_id: str, workers: int) -> tuple[Path, Path]:
+    """The job as a client of `central`, from its own folder; returns (its data dir, its log)."""
+    data_dir = folder / "data"
+    config = write_cfg(folder / "client" / "luigi.cfg", client_cfg(site, data_dir))
+    proc, log = start_client(luigi_command("--workers", str(workers), "--run-id", run_id, "--no-lock",
+                                           *scheduler_args(central)), config, config.parent, "client.log")
+    assert finish(proc) == 0, output_of(log)
+    return data_dir, log
+
+
 def output_of(log: Path) -> str:
     return log.read_text(encoding="utf-8", errors="replace")
 
@@ -83,13 +93,9 @@ def test_job_runs_on_luigid_which_limits_downloads_and_knows_every_task_done(lui
     with LoopbackServer(latency=0.3) as server:
         site = Site(server)
         paths = serve_datasets(site, 6)
-        data_dir = tmp_path / "data"
         # The shipped luigi.cfg says local_scheduler = true and cms_http = 4: the copy given to the client turns the
         # first off (the command line cannot, see the next test); the second no longer matters.
-        config = write_cfg(tmp_path / "client" / "luigi.cfg", client_cfg(site, data_dir))
-        proc, log = start_client(luigi_command("--workers", "4", "--run-id", "central", "--no-lock",
-                                               *scheduler_args(luigid)), config, config.parent, "client.log")
-        assert finish(proc) == 0, output_of(log)
+        data_dir, log = run_job_on(luigid, site, tmp_path, "central", workers=4)
         assert "HospitalsDaily run central succeeded" in output_of(log)
 
         # luigid's own [resources] cms_http = 2 is what limits downloads, not the client's luigi.cfg (4).
@@ -328,11 +334,7 @@ def test_luigid_records_task_history_in_sqlite(tmp_path):
     with Luigid(tmp_path / "luigid", config) as central, LoopbackServer() as server:
         site = Site(server)
         paths = serve_datasets(site, 2)
-        data_dir = tmp_path / "data"
-        client = write_cfg(tmp_path / "client" / "luigi.cfg", client_cfg(site, data_dir))
-        proc, log = start_client(luigi_command("--workers", "2", "--run-id", "history", "--no-lock",
-                                               *scheduler_args(central)), client, client.parent, "client.log")
-        assert finish(proc) == 0, output_of(log)
+        data_dir, _ = run_job_on(central, site, tmp_path, "history", workers=2)
     assert_every_version_done(data_dir, paths, "history")
     with sqlite3.connect(history) as db:
         tasks = Counter(dict(db.execute("SELECT name, count(*) FROM tasks GROUP BY name")))
