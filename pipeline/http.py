@@ -78,9 +78,9 @@ def fetch_bytes(url: str, settings: HttpSettings) -> bytes:
     try:
         response = session_for(settings).get(url, timeout=settings.timeout)
     except requests.RequestException as exc:
-        raise DownloadError(f"{url}: {exc}") from None
+        raise DownloadError(f"request failed: {exc}") from None
     if response.status_code != 200:
-        raise DownloadError(f"{url}: HTTP {response.status_code} {response.reason}")
+        raise DownloadError(f"HTTP {response.status_code} {response.reason}")
     return response.content
 
 

@@ -45,10 +45,10 @@ class DatasetError(Exception):
 
 
 class _QuietDatasetErrors(logging.Filter):
-    """A dataset failure is data, not a bug: Luigi logs one line for it, the summary gives the cause."""
+    """A failed dataset or catalog is data, not a bug: Luigi logs one line for it, the summary gives the cause."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], DatasetError):
+        if record.exc_info and isinstance(record.exc_info[1], (DatasetError, CatalogError, DownloadError)):
             record.exc_info = record.exc_text = None
         return True
 
