@@ -177,8 +177,9 @@ class SourceScan:
         if self.header is None:
             self._head += chunk
             end = _header_record_end(self._head)
-            if end is None:
-                self.usable = len(self._head) <= MAX_HEADER_BYTES
+            if end is None or end > MAX_HEADER_BYTES:
+                # Too long a header is left to rewrite_csv, which reports it.
+                self.usable = end is None and len(self._head) <= MAX_HEADER_BYTES
                 return
             try:
                 self.header, self.original, self.normalized, self.line_ending = _new_header(

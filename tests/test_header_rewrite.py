@@ -166,3 +166,13 @@ def test_kernel_copy_refuses_a_source_that_changed_after_the_scan(tmp_path):
     with open(tmp_path / "src", "rb") as src, open(tmp_path / "dst", "w+b") as dst, \
             pytest.raises(ValueError, match="changed"):
         copy_normalized(src, dst, scan.result())
+
+
+@pytest.mark.parametrize("chunk", [100, 10_000, 1 << 20])
+def test_scan_leaves_a_header_over_the_limit_to_the_full_rewrite(chunk, monkeypatch):
+    monkeypatch.setattr("pipeline.header_rewrite.MAX_HEADER_BYTES", 1000)
+    data = ",".join(f'"Column {i}"' for i in range(200)).encode() + b"\r\n1\r\n"
+    scan = SourceScan()
+    for start in range(0, len(data), chunk):
+        scan.feed(data[start:start + chunk])
+    assert scan.result() is None
