@@ -61,6 +61,15 @@ CREATE TABLE IF NOT EXISTS schema_changes (  -- a version whose normalized heade
     run_id TEXT NOT NULL,
     PRIMARY KEY (identifier, modified, download_url)
 );
+CREATE TABLE IF NOT EXISTS superseded (  -- earlier revisions of a version whose file was replaced in place
+    output_path TEXT PRIMARY KEY,
+    identifier TEXT NOT NULL,
+    modified TEXT NOT NULL,
+    download_url TEXT NOT NULL,
+    revision TEXT NOT NULL,            -- '' for the first download
+    run_id TEXT NOT NULL,              -- the run that stored the newer revision
+    status TEXT NOT NULL               -- kept | pruned
+);
 CREATE TABLE IF NOT EXISTS retired (   -- datasets of the theme that left the catalog; their files stay
     identifier TEXT PRIMARY KEY,
     title TEXT,
@@ -191,6 +200,12 @@ class RunLog:
 
     @staticmethod
     def _store_done(db: sqlite3.Connection, version: CsvVersion, stats: dict, run_id, condition="1") -> None:
+        key = (version.identifier, version.modified, version.url)
+        before = db.execute("SELECT output_path, revision FROM versions WHERE identifier=? AND modified=?"
+                            " AND download_url=? AND status='done'", key).fetchone()
+        if before and before[0] and before[0] != stats["output_path"]:  # a new revision: keep track of the old
+            db.execute("INSERT OR IGNORE INTO superseded VALUES (?,?,?,?,?,?,'kept')",
+                       (before[0], *key, before[1], run_id or ""))
         db.execute(
             "UPDATE versions SET status='done', error=NULL, source_path=?, output_path=?, header_map_path=?,"
             " source_encoding=?, rows=?, bytes=?, sha256=?, revision=?, run_id=COALESCE(?, run_id), updated_at=?"
@@ -274,7 +289,8 @@ class RunLog:
 
     def prune(self, run_id: str, keep: int) -> list[str]:
         """Beyond the newest `keep` finished versions of each dataset this run saw settled, the older ones'
-        folders (as listed by their output path) are returned and marked pruned. Newest = latest first seen."""
+        folders (as listed by their output path), and those of revisions superseded in place, are returned and
+        marked pruned. Newest = latest first seen."""
         pruned = []
         with self.transaction() as db:
             identifiers = [r[0] for r in db.execute("SELECT DISTINCT identifier FROM run_items WHERE run_id=?"
@@ -292,6 +308,11 @@ class RunLog:
                     if (rowid, output_path) not in [tuple(k) for k in kept]:
                         db.execute("UPDATE versions SET status='pruned', updated_at=? WHERE rowid=?", (now(), rowid))
                         pruned.append(output_path)
+                # a revision replaced in place is an older copy of a version that is kept
+                for (output_path,) in db.execute("SELECT output_path FROM superseded WHERE identifier=?"
+                                                 " AND status='kept'", (identifier,)).fetchall():
+                    db.execute("UPDATE superseded SET status='pruned' WHERE output_path=?", (output_path,))
+                    pruned.append(output_path)
         return pruned
 
 

@@ -104,6 +104,7 @@ def test_verify_catches_a_file_replaced_under_the_same_url(site, tmp_path):
     assert entry["status"] == "downloaded" and entry["version"]["revision"] == "Wed, 15 Nov 2023 22:13:20 GMT"
     assert Path(entry["paths"]["normalized"]).read_bytes() == b'"a"\r\n"new"\r\n'
     assert old_output.read_bytes() == b'"a"\r\n"old"\r\n'  # the earlier file is kept
+    assert query(tmp_path, "SELECT output_path, revision, status FROM superseded") == [(str(old_output), "", "kept")]
     assert (tmp_path / "latest" / "yv7e-xc69.csv").read_bytes() == b'"a"\r\n"new"\r\n'
 
     site.server.clear()
@@ -112,3 +113,17 @@ def test_verify_catches_a_file_replaced_under_the_same_url(site, tmp_path):
     assert by_identifier(report)["yv7e-xc69"][0]["status"] == "up_to_date"
     site.server.clear()
     assert run_daily(site, tmp_path)[0] and site.server.paths() == [CATALOG_PATH]
+
+
+def test_retention_prunes_a_revision_superseded_in_place(site, tmp_path, luigi_setting):
+    luigi_setting("retention", "keep_versions", "1")
+    [path] = site.dataset("yv7e-xc69", "2025-01-01", {"Timely.csv": csv_bytes('"A"', ['"old"'])}, upload=1700000000)
+    old_output = Path(by_identifier(run_daily(site, tmp_path)[1])["yv7e-xc69"][0]["paths"]["normalized"])
+    site.server.add(path, csv_bytes('"A"', ['"new"']), last_modified=1700086400)
+    ok, report = run_daily(site, tmp_path, verify=True)
+    new_output = Path(by_identifier(report)["yv7e-xc69"][0]["paths"]["normalized"])
+    assert ok and new_output.read_bytes() == b'"a"\r\n"new"\r\n'
+    assert not old_output.parent.exists() and [p.name for p in new_output.parent.parent.iterdir()] == [
+        new_output.parent.name]
+    assert query(tmp_path, "SELECT status FROM superseded") == [("pruned",)]
+    assert query(tmp_path, "SELECT status, output_path FROM versions") == [("done", str(new_output))]
