@@ -53,6 +53,32 @@ class RewriteResult:
                 for i, (o, n) in enumerate(zip(self.original, self.normalized, strict=True), start=1)]
 
 
+class _Utf8Check:
+    """UTF-8 validation chunk by chunk, for a character may straddle two chunks."""
+
+    def __init__(self):
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+
+    @property
+    def pending(self) -> bool:
+        """A multi-byte character is still open: at the end of the file, that makes it invalid."""
+        return bool(self._decoder.getstate()[0])
+
+    def valid(self, chunk: bytes) -> bool:
+        if chunk.isascii() and not self.pending:  # the common case costs no decoding
+            return True
+        try:
+            self._decoder.decode(chunk)
+        except UnicodeDecodeError:
+            return False
+        return True
+
+
+def _rows(line_breaks: int, last_byte: bytes) -> int:
+    """Records after the header: its line breaks, plus a last record without one."""
+    return line_breaks + (last_byte not in (b"", b"\n"))
+
+
 def _read_header_bytes(src: BinaryIO) -> bytes:
     """The raw bytes of the first CSV record, line ending included (a quoted field may span lines)."""
     buf = bytearray()
@@ -110,25 +136,20 @@ def _rewrite(src: BinaryIO, dst: BinaryIO, encoding: str) -> RewriteResult:
     result = RewriteResult(original, normalized, encoding, ending)
     _write(dst, result, header)
 
-    validator = codecs.getincrementaldecoder("utf-8")()
-    last = b""
+    utf8 = _Utf8Check()
+    line_breaks, last = 0, b""
     while chunk := src.read(CHUNK):
-        result.rows += chunk.count(b"\n")
+        line_breaks += chunk.count(b"\n")
         last = chunk[-1:]
         if encoding == "utf-8":
-            # ASCII needs no check unless a multi-byte character straddles the chunk boundary.
-            if not chunk.isascii() or validator.getstate()[0]:
-                try:
-                    validator.decode(chunk)
-                except UnicodeDecodeError:
-                    raise _NotUtf8 from None
+            if not utf8.valid(chunk):
+                raise _NotUtf8
             _write(dst, result, chunk)
         else:
             _write(dst, result, _decode(chunk, encoding).encode("utf-8"))
-    if encoding == "utf-8" and validator.getstate()[0]:
+    if encoding == "utf-8" and utf8.pending:
         raise _NotUtf8
-    if last not in (b"", b"\n"):
-        result.rows += 1  # last record without a line ending
+    result.rows = _rows(line_breaks, last)
     result.sha256 = result._hash.hexdigest()
     return result
 
@@ -163,12 +184,12 @@ class SourceScan:
 
     def reset(self) -> None:
         self._head = bytearray()
-        self._validator = codecs.getincrementaldecoder("utf-8")()
+        self._utf8 = _Utf8Check()
         self._hash = hashlib.sha256()
         self._last = b""
         self.header: bytes | None = None
         self.usable = True
-        self.data_offset = self.source_bytes = self.rows = self.bytes = 0
+        self.data_offset = self.source_bytes = self.line_breaks = self.bytes = 0
 
     def feed(self, chunk: bytes) -> None:
         self.source_bytes += len(chunk)
@@ -192,24 +213,21 @@ class SourceScan:
             self.bytes = len(self.header)
         if not chunk:
             return
-        if not chunk.isascii() or self._validator.getstate()[0]:
-            try:
-                self._validator.decode(chunk)
-            except UnicodeDecodeError:
-                self.usable = False
-                return
-        self.rows += chunk.count(b"\n")
+        if not self._utf8.valid(chunk):
+            self.usable = False
+            return
+        self.line_breaks += chunk.count(b"\n")
         self._last = chunk[-1:]
         self._hash.update(chunk)
         self.bytes += len(chunk)
 
     def result(self) -> dict | None:
-        if not self.usable or self.header is None or self._validator.getstate()[0]:
+        if not self.usable or self.header is None or self._utf8.pending:
             return None
-        rows = self.rows + (self._last not in (b"", b"\n"))  # a last record without a line ending
         return {"source_bytes": self.source_bytes, "data_offset": self.data_offset,
                 "header": self.header.decode("utf-8"), "original": self.original, "normalized": self.normalized,
-                "line_ending": self.line_ending, "rows": rows, "bytes": self.bytes, "sha256": self._hash.hexdigest()}
+                "line_ending": self.line_ending, "rows": _rows(self.line_breaks, self._last), "bytes": self.bytes,
+                "sha256": self._hash.hexdigest()}
 
 
 def _copy_rest(src: BinaryIO, dst: BinaryIO) -> None:

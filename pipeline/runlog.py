@@ -302,10 +302,11 @@ class RunLog:
                     "SELECT v.rowid FROM versions v JOIN run_items i ON v.identifier=i.identifier AND"
                     " v.modified=i.modified AND v.download_url=i.download_url WHERE i.run_id=? AND i.identifier=?",
                     (run_id, identifier))}
-                kept = [r for r in done if r[0] in current]
-                kept += [r for r in done if r[0] not in current][:max(0, keep - len(kept))]
+                kept = {rowid for rowid, _ in done if rowid in current}
+                older = [rowid for rowid, _ in done if rowid not in current]
+                kept.update(older[:max(0, keep - len(kept))])
                 for rowid, output_path in done:
-                    if (rowid, output_path) not in [tuple(k) for k in kept]:
+                    if rowid not in kept:
                         db.execute("UPDATE versions SET status='pruned', updated_at=? WHERE rowid=?", (now(), rowid))
                         pruned.append(output_path)
                 # a revision replaced in place is an older copy of a version that is kept

@@ -219,7 +219,7 @@ class DownloadCsv(VersionTask):
                     fetched = download(self.url, temp, http_settings(self.settings), self._progress, scan)
                 except Exception as exc:
                     raise DatasetError(self.identifier, f"download of {self.url} failed: {exc}") from exc
-                layout.source_scan(self.folder).unlink(missing_ok=True)
+                Path(scan_target.path).unlink(missing_ok=True)  # an earlier attempt's scan
                 if scan.result():
                     write_json(scan_target, scan.result())
         self.runlog().record_download(self.version, fetched.last_modified)

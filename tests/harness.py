@@ -73,19 +73,29 @@ def by_identifier(report: dict) -> dict[str, list[dict]]:
     return found
 
 
+def project_cfg_lines(site: Site, **values: str) -> list[str]:
+    """The shipped luigi.cfg's lines, pointed at the loopback catalog, with `values` for other keys it sets."""
+    values = {"metastore_url": site.metastore_url, **values}
+    return [f"{key} = {values[key]}" if (key := line.split(" = ", 1)[0]) in values else line
+            for line in PROJECT_CFG.read_text(encoding="utf-8").splitlines()]
+
+
 def write_project_cfg(site: Site, folder: Path) -> None:
     """The shipped luigi.cfg, pointed at the loopback catalog, as `folder`/luigi.cfg."""
-    lines = PROJECT_CFG.read_text(encoding="utf-8").splitlines()
-    assert any(line.startswith("metastore_url = https://data.cms.gov/") for line in lines)
-    text = "\n".join(f"metastore_url = {site.metastore_url}" if line.startswith("metastore_url") else line
-                     for line in lines)
-    (folder / "luigi.cfg").write_text(text + "\n", encoding="utf-8")
+    assert any(line.startswith("metastore_url = https://data.cms.gov/")
+               for line in PROJECT_CFG.read_text(encoding="utf-8").splitlines())
+    (folder / "luigi.cfg").write_text("\n".join(project_cfg_lines(site)) + "\n", encoding="utf-8")
+
+
+def console_script(name: str) -> str:
+    """A console script installed beside this Python (luigi, luigid), as a user's venv has it."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    assert found, f"the {name} console script is installed beside {sys.executable}"
+    return found
 
 
 def command(*extra: str) -> list[str]:
-    found = shutil.which("luigi", path=str(Path(sys.executable).parent))
-    assert found, "the luigi console script is installed beside this Python"
-    return [found, *COMMAND[1:], *extra]
+    return [console_script("luigi"), *COMMAND[1:], *extra]
 
 
 def run_command(folder: Path, *extra: str) -> subprocess.CompletedProcess:

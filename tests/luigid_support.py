@@ -10,11 +10,9 @@ from __future__ import annotations
 import configparser
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -22,9 +20,8 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
-from tests.harness import Site
+from tests.harness import COMMAND, Site, console_script, project_cfg_lines
 
-PROJECT_CFG = Path(__file__).resolve().parent.parent / "luigi.cfg"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
@@ -39,13 +36,6 @@ record_task_history = false
 [resources]
 cms_http = 2
 """
-
-
-def console_script(name: str) -> str:
-    """A console script installed beside this Python (luigi, luigid), as a user's venv has it."""
-    found = shutil.which(name, path=str(Path(sys.executable).parent))
-    assert found, f"the {name} console script is installed beside {sys.executable}"
-    return found
 
 
 def loopback_env(config: Path | None = None) -> dict[str, str]:
@@ -157,16 +147,7 @@ class Luigid:
 
 def client_cfg(site: Site, data_dir: Path, *, local_scheduler: bool = False, extra: str = "") -> str:
     """The shipped luigi.cfg for a client of luigid: loopback catalog, absolute data_dir, short RPC retries."""
-    text = PROJECT_CFG.read_text(encoding="utf-8")
-    lines = []
-    for line in text.splitlines():
-        if line.startswith("metastore_url"):
-            line = f"metastore_url = {site.metastore_url}"
-        elif line.startswith("data_dir"):
-            line = f"data_dir = {data_dir}"
-        elif line.startswith("local_scheduler"):
-            line = f"local_scheduler = {str(local_scheduler).lower()}"
-        lines.append(line)
+    lines = project_cfg_lines(site, data_dir=str(data_dir), local_scheduler=str(local_scheduler).lower())
     assert f"metastore_url = {site.metastore_url}" in lines and f"data_dir = {data_dir}" in lines
     assert any(line.startswith("local_scheduler = ") for line in lines), "the shipped luigi.cfg sets it"
     lines += ["", "[core]", "rpc_retry_attempts = 2", "rpc_retry_wait = 1", "rpc_connect_timeout = 5"]
@@ -187,7 +168,8 @@ def _merge_sections(text: str) -> str:
 
 
 def luigi_command(*args: str) -> list[str]:
-    return [console_script("luigi"), "--module", "pipeline", "HospitalsDaily", *args]
+    """The README's command without its --workers, for runs that set their own."""
+    return [console_script("luigi"), *COMMAND[1:4], *args]
 
 
 def start_client(args: list[str], config: Path | None, cwd: Path, log_name: str) -> tuple[subprocess.Popen, Path]:
