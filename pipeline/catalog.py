@@ -2,9 +2,11 @@
 
 import json
 import re
-from dataclasses import asdict, dataclass
-from datetime import datetime
-from urllib.parse import urlsplit
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, datetime
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
 
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
@@ -25,6 +27,26 @@ class CsvVersion:
     released: str = ""
     described_by: str = ""
     revision: str = ""  # the Last-Modified of a file replaced in place under the same URL (verify mode)
+    position: int = 1  # its place among the item's CSV distributions, from 1
+    distributions: int = 1  # how many CSV distributions the item has
+
+    @property
+    def key(self) -> "VersionKey":
+        return VersionKey(self.identifier, self.modified, self.url)
+
+
+@dataclass(frozen=True, order=True)
+class VersionKey:
+    """What names a dataset version everywhere: the run log's primary key, the targets' folder."""
+
+    identifier: str
+    modified: str
+    url: str
+
+
+def file_name(url: str) -> str:
+    """The file name at the end of a download URL (the one rule for it)."""
+    return PurePosixPath(unquote(urlsplit(url).path)).name
 
 
 @dataclass(frozen=True)
@@ -39,16 +61,24 @@ class Catalog:
     versions: list[CsvVersion]
     invalid: list[InvalidItem]
     items_total: int
+    themes: dict[str, int] = field(default_factory=dict)  # every theme in the answer, with its item count
 
     def to_json(self) -> dict:
         return {"items_total": self.items_total,
                 "versions": [asdict(v) for v in self.versions],
-                "invalid": [asdict(i) for i in self.invalid]}
+                "invalid": [asdict(i) for i in self.invalid],
+                "themes": self.themes}
 
     @classmethod
     def from_json(cls, data: dict) -> "Catalog":
         return cls([CsvVersion(**v) for v in data["versions"]], [InvalidItem(**i) for i in data["invalid"]],
-                   data["items_total"])
+                   data["items_total"], data.get("themes", {}))
+
+    def no_match_message(self, theme: str) -> str:
+        """Why nothing was selected: the first thing a user pointing the job at another DKAN site sees."""
+        known = ", ".join(f"{name!r} ({count})" for name, count in sorted(self.themes.items()))
+        return (f"no dataset has the theme {theme!r} among {self.items_total} items; "
+                + (f"themes present: {known}" if known else "no item has a theme"))
 
 
 def _unwrap(value):
@@ -76,12 +106,11 @@ def _is_csv(dist: dict, url: str) -> bool:
 
 
 def _valid_modified(value) -> bool:
+    """A real calendar date (YYYY-MM-DD) or ISO date-time: 2025-13-45 is not a version."""
     if not isinstance(value, str):
         return False
-    if _DATE.fullmatch(value):
-        return True
     try:
-        datetime.fromisoformat(value)
+        (date if _DATE.fullmatch(value) else datetime).fromisoformat(value)
     except ValueError:
         return False
     return True
@@ -93,7 +122,7 @@ def _csv_versions(item: dict, theme: str) -> list[CsvVersion]:
     if not isinstance(identifier, str) or not identifier.strip():
         raise ValueError("missing identifier")
     if not _valid_modified(modified):
-        raise ValueError(f"missing or malformed 'modified' ({modified!r})")
+        raise ValueError(f"missing or malformed 'modified' ({modified!r}): expected a real date, YYYY-MM-DD")
     title = item.get("title") if isinstance(item.get("title"), str) else ""
     distributions = _as_list(item.get("distribution"))
     if not distributions:
@@ -114,10 +143,10 @@ def _csv_versions(item: dict, theme: str) -> list[CsvVersion]:
         dictionary = dist["describedBy"] if isinstance(dist.get("describedBy"), str) else described_by
         versions.append(CsvVersion(identifier, title, modified, url, theme,
                                    released=item.get("released") if isinstance(item.get("released"), str) else "",
-                                   described_by=dictionary))
+                                   described_by=dictionary, position=len(versions) + 1))
     if not versions:
         raise ValueError("no CSV distribution")
-    return versions
+    return [replace(v, distributions=len(versions)) for v in versions]
 
 
 def parse_catalog(payload: bytes, theme: str) -> Catalog:
@@ -131,10 +160,12 @@ def parse_catalog(payload: bytes, theme: str) -> Catalog:
     versions: list[CsvVersion] = []
     invalid: list[InvalidItem] = []
     seen: set[tuple[str, str]] = set()
+    themes: Counter[str] = Counter()
     for position, item in enumerate(items, start=1):
         if not isinstance(item, dict):
             invalid.append(InvalidItem("", "", f"item {position} is not an object"))
             continue
+        themes.update(set(_themes(item)))
         if theme not in _themes(item):
             continue
         identifier = item.get("identifier") if isinstance(item.get("identifier"), str) else ""
@@ -151,4 +182,4 @@ def parse_catalog(payload: bytes, theme: str) -> Catalog:
                 continue
             seen.add(key)
             versions.append(version)
-    return Catalog(versions, invalid, len(items))
+    return Catalog(versions, invalid, len(items), dict(themes))

@@ -10,7 +10,7 @@ from pipeline.plan import format_table, plan
 from pipeline.runlog import read_state
 from pipeline.settings import SettingsParameter
 from pipeline.targets import write_json
-from pipeline.tasks import NormalizeCsv, default_run_id, load_catalog
+from pipeline.tasks import NormalizeCsv, RunIdParameter, load_catalog
 
 # Luigi calls a config_path fallback "deprecated"; here it is the point: one [HospitalsDaily] section for both tasks.
 warnings.filterwarnings("ignore", r"The use of the configuration \[HospitalsDaily\]", DeprecationWarning)
@@ -30,7 +30,7 @@ class HospitalsPlan(luigi.Task):
     data_dir = _daily_setting("data_dir", default="data")
     metastore_url = _daily_setting("metastore_url")
     theme = _daily_setting("theme", default="Hospitals")
-    run_id = luigi.Parameter(default=default_run_id())
+    run_id = RunIdParameter(default="")
     settings = SettingsParameter()
 
     def output(self):

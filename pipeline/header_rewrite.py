@@ -2,7 +2,8 @@
 
 Only the header record is parsed (with the csv module, so quoted commas and line breaks are handled);
 every byte after it is copied as is, so for a UTF-8 source the data is byte-identical to the download.
-A source that is not valid UTF-8 is read as Windows-1252 and written as UTF-8.
+A source that is not valid UTF-8 is read as Windows-1252 and written as UTF-8; bytes that are not text at all
+(compressed, an archive, a PDF, UTF-16, anything with NUL) raise `NotText` instead of being "transcoded".
 
 Two ways to the same output: `SourceScan` is fed the bytes while they download and works out the new header,
 the output's sha256, size and rows, so `copy_normalized` only writes the header and lets the kernel copy the
@@ -14,6 +15,7 @@ import csv
 import hashlib
 import io
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -29,8 +31,34 @@ class HeaderError(ValueError):
     """The file has no usable header row."""
 
 
+class NotText(ValueError):
+    """The bytes are not a text CSV: refused rather than read as Windows-1252 garbage."""
+
+
 class _NotUtf8(Exception):
     pass
+
+
+_COMPRESSED = "compressed data ({}) that the server did not label"
+_UTF16 = "UTF-16 text (byte order mark {}), which is not read; expected UTF-8"
+# What a file's first bytes say it is (a UTF-8 BOM is text and is stripped). bzip2's block-size digit keeps a
+# header that merely starts with "BZh" a CSV.
+_SIGNATURES = {
+    b"\x1f\x8b": _COMPRESSED.format("gzip"),
+    b"\x28\xb5\x2f\xfd": _COMPRESSED.format("zstd"),
+    **{b"BZh%d" % level: _COMPRESSED.format("bzip2") for level in range(1, 10)},
+    b"\xfd7zXZ\x00": _COMPRESSED.format("xz"),
+    b"PK\x03\x04": "a ZIP archive, not a CSV",
+    b"%PDF": "a PDF document, not a CSV",
+    b"\xff\xfe": _UTF16.format("FF FE, little-endian"),
+    b"\xfe\xff": _UTF16.format("FE FF, big-endian"),
+}
+_SIGNATURE_BYTES = max(map(len, _SIGNATURES))
+# C0 controls but tab, CR, LF, and DEL: the same bytes in UTF-8 and Windows-1252, so raw bytes can be checked.
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Quoted fields are skipped whole (an unterminated one runs to the end); a CR that is not a CRLF's is bare, but CRs
+# doubled before an LF (CRCRLF, a text-mode copy of a CRLF file) are read as before.
+_QUOTED_OR_BARE_CR = re.compile(rb'"[^"]*(?:"|\Z)|\r(?!\r*\n)')
 
 
 # Windows-1252 leaves five bytes undefined; map them as Latin-1 does rather than fail the whole file.
@@ -79,16 +107,41 @@ def _rows(line_breaks: int, last_byte: bytes) -> int:
     return line_breaks + (last_byte not in (b"", b"\n"))
 
 
+def _refuse_signature(start: bytes) -> None:
+    """NotText if the file starts like a known binary format; a start shorter than a signature cannot match it."""
+    for magic, what in _SIGNATURES.items():
+        if start.startswith(magic):
+            raise NotText(what)
+
+
+def _refuse_nul(data: bytes, offset: int) -> None:
+    # Text has no NUL, and find is a memchr: cheap enough for every byte of the file.
+    if (at := data.find(b"\x00")) != -1:
+        raise NotText(f"binary file, not a CSV (NUL byte at offset {offset + at})")
+
+
+def _refuse_odd_header(raw: bytes) -> None:
+    """NotText for a control character in the header row; HeaderError when its record ends in a bare CR."""
+    cr = next((m.start() for m in _QUOTED_OR_BARE_CR.finditer(raw) if m[0] == b"\r"), -1)
+    if control := _CONTROL.search(raw, 0, len(raw) if cr == -1 else cr):  # a bare CR ends the header row
+        raise NotText(f"binary file, not a CSV (control character U+{control[0][0]:04X} in the header row)")
+    if cr != -1:
+        raise HeaderError("line endings are bare CR (classic Mac OS); expected CRLF or LF")
+
+
 def _read_header_bytes(src: BinaryIO) -> bytes:
     """The raw bytes of the first CSV record, line ending included (a quoted field may span lines)."""
     buf = bytearray()
     while True:
         line = src.readline(MAX_HEADER_BYTES + 1 - len(buf))
+        _refuse_nul(line, len(buf))
         buf += line
         if len(buf) > MAX_HEADER_BYTES:
+            _refuse_odd_header(buf.rstrip(b"\r"))  # a CR at the cut may be a CRLF's
             raise HeaderError(f"header row is longer than {MAX_HEADER_BYTES} bytes")
         balanced = buf.count(b'"') % 2 == 0
         if not line and not balanced:
+            _refuse_odd_header(buf)
             raise HeaderError("header row has an unterminated quoted field")
         if not line or (line.endswith(b"\n") and balanced):
             return bytes(buf)
@@ -119,6 +172,7 @@ def _new_header(raw_header: bytes, encoding: str) -> tuple[bytes, list[str], lis
     """(the snake_case header line, original names, new names, line ending) from the raw first record."""
     if raw_header.startswith(_BOM):
         raw_header = raw_header[len(_BOM):]
+    _refuse_odd_header(raw_header)
     text = _decode(raw_header, encoding)
     original = next(csv.reader(io.StringIO(text, newline="")), [])
     if not any(name.strip() for name in original):
@@ -132,13 +186,16 @@ def _new_header(raw_header: bytes, encoding: str) -> tuple[bytes, list[str], lis
 
 
 def _rewrite(src: BinaryIO, dst: BinaryIO, encoding: str) -> RewriteResult:
-    header, original, normalized, ending = _new_header(_read_header_bytes(src), encoding)
+    raw_header = _read_header_bytes(src)
+    header, original, normalized, ending = _new_header(raw_header, encoding)
     result = RewriteResult(original, normalized, encoding, ending)
     _write(dst, result, header)
 
     utf8 = _Utf8Check()
-    line_breaks, last = 0, b""
+    line_breaks, last, offset = 0, b"", len(raw_header)
     while chunk := src.read(CHUNK):
+        _refuse_nul(chunk, offset)
+        offset += len(chunk)
         line_breaks += chunk.count(b"\n")
         last = chunk[-1:]
         if encoding == "utf-8":
@@ -155,7 +212,10 @@ def _rewrite(src: BinaryIO, dst: BinaryIO, encoding: str) -> RewriteResult:
 
 
 def rewrite_csv(src: BinaryIO, dst: BinaryIO) -> RewriteResult:
-    """Write `src` to `dst` with a snake_case header; both are seekable binary files."""
+    """Write `src` to `dst` with a snake_case header; both are seekable binary files. Raises NotText for a file
+    that is not text (the first pass finds a NUL before any invalid UTF-8 byte, the Windows-1252 one after it)."""
+    _refuse_signature(src.read(_SIGNATURE_BYTES))
+    src.seek(0)
     try:
         return _rewrite(src, dst, "utf-8")
     except _NotUtf8:
@@ -177,13 +237,15 @@ def _header_record_end(buf: bytes) -> int | None:
 
 class SourceScan:
     """Fed a download chunk by chunk (call `reset` when it starts over). `result()` says what the normalized
-    file will be, or None when the file must go through `rewrite_csv` (no usable header, not UTF-8)."""
+    file will be, or None when the file must go through `rewrite_csv` (no usable header, not UTF-8).
+    `feed` raises NotText as soon as the bytes show they are not text, so the download fails there."""
 
     def __init__(self):
         self.reset()
 
     def reset(self) -> None:
         self._head = bytearray()
+        self._start = b""
         self._utf8 = _Utf8Check()
         self._hash = hashlib.sha256()
         self._last = b""
@@ -192,6 +254,10 @@ class SourceScan:
         self.data_offset = self.source_bytes = self.line_breaks = self.bytes = 0
 
     def feed(self, chunk: bytes) -> None:
+        if self.source_bytes < _SIGNATURE_BYTES:  # a signature may come in over several small chunks
+            self._start = (self._start + chunk[:_SIGNATURE_BYTES])[:_SIGNATURE_BYTES]
+            _refuse_signature(self._start)
+        _refuse_nul(chunk, self.source_bytes)  # also once unusable: fail the download, not a later rewrite
         self.source_bytes += len(chunk)
         if not self.usable:
             return

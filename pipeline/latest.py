@@ -1,58 +1,143 @@
 """A stable view for consumers: <data>/latest/<name>.csv always holds a dataset's current normalized file,
-and latest/latest.json lists them. Hard links (no admin rights needed on NTFS), or copies where links fail;
-each file is replaced atomically."""
+latest/latest.json lists them and latest/index.csv lists them for a spreadsheet. Hard links (no admin rights
+needed on NTFS), or copies where links fail; each file is replaced atomically and on its own, so a file held
+open (Excel on Windows) delays only itself, until the next run."""
 
+import csv
 import json
 import os
 import shutil
-from pathlib import Path
-from urllib.parse import urlsplit
+from collections import Counter, defaultdict
+from pathlib import Path, PurePosixPath
 
+from filelock import FileLock
+
+from pipeline.catalog import CsvVersion, VersionKey, file_name
 from pipeline.layout import safe_component
 
 MANIFEST = "latest.json"
+INDEX = "index.csv"
+INDEX_COLUMNS = ("identifier", "title", "file", "rows", "modified", "released", "data_dictionary", "retired")
+_TEMP = ".tmp"
 
 
-def latest_name(identifier: str, url: str, distributions: int) -> str:
-    """<identifier>.csv; a dataset with several CSV distributions adds each file's name."""
-    if distributions == 1:
-        return f"{safe_component(identifier)}.csv"
-    stem = Path(urlsplit(url).path).stem
-    return f"{safe_component(identifier)}__{safe_component(stem)}.csv"
+def latest_names(versions: list[CsvVersion]) -> dict[VersionKey, str]:
+    """Every CSV distribution's name in latest/, from the catalog alone, so names never depend on which
+    files a run happened to fetch: <identifier>.csv for a dataset's only CSV, else <identifier>__<file stem>.csv,
+    with -<position> for file names the dataset lists twice."""
+    by_dataset: dict[str, list[CsvVersion]] = defaultdict(list)
+    for version in versions:
+        by_dataset[version.identifier].append(version)
+    names = {}
+    for identifier, group in by_dataset.items():
+        prefix = safe_component(identifier)
+        if len(group) == 1:
+            names[group[0].key] = f"{prefix}.csv"
+            continue
+        stems = [safe_component(PurePosixPath(file_name(v.url)).stem) for v in group]
+        repeated = Counter(stems)
+        for position, (version, stem) in enumerate(zip(group, stems, strict=True), start=1):
+            names[version.key] = f"{prefix}__{stem}-{position}.csv" if repeated[stem] > 1 else f"{prefix}__{stem}.csv"
+    return names
 
 
-def _place(source: Path, dest: Path) -> None:
-    temp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
-    temp.unlink(missing_ok=True)
+def _replace(dest: Path, write) -> None:
+    """Write via a temp file beside `dest`, then rename over it; the temp never outlives a failure."""
+    temp = dest.with_name(f"{dest.name}.{os.getpid()}{_TEMP}")
     try:
-        os.link(source, temp)
-    except OSError:
-        shutil.copyfile(source, temp)
-    os.replace(temp, dest)
+        write(temp)
+        os.replace(temp, dest)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
-def publish(folder: Path, entries: list[dict], retired: set[str], run_id: str, now: str) -> dict:
-    """Point latest/ at each entry's normalized file; entries carry identifier, title, url, modified,
-    output_path, rows, sha256, released, described_by, distributions. Returns the manifest written."""
+def _link_or_copy(source: Path):
+    def write(temp: Path) -> None:
+        temp.unlink(missing_ok=True)
+        try:
+            os.link(source, temp)
+        except OSError:
+            shutil.copyfile(source, temp)
+    return write
+
+
+def _cannot(path: str, exc: OSError, holds: str) -> str:
+    cause = "is in use" if isinstance(exc, PermissionError) else f"cannot be replaced ({exc.strerror or exc})"
+    return f"latest/{path} {cause}; it still holds {holds}; retried next run"
+
+
+def _holds(entry: dict | None) -> str:
+    return f"version {entry['version']['modified']}" if entry else "nothing"
+
+
+def publish(folder: Path, names: dict[VersionKey, str], entries: list[dict], retired: set[str], run_id: str,
+            now: str) -> list[str]:
+    """Point latest/ at each finished entry (identifier, modified, download_url, title, output_path, rows, sha256,
+    released, described_by). `names` holds every CSV distribution of the catalog: a dataset in it keeps exactly
+    those files, whatever failed today; datasets not in it (retired, or invalid today) keep theirs.
+    Returns a note for each file that could not be updated."""
     folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder / ".lock"):  # one publisher at a time, whichever run it closes
+        for stale in folder.glob(f"*{_TEMP}"):  # left by a killed publisher
+            stale.unlink(missing_ok=True)
+        return _publish(folder, names, entries, retired, run_id, now)
+
+
+def _publish(folder, names, entries, retired, run_id, now) -> list[str]:
     manifest_path = folder / MANIFEST
     old = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {"datasets": []}
     datasets = {d["path"]: d for d in old["datasets"]}
+    notes = []
     for entry in entries:
-        name = latest_name(entry["identifier"], entry["download_url"], entry["distributions"])
-        dest = folder / name
-        current = datasets.get(name)
-        if current and current["sha256"] == entry["sha256"] and dest.exists():
-            continue
-        _place(Path(entry["output_path"]), dest)
+        name = names[VersionKey(entry["identifier"], entry["modified"], entry["download_url"])]
+        dest, current = folder / name, datasets.get(name)
+        if not (current and current["sha256"] == entry["sha256"] and dest.exists()):
+            try:
+                _replace(dest, _link_or_copy(Path(entry["output_path"])))
+            except OSError as exc:
+                notes.append(_cannot(name, exc, _holds(current)))
+                continue
         datasets[name] = {"identifier": entry["identifier"], "title": entry["title"],
                           "version": {"modified": entry["modified"], "download_url": entry["download_url"]},
                           "rows": entry["rows"], "sha256": entry["sha256"], "path": name,
-                          "released": entry["released"], "described_by": entry["described_by"], "updated_run": run_id}
+                          "released": entry["released"], "described_by": entry["described_by"],
+                          "updated_run": run_id if current is None or current["sha256"] != entry["sha256"]
+                          else current.get("updated_run", run_id)}
+    in_catalog = {key.identifier for key in names}
+    for name, item in list(datasets.items()):
+        if item["identifier"] in in_catalog and name not in names.values():  # the catalog no longer lists it
+            try:
+                (folder / name).unlink(missing_ok=True)
+                del datasets[name]
+            except OSError as exc:
+                notes.append(f"latest/{name} is no longer in the catalog but cannot be removed "
+                             f"({exc.strerror or exc}); retried next run")
     for item in datasets.values():
         item["retired"] = item["identifier"] in retired
-    manifest = {"generated_at": now, "run_id": run_id, "datasets": sorted(datasets.values(), key=lambda d: d["path"])}
-    temp = manifest_path.with_name(f"{MANIFEST}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", newline="")
-    os.replace(temp, manifest_path)
-    return manifest
+    rows = sorted(datasets.values(), key=lambda d: d["path"])
+    manifest = {"generated_at": now, "run_id": run_id, "datasets": rows}
+    for name, write in ((MANIFEST, _json_writer(manifest)), (INDEX, _index_writer(rows))):
+        try:
+            _replace(folder / name, write)
+        except OSError as exc:
+            notes.append(_cannot(name, exc, "the previous run's list"))
+    return notes
+
+
+def _json_writer(data: dict):
+    def write(temp: Path) -> None:
+        temp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", newline="")
+    return write
+
+
+def _index_writer(rows: list[dict]):
+    """index.csv: what each opaque file name is, for analysts who open latest/ in a spreadsheet."""
+    def write(temp: Path) -> None:
+        # utf-8-sig: Excel reads a BOM-less UTF-8 CSV as the local code page.
+        with open(temp, "w", encoding="utf-8-sig", newline="") as out:
+            writer = csv.writer(out)
+            writer.writerow(INDEX_COLUMNS)
+            for d in rows:
+                writer.writerow([d["identifier"], d["title"], d["path"], d["rows"], d["version"]["modified"],
+                                 d["released"], d["described_by"], "yes" if d["retired"] else ""])
+    return write

@@ -23,16 +23,20 @@ def normalize_header(names: list[str]) -> list[str]:
     """snake_case every name; empty ones become column_<position>; repeats get _2, _3, ... unused elsewhere."""
     bases = [snake_case(n) or f"column_{i}" for i, n in enumerate(names, start=1)]
     taken = set(bases)
-    seen: set[str] = set()
+    # Per base, the suffix to try next: every lower one is a header name or went to this base already (another
+    # base's "<b>_<n>" never spells "<base>_<m>"), so the search resumes there and the header costs linear time.
+    next_suffix: dict[str, int] = {}
     result = []
     for base in bases:
-        name = base
-        if name in seen:
-            suffix = 2
-            while f"{base}_{suffix}" in taken:
-                suffix += 1
-            name = f"{base}_{suffix}"
-            taken.add(name)
-        seen.add(name)
+        if base not in next_suffix:
+            next_suffix[base] = 2
+            result.append(base)
+            continue
+        suffix = next_suffix[base]
+        while f"{base}_{suffix}" in taken:
+            suffix += 1
+        name = f"{base}_{suffix}"
+        taken.add(name)
+        next_suffix[base] = suffix + 1
         result.append(name)
     return result

@@ -7,7 +7,15 @@ from pipeline.schema_drift import describe
 COUNTS = ("discovered", "downloaded", "up_to_date", "failed", "invalid", "retired")
 
 
-def build_report(run: dict, items: list[dict], counts: dict, status: str, finished_at: str) -> dict:
+def tally(items: list[dict]) -> tuple[dict, str]:
+    """(counts, status) of a run from its items' outcomes: any failed version fails the run."""
+    counts = {name: sum(item["outcome"] == name for item in items) for name in COUNTS}
+    counts["discovered"] = sum(item["outcome"] not in ("invalid", "retired") for item in items)
+    return counts, "failed" if counts["failed"] else "succeeded"
+
+
+def build_report(run: dict, items: list[dict], counts: dict, status: str, finished_at: str,
+                 notes: list[str] = (), error: str | None = None) -> dict:
     datasets = []
     for item in items:
         done = item["outcome"] in ("downloaded", "up_to_date")
@@ -38,6 +46,8 @@ def build_report(run: dict, items: list[dict], counts: dict, status: str, finish
         "metastore_url": run["metastore_url"],
         "theme": run["theme"],
         "counts": {name: counts[name] for name in COUNTS},
+        "error": error,
+        "notes": list(notes),
         "datasets": datasets,
     }
 
@@ -47,6 +57,9 @@ def summary_lines(report: dict, report_path) -> list[str]:
     lines = [f"HospitalsDaily run {report['run_id']} {report['status']}: "
              + ", ".join(f"{counts[name]} {name.replace('_', ' ')}" for name in COUNTS)
              + f". Report: {report_path}"]
+    if report.get("error"):
+        lines.append(f"  ERROR {report['error']}")
+    lines += [f"  NOTE {note}" for note in report.get("notes", [])]
     for entry in report["datasets"]:
         if entry["status"] in ("failed", "invalid"):
             lines.append(f"  {entry['status'].upper()} {entry['identifier'] or '(no identifier)'}: {entry['error']}")

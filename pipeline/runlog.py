@@ -4,25 +4,28 @@ Several Luigi worker processes write at once, so every connection waits on locks
 the database runs in WAL mode; each change is one short transaction.
 """
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.catalog import CsvVersion, InvalidItem
+from pipeline.catalog import CsvVersion, InvalidItem, VersionKey
 
 BUSY_TIMEOUT_MS = 60_000
 
-SCHEMA = """
+# The first release's schema, frozen: a new database is built from it and brought up to date by MIGRATIONS,
+# so a database left by any earlier release takes exactly the same path.
+BASE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     started_at TEXT NOT NULL,
     finished_at TEXT,
-    status TEXT NOT NULL,              -- running | succeeded | failed | interrupted
+    status TEXT NOT NULL,              -- running | closing | succeeded | failed | interrupted
     metastore_url TEXT,
     theme TEXT,
-    discovered INTEGER, downloaded INTEGER, up_to_date INTEGER, failed INTEGER, invalid INTEGER, retired INTEGER,
+    discovered INTEGER, downloaded INTEGER, up_to_date INTEGER, failed INTEGER, invalid INTEGER,
     report_path TEXT,
     error TEXT
 );
@@ -31,12 +34,10 @@ CREATE TABLE IF NOT EXISTS versions (
     modified TEXT NOT NULL,
     download_url TEXT NOT NULL,
     title TEXT, theme TEXT, released TEXT, described_by TEXT,
-    status TEXT NOT NULL,              -- pending | done | failed
+    status TEXT NOT NULL,              -- pending | done | failed | pruned
     error TEXT,
     source_path TEXT, output_path TEXT, header_map_path TEXT,
     source_encoding TEXT, rows INTEGER, bytes INTEGER, sha256 TEXT,
-    last_modified TEXT,                -- the file's Last-Modified when downloaded
-    revision TEXT NOT NULL DEFAULT '', -- set when verify found the file replaced in place
     first_run_id TEXT, run_id TEXT,    -- first run that saw it, last run that worked on it
     updated_at TEXT,
     PRIMARY KEY (identifier, modified, download_url)
@@ -51,33 +52,74 @@ CREATE TABLE IF NOT EXISTS run_items (
     error TEXT,
     PRIMARY KEY (run_id, identifier, modified, download_url)
 );
-CREATE TABLE IF NOT EXISTS schema_changes (  -- a version whose normalized header differs from the previous one
-    identifier TEXT NOT NULL,
-    modified TEXT NOT NULL,
-    download_url TEXT NOT NULL,
-    previous_modified TEXT,
-    previous_url TEXT,
-    change TEXT NOT NULL,              -- JSON: added, removed, renamed, moved
-    run_id TEXT NOT NULL,
-    PRIMARY KEY (identifier, modified, download_url)
-);
-CREATE TABLE IF NOT EXISTS superseded (  -- earlier revisions of a version whose file was replaced in place
-    output_path TEXT PRIMARY KEY,
-    identifier TEXT NOT NULL,
-    modified TEXT NOT NULL,
-    download_url TEXT NOT NULL,
-    revision TEXT NOT NULL,            -- '' for the first download
-    run_id TEXT NOT NULL,              -- the run that stored the newer revision
-    status TEXT NOT NULL               -- kept | pruned
-);
-CREATE TABLE IF NOT EXISTS retired (   -- datasets of the theme that left the catalog; their files stay
-    identifier TEXT PRIMARY KEY,
-    title TEXT,
-    theme TEXT,
-    retired_at TEXT NOT NULL,
-    run_id TEXT NOT NULL
-);
 """
+
+# Step N brings a database from user_version N-1 to N. Databases from before user_version existed are at 0
+# whatever they hold, so every step is written to be a no-op where an earlier release already did it.
+MIGRATIONS = [
+    BASE_SCHEMA,
+    """
+    ALTER TABLE runs ADD COLUMN retired INTEGER;
+    ALTER TABLE versions ADD COLUMN last_modified TEXT;      -- the file's Last-Modified when downloaded
+    ALTER TABLE versions ADD COLUMN revision TEXT NOT NULL DEFAULT '';  -- set when verify found it replaced
+    CREATE TABLE IF NOT EXISTS schema_changes (  -- a version whose normalized header differs from the previous
+        identifier TEXT NOT NULL,
+        modified TEXT NOT NULL,
+        download_url TEXT NOT NULL,
+        previous_modified TEXT,
+        previous_url TEXT,
+        change TEXT NOT NULL,              -- JSON: added, removed, renamed, moved
+        run_id TEXT NOT NULL,
+        PRIMARY KEY (identifier, modified, download_url)
+    );
+    CREATE TABLE IF NOT EXISTS superseded (  -- earlier revisions of a version whose file was replaced in place
+        output_path TEXT PRIMARY KEY,
+        identifier TEXT NOT NULL,
+        modified TEXT NOT NULL,
+        download_url TEXT NOT NULL,
+        revision TEXT NOT NULL,            -- '' for the first download
+        run_id TEXT NOT NULL,              -- the run that stored the newer revision
+        status TEXT NOT NULL               -- kept | pruned
+    );
+    CREATE TABLE IF NOT EXISTS retired (   -- datasets of the theme that left the catalog; their files stay
+        identifier TEXT PRIMARY KEY,
+        title TEXT,
+        theme TEXT,
+        retired_at TEXT NOT NULL,
+        run_id TEXT NOT NULL
+    );
+    """,
+    """
+    ALTER TABLE versions ADD COLUMN position INTEGER;  -- place among the dataset's CSV distributions, from 1
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+_COMMENT = re.compile(r"--[^\n]*")
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Apply the missing steps in one transaction; a concurrent opener waits, then finds nothing to do."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"run log schema {version} is newer than this release knows "
+                                        f"({SCHEMA_VERSION}); upgrade the pipeline")
+        for step in MIGRATIONS[version:]:
+            for statement in filter(str.strip, _COMMENT.sub("", step).split(";")):
+                if (add := _ADD_COLUMN.search(statement)) and _has_column(db, *add.groups()):
+                    continue
+                db.execute(statement)
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(row[1] == column for row in db.execute(f"PRAGMA table_info({table})"))
 
 
 def now() -> str:
@@ -85,12 +127,15 @@ def now() -> str:
 
 
 class RunLog:
+    """Stores and reads; what an outcome means is decided by the callers."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                db.execute("PRAGMA journal_mode=WAL")  # persistent: set once, with the schema
+                _migrate(db)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -114,18 +159,18 @@ class RunLog:
     # -- runs ---------------------------------------------------------------------------------------------
 
     def start_run(self, run_id: str, metastore_url: str, theme: str) -> None:
-        """Record a run; runs left 'running' by a killed process are marked interrupted."""
+        """Record a run; runs left open by a killed process are marked interrupted."""
         with self.transaction() as db:
             db.execute("UPDATE runs SET status='interrupted', finished_at=COALESCE(finished_at, ?) "
-                       "WHERE status='running' AND run_id<>?", (now(), run_id))
+                       "WHERE status IN ('running', 'closing') AND run_id<>?", (now(), run_id))
             db.execute("INSERT INTO runs(run_id, started_at, status, metastore_url, theme) VALUES (?,?,?,?,?) "
                        "ON CONFLICT(run_id) DO UPDATE SET status='running', finished_at=NULL, error=NULL",
                        (run_id, now(), "running", metastore_url, theme))
 
-    def fail_run(self, run_id: str, error: str) -> None:
+    def fail_run(self, run_id: str, error: str, finished_at: str, report_path: str | None) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE run_id=?",
-                       (now(), error, run_id))
+            db.execute("UPDATE runs SET status='failed', finished_at=?, error=?, report_path=? WHERE run_id=?",
+                       (finished_at, error, report_path, run_id))
 
     def run(self, run_id: str) -> sqlite3.Row | None:
         with self._connect() as db:
@@ -141,22 +186,25 @@ class RunLog:
             for version, outcome in planned:
                 db.execute(
                     "INSERT INTO versions(identifier, modified, download_url, title, theme, released, described_by,"
-                    " status, first_run_id, run_id, updated_at) VALUES (?,?,?,?,?,?,?,'pending',?,?,?)"
+                    " position, status, first_run_id, run_id, updated_at) VALUES (?,?,?,?,?,?,?,?,'pending',?,?,?)"
                     " ON CONFLICT DO UPDATE SET title=excluded.title, released=excluded.released,"
-                    " described_by=excluded.described_by",
-                    (version.identifier, version.modified, version.url, version.title, version.theme,
-                     version.released, version.described_by, run_id, run_id, now()))
-                db.execute("INSERT OR REPLACE INTO run_items VALUES (?,?,?,?,?,?,NULL)",
-                           (run_id, version.identifier, version.modified, version.url, version.title, outcome))
+                    " described_by=excluded.described_by, position=excluded.position",
+                    (*_key(version), version.title, version.theme, version.released, version.described_by,
+                     version.position, run_id, run_id, now()))
+                self._put_item(db, run_id, version.identifier, version.modified, version.url, version.title, outcome)
             for item in invalid:
-                db.execute("INSERT OR REPLACE INTO run_items VALUES (?,?,'','',?,'invalid',?)",
-                           (run_id, item.identifier, item.title, item.error))
+                self._put_item(db, run_id, item.identifier, "", "", item.title, "invalid", item.error)
             for version, stats in up_to_date:  # heals a row whose outputs landed but whose log write did not
-                self._store_done(db, version, stats, None, "status<>'done'")
+                self._store_done(db, version, stats, None, only_if_not_done=True)
             self._mark_retired(db, run_id, planned, invalid)
 
     @staticmethod
-    def _mark_retired(db: sqlite3.Connection, run_id: str, planned, invalid: list[InvalidItem]) -> None:
+    def _put_item(db: sqlite3.Connection, run_id: str, identifier: str, modified: str, url: str, title: str,
+                  outcome: str, error: str | None = None) -> None:
+        db.execute("INSERT OR REPLACE INTO run_items(run_id, identifier, modified, download_url, title, outcome,"
+                   " error) VALUES (?,?,?,?,?,?,?)", (run_id, identifier, modified, url, title, outcome, error))
+
+    def _mark_retired(self, db: sqlite3.Connection, run_id: str, planned, invalid: list[InvalidItem]) -> None:
         present = {v.identifier for v, _ in planned} | {i.identifier for i in invalid}
         themes = {v.theme for v, _ in planned}
         for identifier in present:
@@ -167,64 +215,67 @@ class RunLog:
             for identifier, title in gone:
                 if identifier in present:
                     continue
-                db.execute("INSERT INTO retired VALUES (?,?,?,?,?)", (identifier, title, theme, now(), run_id))
-                db.execute("INSERT OR REPLACE INTO run_items VALUES (?,?,'','',?,'retired',NULL)",
-                           (run_id, identifier, title))
+                db.execute("INSERT INTO retired(identifier, title, theme, retired_at, run_id) VALUES (?,?,?,?,?)",
+                           (identifier, title, theme, now(), run_id))
+                self._put_item(db, run_id, identifier, "", "", title, "retired")
 
     # -- outcomes of one version --------------------------------------------------------------------------
 
-    def previous_header_map(self, version: CsvVersion) -> tuple[str, str, str] | None:
-        """(modified, url, header map path) of the dataset's latest other finished version, preferring the
-        same file name (a dataset may have several CSV distributions)."""
+    def drift_context(self, run_id: str, version: CsvVersion) -> tuple[int | None, set[str], list[dict]]:
+        """For schema drift: the version's position, the other CSV URLs of its dataset in this run, and the
+        dataset's other finished versions, newest first."""
         with self._connect() as db:
-            rows = db.execute("SELECT modified, download_url, header_map_path FROM versions WHERE identifier=?"
-                              " AND status='done' AND NOT (modified=? AND download_url=?) ORDER BY rowid DESC",
-                              (version.identifier, version.modified, version.url)).fetchall()
-        name = version.url.rsplit("/", 1)[-1]
-        rows = [tuple(r) for r in rows if r["header_map_path"] and Path(r["header_map_path"]).exists()]
-        same_file = [r for r in rows if r[1].rsplit("/", 1)[-1] == name]
-        return (same_file or rows or [None])[0]
+            row = db.execute("SELECT position FROM versions WHERE identifier=? AND modified=? AND download_url=?",
+                             _key(version)).fetchone()
+            siblings = {r[0] for r in db.execute("SELECT download_url FROM run_items WHERE run_id=? AND identifier=?"
+                                                 " AND download_url<>? AND download_url<>''",
+                                                 (run_id, version.identifier, version.url))}
+            done = db.execute("SELECT modified, download_url, position, header_map_path FROM versions"
+                              " WHERE identifier=? AND status='done' AND NOT (modified=? AND download_url=?)"
+                              " ORDER BY rowid DESC", _key(version)).fetchall()
+        return (row[0] if row else None), siblings, [dict(r) for r in done]
 
     def record_done(self, run_id: str, version: CsvVersion, stats: dict, schema_change: str | None = None,
-                    previous: tuple[str, str, str] | None = None, outcome: str = "downloaded") -> tuple[int, int]:
+                    previous: tuple[str, str] | None = None, outcome: str = "downloaded") -> tuple[int, int]:
         """Returns (settled, total) versions of the run, for a progress line."""
         with self.transaction() as db:
             self._store_done(db, version, stats, run_id)
             if schema_change:
-                db.execute("INSERT OR REPLACE INTO schema_changes VALUES (?,?,?,?,?,?,?)",
-                           (version.identifier, version.modified, version.url, previous[0], previous[1],
-                            schema_change, run_id))
+                db.execute("INSERT OR REPLACE INTO schema_changes(identifier, modified, download_url,"
+                           " previous_modified, previous_url, change, run_id) VALUES (?,?,?,?,?,?,?)",
+                           (*_key(version), *previous, schema_change, run_id))
             self._set_outcome(db, run_id, version, outcome, None)
             return db.execute("SELECT sum(outcome NOT IN ('queued')), count(*) FROM run_items WHERE run_id=?"
                               " AND outcome NOT IN ('invalid', 'retired')", (run_id,)).fetchone()
 
     @staticmethod
-    def _store_done(db: sqlite3.Connection, version: CsvVersion, stats: dict, run_id, condition="1") -> None:
-        key = (version.identifier, version.modified, version.url)
+    def _store_done(db: sqlite3.Connection, version: CsvVersion, stats: dict, run_id, only_if_not_done=False) -> None:
+        key = _key(version)
         before = db.execute("SELECT output_path, revision FROM versions WHERE identifier=? AND modified=?"
                             " AND download_url=? AND status='done'", key).fetchone()
+        if before and only_if_not_done:
+            return
         if before and before[0] and before[0] != stats["output_path"]:  # a new revision: keep track of the old
-            db.execute("INSERT OR IGNORE INTO superseded VALUES (?,?,?,?,?,?,'kept')",
-                       (before[0], *key, before[1], run_id or ""))
+            db.execute("INSERT OR IGNORE INTO superseded(output_path, identifier, modified, download_url, revision,"
+                       " run_id, status) VALUES (?,?,?,?,?,?,'kept')", (before[0], *key, before[1], run_id or ""))
         db.execute(
             "UPDATE versions SET status='done', error=NULL, source_path=?, output_path=?, header_map_path=?,"
             " source_encoding=?, rows=?, bytes=?, sha256=?, revision=?, run_id=COALESCE(?, run_id), updated_at=?"
-            f" WHERE identifier=? AND modified=? AND download_url=? AND {condition}",
+            " WHERE identifier=? AND modified=? AND download_url=?",
             (stats["source_path"], stats["output_path"], stats["header_map_path"], stats["source_encoding"],
-             stats["rows"], stats["bytes"], stats["sha256"], version.revision, run_id, now(),
-             version.identifier, version.modified, version.url))
+             stats["rows"], stats["bytes"], stats["sha256"], version.revision, run_id, now(), *key))
 
     def record_download(self, version: CsvVersion, last_modified: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE versions SET last_modified=? WHERE identifier=? AND modified=? AND download_url=?",
-                       (last_modified, version.identifier, version.modified, version.url))
+                       (last_modified, *_key(version)))
 
-    def known_versions(self) -> dict[tuple[str, str, str], tuple[str, str]]:
-        """(identifier, modified, url) -> (revision, Last-Modified) of every finished version."""
+    def known_versions(self) -> dict[VersionKey, tuple[str, str]]:
+        """Version key -> (revision, Last-Modified) of every finished version."""
         with self._connect() as db:
             rows = db.execute("SELECT identifier, modified, download_url, revision, last_modified FROM versions"
                               " WHERE status='done'").fetchall()
-        return {(r[0], r[1], r[2]): (r[3], r[4] or "") for r in rows}
+        return {VersionKey(r[0], r[1], r[2]): (r[3], r[4] or "") for r in rows}
 
     def note(self, run_id: str, version: CsvVersion, text: str) -> None:
         with self.transaction() as db:
@@ -234,27 +285,24 @@ class RunLog:
         with self.transaction() as db:
             db.execute("UPDATE versions SET status='failed', error=?, run_id=?, updated_at=?"
                        " WHERE identifier=? AND modified=? AND download_url=? AND status<>'done'",
-                       (error, run_id, now(), version.identifier, version.modified, version.url))
+                       (error, run_id, now(), *_key(version)))
             self._set_outcome(db, run_id, version, "failed", error)
 
     @staticmethod
     def _set_outcome(db: sqlite3.Connection, run_id: str, version: CsvVersion, outcome: str, error) -> None:
         db.execute("UPDATE run_items SET outcome=?, error=? WHERE run_id=? AND identifier=? AND modified=?"
-                   " AND download_url=?", (outcome, error, run_id, version.identifier, version.modified, version.url))
+                   " AND download_url=?", (outcome, error, run_id, *_key(version)))
 
     def settle_queued(self, run_id: str) -> None:
         """Once every task of the run is complete, versions still queued were finished by someone else."""
         with self.transaction() as db:
             db.execute("UPDATE run_items SET outcome='up_to_date' WHERE run_id=? AND outcome='queued'", (run_id,))
 
-    # -- the end of a run ---------------------------------------------------------------------------------
+    # -- the end of a run (see pipeline/close_run.py for the protocol) ------------------------------------
 
-    def finish_if_complete(self, run_id: str, write_report) -> dict | None:
-        """When no item of the run is still queued, close the run and write its report (once, atomically).
-
-        Called after every item's outcome, from whichever process finished it; the write lock makes
-        exactly one caller see the last outcome. Returns the report when this call closed the run.
-        """
+    def claim_close(self, run_id: str) -> tuple[dict, list[dict], set[str]] | None:
+        """If the run is open and nothing of it is still queued, mark it 'closing' and return (run, items,
+        retired identifiers). The write lock makes exactly one caller win."""
         with self.transaction() as db:
             run = db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
             # 'interrupted' too: a run wrongly taken for dead by an overlapping one still closes properly.
@@ -271,28 +319,22 @@ class RunLog:
                 " LEFT JOIN schema_changes s ON s.run_id=i.run_id"
                 " AND s.identifier=i.identifier AND s.modified=i.modified AND s.download_url=i.download_url"
                 " WHERE i.run_id=? ORDER BY i.identifier, i.modified, i.download_url", (run_id,)).fetchall()
-            if any(item["outcome"] == "queued" for item in items):
-                return None
-            counts = {name: sum(item["outcome"] == name for item in items)
-                      for name in ("downloaded", "up_to_date", "failed", "invalid", "retired")}
-            counts["discovered"] = sum(item["outcome"] not in ("invalid", "retired") for item in items)
-            status = "failed" if counts["failed"] else "succeeded"
-            finished = now()
             retired = {row[0] for row in db.execute("SELECT identifier FROM retired")}
-            report_path, report = write_report(dict(run), [dict(item) for item in items], counts, status, finished,
-                                               retired)
+            db.execute("UPDATE runs SET status='closing' WHERE run_id=?", (run_id,))
+            return dict(run), [dict(item) for item in items], retired
+
+    def finish_run(self, run_id: str, status: str, counts: dict, finished_at: str, report_path: str | None) -> None:
+        with self.transaction() as db:
             db.execute("UPDATE runs SET status=?, finished_at=?, discovered=?, downloaded=?, up_to_date=?,"
                        " failed=?, invalid=?, retired=?, report_path=? WHERE run_id=?",
-                       (status, finished, counts["discovered"], counts["downloaded"], counts["up_to_date"],
-                        counts["failed"], counts["invalid"], counts["retired"], str(report_path), run_id))
-            return report
+                       (status, finished_at, counts["discovered"], counts["downloaded"], counts["up_to_date"],
+                        counts["failed"], counts["invalid"], counts["retired"], report_path, run_id))
 
-    def prune(self, run_id: str, keep: int) -> list[str]:
-        """Beyond the newest `keep` finished versions of each dataset this run saw settled, the older ones'
-        folders (as listed by their output path), and those of revisions superseded in place, are returned and
-        marked pruned. Newest = latest first seen."""
-        pruned = []
-        with self.transaction() as db:
+    def prune_candidates(self, run_id: str, keep: int) -> list[str]:
+        """Output paths of the finished versions beyond the newest `keep` of each dataset this run settled
+        (newest = latest first seen; this run's own are always kept), and of revisions superseded in place."""
+        paths = []
+        with self._connect() as db:
             identifiers = [r[0] for r in db.execute("SELECT DISTINCT identifier FROM run_items WHERE run_id=?"
                                                     " AND outcome IN ('downloaded', 'up_to_date')", (run_id,))]
             for identifier in identifiers:
@@ -302,19 +344,23 @@ class RunLog:
                     "SELECT v.rowid FROM versions v JOIN run_items i ON v.identifier=i.identifier AND"
                     " v.modified=i.modified AND v.download_url=i.download_url WHERE i.run_id=? AND i.identifier=?",
                     (run_id, identifier))}
-                kept = {rowid for rowid, _ in done if rowid in current}
-                older = [rowid for rowid, _ in done if rowid not in current]
-                kept.update(older[:max(0, keep - len(kept))])
-                for rowid, output_path in done:
-                    if rowid not in kept:
-                        db.execute("UPDATE versions SET status='pruned', updated_at=? WHERE rowid=?", (now(), rowid))
-                        pruned.append(output_path)
-                # a revision replaced in place is an older copy of a version that is kept
-                for (output_path,) in db.execute("SELECT output_path FROM superseded WHERE identifier=?"
-                                                 " AND status='kept'", (identifier,)).fetchall():
-                    db.execute("UPDATE superseded SET status='pruned' WHERE output_path=?", (output_path,))
-                    pruned.append(output_path)
-        return pruned
+                older = [output_path for rowid, output_path in done if rowid not in current]
+                paths += older[max(0, keep - (len(done) - len(older))):]
+                paths += [r[0] for r in db.execute("SELECT output_path FROM superseded WHERE identifier=?"
+                                                   " AND status='kept'", (identifier,))]
+        return paths
+
+    def mark_pruned(self, output_paths: list[str]) -> None:
+        """Only for folders really deleted: the log never calls files gone that are still there."""
+        with self.transaction() as db:
+            for path in output_paths:
+                db.execute("UPDATE versions SET status='pruned', updated_at=? WHERE output_path=? AND status='done'",
+                           (now(), path))
+                db.execute("UPDATE superseded SET status='pruned' WHERE output_path=?", (path,))
+
+
+def _key(version: CsvVersion) -> tuple[str, str, str]:
+    return (version.identifier, version.modified, version.url)
 
 
 def read_state(path: Path, theme: str) -> tuple[dict[str, str], set[tuple[str, str, str]], set[str]]:

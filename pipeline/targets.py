@@ -48,6 +48,10 @@ def write_json(target: luigi.LocalTarget, data) -> None:
         temp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", newline="")
 
 
+def write_json_file(path: Path, data) -> None:
+    write_json(luigi.LocalTarget(str(path)), data)
+
+
 def remove_stale_temps(*targets: luigi.LocalTarget) -> None:
     """Temp files of a killed earlier attempt at these very targets (call it holding the folder lock)."""
     for target in targets:

@@ -5,28 +5,26 @@
                                 -> DownloadCsv(version)      streams the CSV; holds one `cms_http` slot
 
 Targets are keyed by the version (identifier, modified, download URL), so finished versions are skipped
-without a request. Outcomes go to the SQLite run log; whichever task settles the run's last version
-writes the run report.
+without a request. Outcomes go to the SQLite run log. Whichever task settles the run's last version closes
+the run (latest/, the report, the run's status): pipeline/close_run.py holds that protocol.
 """
 
 import json
 import logging
-import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import luigi
 
-from pipeline import latest, layout
+from pipeline import layout
 from pipeline.catalog import Catalog, CatalogError, CsvVersion, parse_catalog
-from pipeline.header_rewrite import SourceScan, copy_normalized, rewrite_csv
+from pipeline.close_run import close_failed, close_if_complete
+from pipeline.header_rewrite import NotText, SourceScan, copy_normalized, rewrite_csv
 from pipeline.http import DownloadError, changed_since, download, fetch_bytes
-from pipeline.report import build_report, summary_lines
-from pipeline.runlog import RunLog, now
-from pipeline.schema_drift import diff_columns
+from pipeline.runlog import RunLog
+from pipeline.schema_drift import diff_columns, previous_version
 from pipeline.settings import SettingsParameter, http_settings
 from pipeline.targets import atomic_path, folder_lock, remove_stale_temps, sweep_stale_temps, write_json
 
@@ -44,11 +42,25 @@ class DatasetError(Exception):
         return f"{self.identifier}: {self.cause}"
 
 
+class RunClosed(Exception):
+    """The run id names a run that already finished; its report stands."""
+
+    def __init__(self, run_id: str, status: str, report_path: str | None):
+        super().__init__(run_id, status, report_path)
+        self.run_id, self.status, self.report_path = run_id, status, report_path
+
+    def __str__(self) -> str:
+        return (f"run {self.run_id} already finished ({self.status}; report {self.report_path}); a finished run is "
+                "not run again: start a new run (without --run-id) to retry what failed")
+
+
 class _QuietDatasetErrors(logging.Filter):
-    """A failed dataset or catalog is data, not a bug: Luigi logs one line for it, the summary gives the cause."""
+    """A failed dataset or catalog is data, not a bug: one line naming the cause instead of a traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], (DatasetError, CatalogError, DownloadError)):
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (DatasetError, CatalogError, DownloadError, RunClosed)):
+            record.msg, record.args = f"{record.getMessage()}: {exc}", ()
             record.exc_info = record.exc_text = None
         return True
 
@@ -59,7 +71,7 @@ logger.addFilter(_QuietDatasetErrors())
 def load_catalog(metastore_url: str, theme: str, settings) -> Catalog:
     catalog = parse_catalog(fetch_bytes(metastore_url, http_settings(settings)), theme)
     if not catalog.versions and not catalog.invalid:
-        raise CatalogError(f"no dataset has the theme {theme!r} ({catalog.items_total} items)")
+        raise CatalogError(catalog.no_match_message(theme))
     return catalog
 
 
@@ -67,56 +79,53 @@ def default_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")[:-3]
 
 
+class RunIdParameter(luigi.Parameter):
+    """Empty means "now", taken when the run's task is created (not once, when the module was imported)."""
+
+    def normalize(self, value):
+        return value or default_run_id()
+
+
 class RunTask(luigi.Task):
-    data_dir = luigi.Parameter(description="folder for outputs, run log and reports")
-    run_id = luigi.Parameter(description="names this run in the log and the report")
+    data_dir = luigi.Parameter(default="data", description="folder for outputs, run log and reports")
+    run_id = RunIdParameter(default="", description="names this run in the log and the report; defaults to "
+                                                   "the UTC start time")
     settings = SettingsParameter()
 
     def runlog(self) -> RunLog:
         return RunLog(layout.runlog_db(Path(self.data_dir)))
 
     def close_run_if_complete(self) -> None:
-        """If this run has nothing left queued: refresh latest/, write the report, prune, print the summary."""
-        data_dir = Path(self.data_dir)
-
-        def write_report(run, items, counts, status, finished_at, retired):
-            done = [i for i in items if i["outcome"] in ("downloaded", "up_to_date")]
-            for item in done:
-                item["distributions"] = sum(i["identifier"] == item["identifier"] for i in done)
-            latest.publish(data_dir / "latest", done, retired, self.run_id, now())
-            report = build_report(run, items, counts, status, finished_at)
-            target = luigi.LocalTarget(str(layout.report(data_dir, self.run_id)))
-            write_json(target, report)
-            return target.path, report
-
-        log = self.runlog()
-        report = log.finish_if_complete(self.run_id, write_report)
-        if not report:
-            return
-        keep = self.settings["retention"]["keep_versions"]
-        if keep > 0:
-            for output_path in log.prune(self.run_id, keep):
-                shutil.rmtree(Path(output_path).parent, ignore_errors=True)
-        print("\n".join(summary_lines(report, layout.report(data_dir, self.run_id))), flush=True)
+        """Called by every task that may settle the run's last item; pipeline/close_run.py has the protocol."""
+        close_if_complete(Path(self.data_dir), self.run_id, self.settings["retention"]["keep_versions"])
 
 
 class FetchCatalog(RunTask):
+    """Starts the run: one metastore GET, the plan (queued or up to date) in the run log, the catalog snapshot."""
+
     metastore_url = luigi.Parameter()
     theme = luigi.Parameter()
     verify = luigi.BoolParameter(default=False)
+
+    @property
+    def resources(self):
+        return {"cms_http": 1} if self.verify else {}  # verify's conditional GETs take a download slot
 
     def output(self):
         return luigi.LocalTarget(str(layout.catalog_snapshot(Path(self.data_dir), self.run_id)))
 
     def run(self):
         log = self.runlog()
+        earlier = log.run(self.run_id)
+        if earlier and earlier["status"] in ("succeeded", "failed"):
+            raise RunClosed(self.run_id, earlier["status"], earlier["report_path"])
         log.start_run(self.run_id, self.metastore_url, self.theme)
         sweep_stale_temps(Path(self.data_dir) / "datasets")
         catalog = load_catalog(self.metastore_url, self.theme, self.settings)
         known = log.known_versions()
         queued, up_to_date = [], []
         for version in catalog.versions:
-            revision, _ = known.get((version.identifier, version.modified, version.url), ("", ""))
+            revision, _ = known.get(version.key, ("", ""))
             version = replace(version, revision=revision)
             done = NormalizeCsv.for_version(self, version)
             if done.complete():
@@ -133,38 +142,38 @@ class FetchCatalog(RunTask):
         write_json(self.output(), replace(catalog, versions=queued + [v for v, _ in up_to_date]).to_json())
 
     def _verify(self, up_to_date, known):
-        """Conditional GETs for finished versions: a file replaced under the same URL becomes a new revision."""
-        def check(version):
-            last_modified = known.get((version.identifier, version.modified, version.url), ("", ""))[1]
-            if not last_modified:
-                return None, "verify: no Last-Modified was recorded at download"
-            try:
-                return changed_since(version.url, last_modified, http_settings(self.settings)), None
-            except DownloadError as exc:
-                return None, f"verify: {exc}"
-
-        slots = luigi.configuration.get_config().getint("resources", "cms_http", 4)
-        with ThreadPoolExecutor(max_workers=max(1, slots)) as pool:
-            results = list(pool.map(check, [v for v, _ in up_to_date]))
+        """Conditional GETs for finished versions, one at a time in this task's slot: a file replaced under
+        the same URL becomes a new revision."""
         kept, replaced, notes = [], [], {}
-        for (version, stats), (new_revision, note) in zip(up_to_date, results, strict=True):
+        for version, stats in up_to_date:
+            new_revision, last_modified = None, known.get(version.key, ("", ""))[1]
+            if not last_modified:
+                notes[version] = "verify: no Last-Modified was recorded at download"
+            else:
+                try:
+                    new_revision = changed_since(version.url, last_modified, http_settings(self.settings))
+                except DownloadError as exc:
+                    notes[version] = f"verify: {exc}"
             if new_revision:
                 replaced.append(replace(version, revision=new_revision))
             else:
                 kept.append((version, stats))
-                if note:
-                    notes[version] = note
         return kept, replaced, notes
 
     def on_failure(self, exception):
+        if isinstance(exception, RunClosed):  # nothing of that run may be touched
+            return str(exception)
         message = f"metastore {self.metastore_url}: {exception}"
-        self.runlog().fail_run(self.run_id, message)
-        logger.error("Run %s failed: %s", self.run_id, message)
+        try:
+            close_failed(Path(self.data_dir), self.run_id, message)
+        except Exception:  # Luigi swallows errors here; say so loudly instead
+            logger.exception("Run %s: could not record its failure in the run log", self.run_id)
         return message
 
 
 class VersionTask(RunTask):
-    """A task about one CSV distribution of one dataset version."""
+    """A task about one CSV distribution of one dataset version: (identifier, modified, url) is its identity
+    (and its folder); revision is set only for a file found replaced in place."""
 
     identifier = luigi.Parameter()
     modified = luigi.Parameter()
@@ -172,9 +181,9 @@ class VersionTask(RunTask):
     revision = luigi.Parameter(default="", description="Last-Modified of a file replaced in place")
 
     @classmethod
-    def for_version(cls, run: RunTask, version: CsvVersion):
-        return cls(data_dir=run.data_dir, run_id=run.run_id, settings=run.settings, identifier=version.identifier,
-                   modified=version.modified, url=version.url, revision=version.revision)
+    def for_version(cls, task: luigi.Task, version: CsvVersion):
+        return task.clone(cls, identifier=version.identifier, modified=version.modified, url=version.url,
+                          revision=version.revision)
 
     @property
     def version(self) -> CsvVersion:
@@ -183,6 +192,14 @@ class VersionTask(RunTask):
     @property
     def folder(self) -> Path:
         return layout.version_dir(Path(self.data_dir), self.identifier, self.modified, self.url, self.revision)
+
+    def failure(self, stage: str, exc: BaseException) -> DatasetError:
+        """A data, network or disk problem of this version: one line naming the cause (no traceback)."""
+        if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
+            cause = f"{exc.strerror or exc} (writing in {Path(self.data_dir).resolve()})"
+        else:
+            cause = str(exc)
+        return DatasetError(self.identifier, f"{stage}: {cause}")
 
     def on_failure(self, exception):
         cause = exception.cause if isinstance(exception, DatasetError) else repr(exception)
@@ -214,23 +231,28 @@ class DownloadCsv(VersionTask):
             scan_target = luigi.LocalTarget(str(layout.source_scan(self.folder)))
             remove_stale_temps(self.output(), scan_target)
             scan = SourceScan()
-            with atomic_path(self.output()) as temp:
-                try:
+            try:
+                with atomic_path(self.output()) as temp:
                     fetched = download(self.url, temp, http_settings(self.settings), self._progress, scan)
-                except Exception as exc:
-                    raise DatasetError(self.identifier, f"download of {self.url} failed: {exc}") from exc
-                Path(scan_target.path).unlink(missing_ok=True)  # an earlier attempt's scan
-                if scan.result():
-                    write_json(scan_target, scan.result())
+                    Path(scan_target.path).unlink(missing_ok=True)  # an earlier attempt's scan
+                    if scan.result():
+                        write_json(scan_target, scan.result())
+            except (DownloadError, NotText, OSError) as exc:  # anything else is a bug: keep its traceback
+                raise self.failure(f"download of {self.url} failed", exc) from exc
+        self._report(fetched.bytes, fetched.bytes)
         self.runlog().record_download(self.version, fetched.last_modified)
 
     _last_report = 0.0
 
     def _progress(self, done: int, total: int | None) -> None:
         # Each report is a scheduler RPC: at most one a second.
-        if time.monotonic() - self._last_report < 1.0 or not self.set_status_message:
+        if time.monotonic() - self._last_report >= 1.0:
+            self._last_report = time.monotonic()
+            self._report(done, total)
+
+    def _report(self, done: int, total: int | None) -> None:
+        if not self.set_status_message:
             return
-        self._last_report = time.monotonic()
         if total:
             self.set_progress_percentage(min(100, done * 100 // total))
         self.set_status_message(f"{done / 1e6:,.1f} MB" + (f" of {total / 1e6:,.1f} MB" if total else ""))
@@ -258,37 +280,49 @@ class NormalizeCsv(VersionTask):
                 self._normalize()
         self.close_run_if_complete()
 
+    def _previous(self) -> tuple[tuple[str, str] | None, list[str] | None]:
+        """The (modified, url) and normalized columns of the version this one replaces, if any."""
+        position, siblings, candidates = self.runlog().drift_context(self.run_id, self.version)
+        readable = [c for c in candidates if c["header_map_path"] and Path(c["header_map_path"]).exists()]
+        previous = previous_version(self.url, position, siblings, readable)
+        if not previous:
+            return None, None
+        columns = json.loads(Path(previous["header_map_path"]).read_text(encoding="utf-8"))["columns"]
+        return (previous["modified"], previous["download_url"]), [c["normalized"] for c in columns]
+
     def _normalize(self) -> None:
         outputs = self.output()
-        remove_stale_temps(*outputs.values())
+        # The outputs appear together: whatever is here now was left by a killed attempt, and is rebuilt.
+        for target in outputs.values():
+            remove_stale_temps(target)
+            Path(target.path).unlink(missing_ok=True)
+        previous, old_columns = self._previous()  # the slow, fallible reads come before the first write
+        drop_source = self.settings["retention"]["drop_source"]
         source = Path(self.input().path)
         scan_path = layout.source_scan(self.folder)
         scan = json.loads(scan_path.read_text(encoding="utf-8")) if scan_path.exists() else None
-        with atomic_path(outputs["csv"]) as temp, open(source, "rb") as src, open(temp, "w+b") as dst:
-            try:
+        try:
+            with atomic_path(outputs["csv"]) as temp, open(source, "rb") as src, open(temp, "w+b") as dst:
                 result = copy_normalized(src, dst, scan) if scan else rewrite_csv(src, dst)
-            except (ValueError, UnicodeError) as exc:
-                raise DatasetError(self.identifier, f"cannot normalize the download: {exc}") from exc
+            stats = {"identifier": self.identifier, "modified": self.modified, "download_url": self.url,
+                     "source_path": None if drop_source else str(source), "output_path": outputs["csv"].path,
+                     "header_map_path": outputs["header_map"].path, "source_encoding": result.encoding,
+                     "line_ending": result.line_ending, "rows": result.rows, "bytes": result.bytes,
+                     "sha256": result.sha256, "columns": result.header_map()}
+            write_json(outputs["header_map"], stats)
+        except (ValueError, UnicodeError) as exc:  # HeaderError, NotText, a changed download
+            raise self.failure("cannot normalize the download", exc) from exc
+        except OSError as exc:
+            raise self.failure("cannot write the normalized file", exc) from exc
+        if drop_source:
+            source.unlink()
+            scan_path.unlink(missing_ok=True)
         if self.set_status_message:
             self.set_status_message(f"{result.rows:,} rows")
             self.set_progress_percentage(100)
-        stats = {"identifier": self.identifier, "modified": self.modified, "download_url": self.url,
-                 "source_path": str(source), "output_path": outputs["csv"].path,
-                 "header_map_path": outputs["header_map"].path, "source_encoding": result.encoding,
-                 "line_ending": result.line_ending, "rows": result.rows, "bytes": result.bytes,
-                 "sha256": result.sha256, "columns": result.header_map()}
-        log = self.runlog()
-        previous = log.previous_header_map(self.version)
-        change = None
-        if previous:
-            old = json.loads(Path(previous[2]).read_text(encoding="utf-8"))["columns"]
-            change = diff_columns([c["normalized"] for c in old], result.normalized)
-        write_json(outputs["header_map"], stats)
-        if self.settings["retention"]["drop_source"]:
-            source.unlink()
-            scan_path.unlink(missing_ok=True)
-            stats["source_path"] = None
-        settled, total = log.record_done(self.run_id, self.version, stats, change and json.dumps(change), previous)
+        change = diff_columns(old_columns, result.normalized) if old_columns is not None else None
+        settled, total = self.runlog().record_done(self.run_id, self.version, stats, change and json.dumps(change),
+                                                   previous)
         print(f"[{settled}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "
               f"{result.bytes / 1e6:,.1f} MB" + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
               flush=True)
@@ -297,21 +331,24 @@ class NormalizeCsv(VersionTask):
 class HospitalsDaily(RunTask):
     """Every CSV of every dataset in the theme, downloaded if new and normalized to snake_case headers."""
 
-    data_dir = luigi.Parameter(default="data", description="folder for outputs, run log and reports")
-    run_id = luigi.Parameter(default=default_run_id(), description="defaults to the UTC start time")
     metastore_url = luigi.Parameter(description="DKAN metastore items endpoint (set in luigi.cfg)")
     theme = luigi.Parameter(default="Hospitals", description="exact theme to select")
     verify = luigi.BoolParameter(default=False, description="ask the server whether finished files changed in place")
 
     def requires(self):
-        return FetchCatalog(data_dir=self.data_dir, run_id=self.run_id, settings=self.settings,
-                            metastore_url=self.metastore_url, theme=self.theme, verify=self.verify)
+        return self.clone(FetchCatalog)
 
     def output(self):
         return luigi.LocalTarget(str(layout.report(Path(self.data_dir), self.run_id)))
 
+    def complete(self):
+        return _report_status(Path(self.output().path)) == "succeeded"
+
     def run(self):
         # Side-effect free up to the yield: Luigi runs this method again from the top once the children are done.
+        status = _report_status(Path(self.output().path))
+        if status == "failed":  # a run that failed is not run again (one that succeeded is complete)
+            raise RunClosed(self.run_id, status, self.output().path)
         with self.input().open("r") as snapshot:
             catalog = Catalog.from_json(json.load(snapshot))
         children = [NormalizeCsv.for_version(self, version) for version in catalog.versions]
@@ -322,3 +359,10 @@ class HospitalsDaily(RunTask):
         yield children
         self.runlog().settle_queued(self.run_id)
         self.close_run_if_complete()
+
+
+def _report_status(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))["status"]
+    except FileNotFoundError:
+        return None

@@ -166,7 +166,8 @@ def test_a_metastore_answer_that_is_not_an_array_fails_the_run_and_changes_nothi
     server.add(CATALOG_PATH, answer, content_type="application/json")
     server.clear()
     ok, report = run_daily(site, tmp_path)
-    assert not ok and report is None
+    assert not ok and report["status"] == "failed" and report["datasets"] == []
+    assert "not a JSON array" in report["error"]
     assert server.paths() == [CATALOG_PATH]
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "datasets").rglob("*")} == before
     assert query(tmp_path, "SELECT * FROM versions ORDER BY 1, 2, 3") == versions_before

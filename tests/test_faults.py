@@ -153,7 +153,8 @@ def test_a_metastore_that_keeps_failing_fails_the_run_cleanly(site, server, tmp_
     one_dataset(site)
     server.fault(CATALOG_PATH, status=503, times=None)
     ok, report = run_daily(site, tmp_path)
-    assert not ok and report is None
+    assert not ok and report["status"] == "failed" and report["datasets"] == []
+    assert report["error"] == f"metastore {site.metastore_url}: HTTP 503 Service Unavailable"
     assert server.paths() == [CATALOG_PATH] * 4
     [(status, error)] = query(tmp_path, "SELECT status, error FROM runs")
     assert status == "failed" and "503" in error

@@ -39,3 +39,16 @@ def test_numbering_never_collides_with_another_column():
     assert normalize_header(["", "column_1"]) == ["column_1", "column_1_2"]
     names = normalize_header(["x", "x_2", "x", "x_2", "x_3"])
     assert len(set(names)) == len(names)
+
+
+def test_a_20000_column_header_of_repeats_is_numbered_in_order():
+    names = normalize_header(["Score"] * 20_000)
+    assert names == ["score"] + [f"score_{n}" for n in range(2, 20_001)]
+
+
+def test_a_20000_column_header_of_repeats_skips_a_suffix_taken_elsewhere():
+    names = normalize_header(["Score"] * 10_000 + ["score_2"] + ["Score"] * 10_000)
+    assert len(set(names)) == len(names) == 20_001
+    assert names[:3] == ["score", "score_3", "score_4"] and names[10_000] == "score_2"
+    before, after = range(3, 10_002), range(10_002, 20_002)
+    assert names == ["score", *(f"score_{n}" for n in before), "score_2", *(f"score_{n}" for n in after)]

@@ -1,0 +1,89 @@
+"""Closing a run: the one place that turns a run's settled items into latest/, a report and a final status.
+
+Any version task may settle a run's last item, and the wrapper checks once more when all its children are
+done, so each of them calls `close_if_complete`. The protocol makes exactly one of them close the run:
+
+1. claim   one SQLite write transaction: an open run with nothing queued becomes 'closing'; every other
+           caller finds it still queued or already claimed and returns;
+2. decide  counts and status are a pure function of the items (`report.tally`);
+3. files   latest/ (file by file, under latest/.lock), retention, the report: outside any database lock;
+4. finish  the run row gets its status, counts and report path.
+
+A kill between 1 and 4 leaves the run 'closing': the next run marks it interrupted, and since every run
+publishes the whole catalog, its publish brings latest/ up to date.
+"""
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from pipeline import latest, layout
+from pipeline.catalog import Catalog
+from pipeline.report import COUNTS, build_report, summary_lines, tally
+from pipeline.runlog import RunLog, now
+from pipeline.targets import write_json_file
+
+logger = logging.getLogger("luigi-interface")
+
+
+def close_if_complete(data_dir: Path, run_id: str, keep_versions: int) -> dict | None:
+    """Close the run if nothing of it is left to do; returns the report when this call closed it."""
+    log = RunLog(layout.runlog_db(data_dir))
+    claim = log.claim_close(run_id)
+    if claim is None:
+        return None
+    run, items, retired = claim
+    counts, status = tally(items)
+    catalog = Catalog.from_json(json.loads(layout.catalog_snapshot(data_dir, run_id).read_text(encoding="utf-8")))
+    done = [item for item in items if item["outcome"] in ("downloaded", "up_to_date")]
+    notes = latest.publish(data_dir / "latest", latest.latest_names(catalog.versions), done, retired, run_id, now())
+    if keep_versions > 0:
+        notes += _prune(log, run_id, keep_versions)
+    finished = now()
+    report = build_report(run, items, counts, status, finished, notes)
+    _finish(log, data_dir, run_id, report, lambda path: log.finish_run(run_id, status, counts, finished, path))
+    return report
+
+
+def close_failed(data_dir: Path, run_id: str, error: str) -> None:
+    """A run that failed as a whole (metastore unusable, theme not found): still a report and a summary."""
+    log = RunLog(layout.runlog_db(data_dir))
+    run = log.run(run_id)
+    run = dict(run) if run else {"run_id": run_id, "started_at": None, "metastore_url": None, "theme": None}
+    finished = now()
+    report = build_report(run, [], dict.fromkeys(COUNTS, 0), "failed", finished, error=error)
+    _finish(log, data_dir, run_id, report, lambda path: log.fail_run(run_id, error, finished, path))
+
+
+def _finish(log: RunLog, data_dir: Path, run_id: str, report: dict, record) -> None:
+    path = layout.report(data_dir, run_id)
+    try:
+        write_json_file(path, report)
+    except OSError as exc:
+        logger.error("Run %s: could not write its report %s: %s", run_id, path, exc.strerror or exc)
+        record(None)
+        return
+    record(str(path))
+    print("\n".join(summary_lines(report, path)), flush=True)
+
+
+def _prune(log: RunLog, run_id: str, keep: int) -> list[str]:
+    """Delete older versions' folders; the log marks only those really gone."""
+    gone, freed, notes = [], 0, []
+    for output_path in log.prune_candidates(run_id, keep):
+        folder = Path(output_path).parent
+        size = sum(p.stat().st_size for p in folder.glob("*") if p.is_file()) if folder.exists() else 0
+        try:
+            shutil.rmtree(folder)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            notes.append(f"retention: {folder} could not be deleted ({exc.strerror or exc}); retried next run")
+            continue
+        gone.append(output_path)
+        freed += size
+    log.mark_pruned(gone)
+    if gone:
+        notes.append(f"retention: deleted {len(gone)} older version(s), {freed / 1e6:,.1f} MB freed")
+    return notes

@@ -1,0 +1,297 @@
+"""Store exactly what the server meant, or fail loudly, and never lose what is already good."""
+
+import gzip
+import json
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from pipeline import runlog
+from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, item, quoted_rows
+from tests.harness import by_identifier, query, run_daily
+from tests.old_schemas import BEFORE_USER_VERSION, FIRST_RELEASE
+
+GOOD = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(50, 5))
+
+
+@pytest.fixture
+def luigi_log(tmp_path):
+    """What Luigi's logger writes, from every worker process (forked, they inherit the handler)."""
+    path = tmp_path / "luigi-interface.log"
+    handler = logging.FileHandler(path, encoding="utf-8")
+    logger = logging.getLogger("luigi-interface")
+    logger.addHandler(handler)
+    yield lambda: path.read_text(encoding="utf-8")
+    logger.removeHandler(handler)
+    handler.close()
+
+
+def latest_files(data_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (data_dir / "latest").glob("*.csv") if p.name != "index.csv"}
+
+
+def version_files(data_dir: Path, identifier: str) -> set[str]:
+    return {str(p.relative_to(data_dir)) for p in (data_dir / "datasets").glob(f"{identifier}/*/*")
+            if p.name != ".lock"}
+
+
+BAD_BODIES = {
+    "unlabelled gzip": (gzip.compress(GOOD), "compressed data (gzip) that the server did not label"),
+    "NUL bytes": (GOOD[:200] + b"\x00\x00" + GOOD[200:], "binary file, not a CSV (NUL byte at offset 200)"),
+    "UTF-16": (b"\xff\xfe" + GOOD.decode().encode("utf-16-le"), "UTF-16 text (byte order mark FF FE"),
+    "PDF": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "a PDF document, not a CSV"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BODIES))
+def test_a_body_that_is_not_text_fails_its_dataset_and_keeps_the_previous_version(site, tmp_path, case):
+    site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
+    ok, first = run_daily(site, tmp_path)
+    assert ok
+    before_latest, before_files = latest_files(tmp_path), version_files(tmp_path, "48nr-hqxx")
+    manifest = (tmp_path / "latest" / "latest.json").read_text(encoding="utf-8")
+
+    body, message = BAD_BODIES[case]
+    [path] = site.dataset("48nr-hqxx", "2025-04-08", {"OAS.csv": body}, upload=1700000100)
+    ok, report = run_daily(site, tmp_path)
+    assert not ok and report["status"] == "failed"
+    [entry] = by_identifier(report)["48nr-hqxx"]
+    assert entry["status"] == "failed" and message in entry["error"] and path in entry["error"]
+    assert query(tmp_path, "SELECT status FROM versions WHERE modified='2025-04-08'") == [("failed",)]
+    assert query(tmp_path, "SELECT status FROM versions WHERE modified='2025-01-01'") == [("done",)]
+    assert version_files(tmp_path, "48nr-hqxx") == before_files  # nothing of the bad body was kept
+    assert latest_files(tmp_path) == before_latest == {"48nr-hqxx.csv": latest_files(tmp_path)["48nr-hqxx.csv"]}
+    assert json.loads((tmp_path / "latest" / "latest.json").read_text(encoding="utf-8"))["datasets"] == \
+        json.loads(manifest)["datasets"]
+
+
+def test_bare_cr_line_endings_are_named_as_such(site, tmp_path):
+    site.dataset("mac0-0001", "2025-01-01", {"Mac.csv": GOOD.replace(b"\r\n", b"\r")})
+    ok, report = run_daily(site, tmp_path)
+    assert not ok
+    [entry] = report["datasets"]
+    assert entry["status"] == "failed"
+    assert "line endings are bare CR (classic Mac OS); expected CRLF or LF" in entry["error"]
+    assert query(tmp_path, "SELECT status FROM versions") == [("failed",)]
+    assert not (tmp_path / "latest" / "mac0-0001.csv").exists()
+
+
+def test_a_theme_nobody_has_gives_a_report_naming_the_themes_that_exist(site, tmp_path, capfd):
+    site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
+    site.dataset("nh00-0001", "2025-01-01", {"NH.csv": GOOD}, theme=["Nursing homes", "Hospitals"])
+    site.dataset("dc00-0001", "2025-01-01", {"DC.csv": GOOD}, theme=["Dialysis facilities"])
+    ok, report = run_daily(site, tmp_path, theme="Hospital")
+    assert not ok and report["status"] == "failed" and report["datasets"] == []
+    expected = ("no dataset has the theme 'Hospital' among 3 items; themes present: 'Dialysis facilities' (1), "
+                "'Hospitals' (2), 'Nursing homes' (1)")
+    assert report["error"].endswith(expected)
+    assert expected in capfd.readouterr().out
+    [(status, error)] = query(tmp_path, "SELECT status, error FROM runs")
+    assert status == "failed" and error.endswith(expected)
+    assert not (tmp_path / "datasets").exists()
+
+
+def test_a_rerun_of_a_failed_run_id_says_so_and_changes_nothing(site, server, tmp_path, luigi_log):
+    [path] = site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
+    server.fault(path, status=404)
+    ok, report = run_daily(site, tmp_path, run_id="morning")
+    assert not ok and report["status"] == "failed"
+    server.clear()
+    ok, again = run_daily(site, tmp_path, run_id="morning")
+    assert not ok and again == report
+    assert server.paths() == []
+    assert "run morning already finished (failed; report " in luigi_log()
+    assert query(tmp_path, "SELECT status FROM runs") == [("failed",)]
+
+
+# -- schema drift ----------------------------------------------------------------------------------------
+
+PARTS = {"Part_A.csv": b'"Facility ID","Part A Score"\r\n"1","2"\r\n',
+         "Part_B.csv": b'"Facility ID","Part B Score","Part B Footnote"\r\n"1","2","x"\r\n'}
+
+
+def test_a_dataset_with_two_csvs_never_compares_one_with_the_other(site, tmp_path, capfd):
+    site.dataset("zz04-twocsv", "2025-01-01", PARTS)
+    ok, first = run_daily(site, tmp_path)
+    site.dataset("zz04-twocsv", "2025-01-01", PARTS, upload=1700000100)  # re-uploaded, same files
+    ok2, second = run_daily(site, tmp_path)
+    assert ok and ok2 and second["counts"]["downloaded"] == 2
+    for report in (first, second):
+        assert [e["schema_change"] for e in report["datasets"]] == [None, None]
+    assert query(tmp_path, "SELECT count(*) FROM schema_changes") == [(0,)]
+    assert "SCHEMA" not in capfd.readouterr().out
+
+    renamed = {"Part_A_2025.csv": PARTS["Part_A.csv"].replace(b"Part A Score", b"Part A Rate"),
+               "Part_B.csv": PARTS["Part_B.csv"]}
+    site.dataset("zz04-twocsv", "2025-02-01", renamed, upload=1700000200)  # file renamed on re-upload
+    ok, third = run_daily(site, tmp_path)
+    changes = {e["version"]["download_url"].rsplit("/", 1)[1]: e["schema_change"] for e in third["datasets"]}
+    assert changes["Part_B.csv"] is None
+    assert changes["Part_A_2025.csv"]["renamed"] == [{"position": 2, "from": "part_a_score", "to": "part_a_rate"}]
+    assert changes["Part_A_2025.csv"]["previous_version"]["download_url"].endswith("/Part_A.csv")
+
+
+HGI_2020 = ('"Facility ID","Facility Name","Address","City","State","ZIP Code","County Name","Phone Number",'
+            '"Hospital Type","Hospital Ownership","Emergency Services",'
+            '"Meets criteria for promoting interoperability of EHRs","Hospital overall rating",'
+            '"Hospital overall rating footnote","Mortality national comparison",'
+            '"Mortality national comparison footnote","Safety of care national comparison",'
+            '"Safety of care national comparison footnote","Readmission national comparison",'
+            '"Readmission national comparison footnote","Patient experience national comparison",'
+            '"Patient experience national comparison footnote","Effectiveness of care national comparison",'
+            '"Effectiveness of care national comparison footnote","Timeliness of care national comparison",'
+            '"Timeliness of care national comparison footnote","Efficient use of medical imaging national comparison",'
+            '"Efficient use of medical imaging national comparison footnote"')
+HGI_2024 = ('"Facility ID","Facility Name","Address","City/Town","State","ZIP Code","County/Parish",'
+            '"Telephone Number","Hospital Type","Hospital Ownership","Emergency Services",'
+            '"Meets criteria for birthing friendly designation","Hospital overall rating",'
+            '"Hospital overall rating footnote","MORT Group Measure Count","Count of Facility MORT Measures",'
+            '"Count of MORT Measures Better","Count of MORT Measures No Different","Count of MORT Measures Worse",'
+            '"MORT Group Footnote","Safety Group Measure Count","Count of Facility Safety Measures",'
+            '"Count of Safety Measures Better","Count of Safety Measures No Different",'
+            '"Count of Safety Measures Worse","Safety Group Footnote","READM Group Measure Count",'
+            '"Count of Facility READM Measures","Count of READM Measures Better",'
+            '"Count of READM Measures No Different","Count of READM Measures Worse","READM Group Footnote",'
+            '"Pt Exp Group Measure Count","Count of Facility Pt Exp Measures","Pt Exp Group Footnote",'
+            '"TE Group Measure Count","Count of Facility TE Measures","TE Group Footnote"')
+
+
+def test_a_wholesale_header_change_reads_as_removed_and_added(site, tmp_path, capfd):
+    site.dataset("xubh-q36u", "2020-10-01", {"HGI.csv": csv_bytes(HGI_2020, [])})
+    assert run_daily(site, tmp_path)[0]
+    site.dataset("xubh-q36u", "2024-10-01", {"HGI.csv": csv_bytes(HGI_2024, [])}, upload=1700000100)
+    ok, report = run_daily(site, tmp_path)
+    change = report["datasets"][0]["schema_change"]
+    renames = {(r["from"], r["to"]) for r in change["renamed"]}
+    assert renames == {("city", "city_town"), ("county_name", "county_parish"), ("phone_number", "telephone_number"),
+                       ("meets_criteria_for_promoting_interoperability_of_ehrs",
+                        "meets_criteria_for_birthing_friendly_designation")}
+    assert len(change["removed"]) == 14 and len(change["added"]) == 24
+    assert "mortality_national_comparison" in change["removed"]
+    assert "14 removed (mortality_national_comparison," in capfd.readouterr().out
+
+
+# -- crash safety and upgrades ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lost", ["header_map.json", "normalized.csv"])
+def test_a_version_missing_one_of_its_outputs_is_rebuilt(site, server, tmp_path, lost):
+    [path] = site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
+    ok, first = run_daily(site, tmp_path)
+    folder = Path(first["datasets"][0]["paths"]["normalized"]).parent
+    normalized = (folder / "normalized.csv").read_bytes()
+    (folder / lost).unlink()  # what a kill between the two writes leaves
+    server.clear()
+    ok, report = run_daily(site, tmp_path)
+    assert ok and report["datasets"][0]["status"] == "downloaded" and path not in server.paths()
+    assert (folder / "normalized.csv").read_bytes() == normalized
+    stored = json.loads((folder / "header_map.json").read_text(encoding="utf-8"))
+    assert stored["sha256"] == first["datasets"][0]["sha256"]
+    assert query(tmp_path, "SELECT status FROM versions") == [("done",)]
+
+
+@pytest.mark.parametrize("schema", [FIRST_RELEASE, BEFORE_USER_VERSION], ids=["first release", "before user_version"])
+def test_a_run_log_from_an_earlier_release_is_upgraded_in_place(site, server, tmp_path, schema):
+    site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
+    ok, first = run_daily(site, tmp_path, run_id="old")
+    db_path = tmp_path / "runlog.sqlite"
+    with sqlite3.connect(db_path) as db:
+        runs = db.execute("SELECT run_id, started_at, finished_at, status FROM runs").fetchall()
+        versions = db.execute("SELECT identifier, modified, download_url, title, theme, status, source_path,"
+                              " output_path, header_map_path, rows, sha256 FROM versions").fetchall()
+    db_path.unlink()
+    for extra in ("-wal", "-shm"):
+        Path(f"{db_path}{extra}").unlink(missing_ok=True)
+    with sqlite3.connect(db_path) as db:  # the database as that release left it
+        db.executescript(schema)
+        db.executemany("INSERT INTO runs(run_id, started_at, finished_at, status) VALUES (?,?,?,?)", runs)
+        db.executemany("INSERT INTO versions(identifier, modified, download_url, title, theme, status, source_path,"
+                       " output_path, header_map_path, rows, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?)", versions)
+
+    site.dataset("77hc-ibv8", "2025-01-01", {"HAI.csv": GOOD})
+    server.clear()
+    ok, report = run_daily(site, tmp_path, verify=True)
+    assert ok
+    assert {e["identifier"]: e["status"] for e in report["datasets"]} == {"48nr-hqxx": "up_to_date",
+                                                                         "77hc-ibv8": "downloaded"}
+    assert not any("OAS.csv" in p for p in server.paths())
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == runlog.SCHEMA_VERSION
+        assert db.execute("SELECT identifier, position, revision FROM versions ORDER BY 1").fetchall() == [
+            ("48nr-hqxx", 1, ""), ("77hc-ibv8", 1, "")]
+        assert db.execute("SELECT run_id, status FROM runs ORDER BY started_at").fetchall()[0] == ("old", "succeeded")
+
+
+def test_a_run_log_from_a_newer_release_is_refused(tmp_path):
+    with sqlite3.connect(tmp_path / "runlog.sqlite") as db:
+        db.execute(f"PRAGMA user_version={runlog.SCHEMA_VERSION + 1}")
+    with pytest.raises(sqlite3.DatabaseError, match="newer than this release knows"):
+        runlog.RunLog(tmp_path / "runlog.sqlite")
+
+
+def test_a_programming_error_keeps_its_traceback(site, tmp_path, monkeypatch, luigi_log):
+    from pipeline.header_rewrite import SourceScan
+
+    def broken(self, chunk):
+        raise ZeroDivisionError("a bug, not data")
+
+    monkeypatch.setattr(SourceScan, "feed", broken)  # the worker processes are forked: they see it too
+    site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
+    ok, report = run_daily(site, tmp_path)
+    assert not ok and "ZeroDivisionError" in report["datasets"][0]["error"]
+    err = luigi_log()
+    assert "Traceback (most recent call last)" in err and 'in broken\n    raise ZeroDivisionError("a bug' in err
+
+
+# -- latest/ follows the catalog ------------------------------------------------------------------------
+
+def test_latest_names_come_from_the_catalog_whatever_failed(site, server, tmp_path):
+    [a, b] = site.dataset("hbf-map", "2025-01-01", {"a.csv": b"name\nA\n", "b.csv": b"name\nB\n"})
+    server.fault(b, status=404)
+    ok, report = run_daily(site, tmp_path)
+    assert not ok
+    assert latest_files(tmp_path) == {"hbf-map__a.csv": b"name\nA\n"}
+    ok, report = run_daily(site, tmp_path)
+    assert ok and latest_files(tmp_path) == {"hbf-map__a.csv": b"name\nA\n", "hbf-map__b.csv": b"name\nB\n"}
+
+    site.dataset("hbf-map", "2025-02-01", {"a.csv": b"name\nA2\n"}, upload=1700000100)  # down to one CSV
+    ok, report = run_daily(site, tmp_path)
+    assert ok and latest_files(tmp_path) == {"hbf-map.csv": b"name\nA2\n"}
+    manifest = json.loads((tmp_path / "latest" / "latest.json").read_text(encoding="utf-8"))
+    assert [d["path"] for d in manifest["datasets"]] == ["hbf-map.csv"]
+    index = (tmp_path / "latest" / "index.csv").read_text(encoding="utf-8-sig").splitlines()
+    assert index == ["identifier,title,file,rows,modified,released,data_dictionary,retired",
+                     "hbf-map,Dataset hbf-map,hbf-map.csv,1,2025-02-01,2025-02-01,,"]
+
+
+def test_two_distributions_with_the_same_file_name_both_reach_latest(site, server, tmp_path):
+    first, second = "/files/one/data.csv", "/files/two/data.csv"
+    server.add(first, b"name\none\n")
+    server.add(second, b"name\ntwo\n")
+    site.items["dup-1"] = item("dup-1", "2025-01-01", [server.url(first), server.url(second)])
+    site.publish()
+    for _ in range(2):  # the names are stable across runs
+        ok, report = run_daily(site, tmp_path)
+        assert ok
+        assert latest_files(tmp_path) == {"dup-1__data-1.csv": b"name\none\n", "dup-1__data-2.csv": b"name\ntwo\n"}
+
+
+def test_an_impossible_modified_date_is_invalid_and_named(site, tmp_path):
+    site.dataset("bad-date", "2025-13-45", {"Bad.csv": GOOD})
+    site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
+    ok, report = run_daily(site, tmp_path)
+    assert ok and report["counts"]["invalid"] == 1
+    [entry] = by_identifier(report)["bad-date"]
+    assert entry["status"] == "invalid" and "'2025-13-45'" in entry["error"]
+    assert query(tmp_path, "SELECT outcome FROM run_items WHERE identifier='bad-date'") == [("invalid",)]
+    assert not (tmp_path / "datasets" / "bad-date").exists()
+
+
+def test_temp_files_a_killed_publisher_left_in_latest_are_swept(site, tmp_path):
+    site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
+    (tmp_path / "latest").mkdir(parents=True)
+    (tmp_path / "latest" / "48nr-hqxx.csv.4242.tmp").write_bytes(b"partial")
+    assert run_daily(site, tmp_path)[0]
+    assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == [".lock", "48nr-hqxx.csv", "index.csv",
+                                                                       "latest.json"]
