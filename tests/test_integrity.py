@@ -3,14 +3,17 @@
 import gzip
 import json
 import logging
+import os
+import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from pipeline import runlog
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, item, quoted_rows
-from tests.harness import by_identifier, query, run_daily
+from tests.harness import CATALOG_PATH, by_identifier, query, run_daily
 from tests.old_schemas import BEFORE_USER_VERSION, FIRST_RELEASE
 
 GOOD = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(50, 5))
@@ -295,3 +298,73 @@ def test_temp_files_a_killed_publisher_left_in_latest_are_swept(site, tmp_path):
     assert run_daily(site, tmp_path)[0]
     assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == [".lock", "48nr-hqxx.csv", "index.csv",
                                                                        "latest.json"]
+
+
+# -- a hostile host ---------------------------------------------------------------------------------------
+
+def test_a_latest_file_held_open_delays_only_itself(site, server, tmp_path, monkeypatch, capfd):
+    site.dataset("aaa-1111", "2025-01-01", {"A.csv": b"name\nA1\n"})
+    site.dataset("bbb-2222", "2025-01-01", {"B.csv": b"name\nB1\n"})
+    assert run_daily(site, tmp_path)[0]
+    site.dataset("aaa-1111", "2025-02-01", {"A.csv": b"name\nA2\n"}, upload=1700000100)
+    site.dataset("bbb-2222", "2025-02-01", {"B.csv": b"name\nB2\n"}, upload=1700000100)
+    real_replace = os.replace
+
+    def in_use(source, dest):  # what Windows does to a file Excel holds open
+        if Path(dest).name == "aaa-1111.csv":
+            raise PermissionError(13, "The process cannot access the file because it is being used")
+        return real_replace(source, dest)
+
+    monkeypatch.setattr(os, "replace", in_use)  # the worker processes are forked: they see it too
+    capfd.readouterr()
+    ok, report = run_daily(site, tmp_path)
+    assert ok and report["status"] == "succeeded" and report["counts"]["downloaded"] == 2
+    note = "latest/aaa-1111.csv is in use; it still holds version 2025-01-01; retried next run"
+    assert report["notes"] == [note]
+    assert f"  NOTE {note}" in capfd.readouterr().out
+    assert latest_files(tmp_path) == {"aaa-1111.csv": b"name\nA1\n", "bbb-2222.csv": b"name\nB2\n"}
+    assert not list((tmp_path / "latest").glob("*.tmp"))
+    assert query(tmp_path, "SELECT status FROM runs ORDER BY started_at DESC LIMIT 1") == [("succeeded",)]
+    manifest = json.loads((tmp_path / "latest" / "latest.json").read_text(encoding="utf-8"))
+    assert [d["version"]["modified"] for d in manifest["datasets"]] == ["2025-01-01", "2025-02-01"]
+
+    monkeypatch.setattr(os, "replace", real_replace)  # the file was closed
+    server.clear()
+    ok, report = run_daily(site, tmp_path)
+    assert ok and report["notes"] == [] and server.paths() == [CATALOG_PATH]
+    assert latest_files(tmp_path) == {"aaa-1111.csv": b"name\nA2\n", "bbb-2222.csv": b"name\nB2\n"}
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB filesystem for the data folder (tmpfs: needs root; skipped elsewhere)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a small filesystem needs root and mount")
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("this machine does not allow mounting a tmpfs")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_fails_the_datasets_it_hits_with_one_line_and_the_next_run_completes(
+        site, server, small_disk, luigi_log):
+    big = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(40_000, 5))  # ~1.5 MB: with the run log and its copy, too much
+    site.dataset("big-0001", "2025-01-01", {"Big.csv": big})
+    site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
+    ok, report = run_daily(site, small_disk)
+    assert not ok and report["status"] == "failed"
+    entries = by_identifier(report)
+    assert entries["big-0001"][0]["status"] == "failed"
+    assert f"No space left on device (writing in {small_disk.resolve()})" in entries["big-0001"][0]["error"]
+    assert entries["48nr-hqxx"][0]["status"] == "downloaded"
+    assert "Traceback" not in luigi_log()
+    assert query(small_disk, "SELECT status FROM versions WHERE identifier='big-0001'") == [("failed",)]
+    assert version_files(small_disk, "big-0001") == set()  # nothing partial presented as complete
+
+    subprocess.run(["mount", "-o", "remount,size=20m", str(small_disk)], check=True)
+    ok, report = run_daily(site, small_disk)
+    assert ok and by_identifier(report)["big-0001"][0]["status"] == "downloaded"
+    out = Path(by_identifier(report)["big-0001"][0]["paths"]["normalized"]).read_bytes()
+    assert out[out.index(b"\n"):] == big[big.index(b"\n"):]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 from tests.fixtures import csv_bytes
@@ -68,8 +69,37 @@ def test_retention_keeps_the_newest_versions_and_drop_source_halves_disk(site, t
     assert query(tmp_path, "SELECT modified, status FROM versions ORDER BY modified") == [
         ("2025-01-01", "pruned"), ("2025-02-01", "pruned"), ("2025-03-01", "done"), ("2025-04-01", "done")]
     assert (tmp_path / "latest" / "yv7e-xc69.csv").read_bytes().endswith(b'"3","x"\r\n')
+    for folder in folders:  # nothing points at the deleted source
+        assert json.loads((folder / "header_map.json").read_text(encoding="utf-8"))["source_path"] is None
+    assert query(tmp_path, "SELECT count(*) FROM versions WHERE source_path IS NOT NULL") == [(0,)]
     site.server.clear()
     assert run_daily(site, tmp_path)[0] and site.server.paths() == [CATALOG_PATH]  # no refetch without source
+
+
+def test_retention_marks_pruned_only_what_it_deleted(site, tmp_path, luigi_setting, monkeypatch):
+    luigi_setting("retention", "keep_versions", "1")
+    version(site, "2025-01-01", '"A"', ['"1"'], 1700000000)
+    ok, first = run_daily(site, tmp_path)
+    old = Path(first["datasets"][0]["paths"]["normalized"]).parent
+    version(site, "2025-02-01", '"A"', ['"2"'], 1700000100)
+    real_rmtree = shutil.rmtree
+
+    def refuse(path, *args, **kwargs):
+        if Path(path) == old:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    ok, report = run_daily(site, tmp_path)
+    assert ok and old.exists()
+    assert report["notes"] == [f"retention: {old} could not be deleted (Permission denied); retried next run"]
+    assert query(tmp_path, "SELECT modified, status FROM versions ORDER BY 1") == [("2025-01-01", "done"),
+                                                                                 ("2025-02-01", "done")]
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    ok, report = run_daily(site, tmp_path)
+    assert ok and not old.exists() and report["notes"][0].startswith("retention: deleted 1 older version(s), ")
+    assert query(tmp_path, "SELECT modified, status FROM versions ORDER BY 1") == [("2025-01-01", "pruned"),
+                                                                                 ("2025-02-01", "done")]
 
 
 def test_data_dictionary_link_and_released_date_are_kept(site, tmp_path):
