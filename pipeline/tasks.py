@@ -19,10 +19,11 @@ from pathlib import Path
 import luigi
 
 from pipeline import layout
-from pipeline.catalog import Catalog, CatalogError, CsvVersion, parse_catalog
+from pipeline.catalog import Catalog, CatalogError, CsvVersion
 from pipeline.close_run import close_failed, close_if_complete
 from pipeline.header_rewrite import NotText, SourceScan, copy_normalized, rewrite_csv
-from pipeline.http import DownloadError, changed_since, download, fetch_bytes
+from pipeline.http import DownloadError, changed_since, download
+from pipeline.metastore import load_catalog
 from pipeline.runlog import RunLog
 from pipeline.schema_drift import diff_columns, previous_version
 from pipeline.settings import SettingsParameter, http_settings
@@ -66,13 +67,6 @@ class _QuietDatasetErrors(logging.Filter):
 
 
 logger.addFilter(_QuietDatasetErrors())
-
-
-def load_catalog(metastore_url: str, theme: str, settings) -> Catalog:
-    catalog = parse_catalog(fetch_bytes(metastore_url, http_settings(settings)), theme)
-    if not catalog.versions and not catalog.invalid:
-        raise CatalogError(catalog.no_match_message(theme))
-    return catalog
 
 
 def default_run_id() -> str:

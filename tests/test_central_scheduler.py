@@ -99,7 +99,7 @@ def test_job_runs_on_luigid_which_limits_downloads_and_knows_every_task_done(lui
         assert "HospitalsDaily run central succeeded" in output_of(log)
 
         # luigid's own [resources] cms_http = 2 is what limits downloads, not the client's luigi.cfg (4).
-        assert 1 <= server.peak_concurrency_for(FILES_PREFIX) <= 2
+        assert server.peak_concurrency_for(FILES_PREFIX) == 2
         assert [(r["name"], r["num_total"]) for r in luigid.rpc("resource_list")] == [("cms_http", 2)]
         assert all(server.count(path) == 1 for path in paths) and server.count(CATALOG_PATH) == 1
         urls = sorted(server.base_url + path for path in paths)
