@@ -3,7 +3,11 @@
 Run: luigi --module pipeline HospitalsDaily --workers 8
 """
 
+from pipeline import console, preflight
 from pipeline.dry_run import HospitalsPlan
 from pipeline.tasks import DownloadCsv, FetchCatalog, HospitalsDaily, NormalizeCsv
 
 __all__ = ["DownloadCsv", "FetchCatalog", "HospitalsDaily", "HospitalsPlan", "NormalizeCsv"]
+
+console.install()
+preflight.check()

@@ -19,8 +19,9 @@ from pathlib import Path
 import luigi
 
 from pipeline import layout
-from pipeline.catalog import Catalog, CatalogError, CsvVersion
+from pipeline.catalog import Catalog, CsvVersion
 from pipeline.close_run import close_failed, close_if_complete
+from pipeline.errors import DatasetError, RunClosed
 from pipeline.header_rewrite import NotText, SourceScan, copy_normalized, rewrite_csv
 from pipeline.http import DownloadError, changed_since, download
 from pipeline.metastore import load_catalog
@@ -32,41 +33,6 @@ from pipeline.targets import atomic_path, folder_lock, remove_stale_temps, sweep
 logger = logging.getLogger("luigi-interface")
 
 
-class DatasetError(Exception):
-    """A failure of one dataset version: Luigi shows "<identifier>: <cause>", the run log keeps the cause."""
-
-    def __init__(self, identifier: str, cause: str):
-        super().__init__(identifier, cause)  # both in args, so the exception pickles
-        self.identifier, self.cause = identifier, cause
-
-    def __str__(self) -> str:
-        return f"{self.identifier}: {self.cause}"
-
-
-class RunClosed(Exception):
-    """The run id names a run that already finished; its report stands."""
-
-    def __init__(self, run_id: str, status: str, report_path: str | None):
-        super().__init__(run_id, status, report_path)
-        self.run_id, self.status, self.report_path = run_id, status, report_path
-
-    def __str__(self) -> str:
-        return (f"run {self.run_id} already finished ({self.status}; report {self.report_path}); a finished run is "
-                "not run again: start a new run (without --run-id) to retry what failed")
-
-
-class _QuietDatasetErrors(logging.Filter):
-    """A failed dataset or catalog is data, not a bug: one line naming the cause instead of a traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, (DatasetError, CatalogError, DownloadError, RunClosed)):
-            record.msg, record.args = f"{record.getMessage()}: {exc}", ()
-            record.exc_info = record.exc_text = None
-        return True
-
-
-logger.addFilter(_QuietDatasetErrors())
 
 
 def default_run_id() -> str:

@@ -1,0 +1,40 @@
+"""What the console shows: one line for each problem of data, network, disk or scheduler, a traceback only
+for a bug. Luigi logs every failure with its traceback; this filter on its logger shortens the expected ones."""
+
+import logging
+
+from luigi.rpc import RPCError
+
+from pipeline.catalog import CatalogError
+from pipeline.errors import DatasetError, RunClosed
+from pipeline.http import DownloadError
+
+EXPECTED = (DatasetError, CatalogError, DownloadError, RunClosed)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ or exc.__context__:
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+class OneLineForExpectedErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.exc_info and exc is None:  # exc_info=True outside an except block prints "NoneType: None"
+            record.exc_info = None
+        elif isinstance(exc, EXPECTED):
+            record.msg, record.args = f"{record.getMessage()}: {exc}", ()
+            record.exc_info = record.exc_text = None
+        elif isinstance(exc, RPCError):
+            cause = _root_cause(exc)
+            record.msg, record.args = (f"{record.getMessage()}: cannot reach the central scheduler: {exc} "
+                                       f"({type(cause).__name__}: {cause}); is luigid running?"), ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def install() -> None:
+    logger = logging.getLogger("luigi-interface")
+    if not any(isinstance(f, OneLineForExpectedErrors) for f in logger.filters):
+        logger.addFilter(OneLineForExpectedErrors())
