@@ -5,7 +5,8 @@ luigi.cfg but never sees the command line, so the settings are resolved once, wh
 and handed down to every task as a hidden, insignificant parameter.
 """
 
-from dataclasses import asdict
+import time
+from dataclasses import asdict, fields
 
 import luigi
 from luigi.parameter import ParameterVisibility
@@ -20,6 +21,10 @@ class download(luigi.Config):  # noqa: N801 - Luigi names the config section aft
     backoff_factor = luigi.FloatParameter(default=1.0, description="exponential backoff between retries")
     body_attempts = luigi.IntParameter(default=3, description="tries for a body cut off mid-transfer")
     user_agent = luigi.Parameter(default="cms-hospitals-pipeline/0.1 (daily Luigi ingestion)")
+    min_rate = luigi.IntParameter(default=10_000, description="bytes/s a body must keep up; 0 for no floor")
+    min_rate_window = luigi.FloatParameter(default=60.0, description="seconds over which min_rate is measured")
+    max_bytes = luigi.IntParameter(default=5 * 1024**3, description="largest decoded file; 0 for no limit")
+    run_minutes = luigi.FloatParameter(default=0.0, description="minutes a run may download for; 0 for no deadline")
 
 
 class retention(luigi.Config):  # noqa: N801
@@ -29,7 +34,9 @@ class retention(luigi.Config):  # noqa: N801
 
 def current() -> dict:
     d, r = download(), retention()
-    http = HttpSettings(d.connect_timeout, d.read_timeout, d.retries, d.backoff_factor, d.body_attempts, d.user_agent)
+    # Every HttpSettings field is a [download] setting, but the deadline: fixed here, once, where the run starts.
+    values = {f.name: getattr(d, f.name) for f in fields(HttpSettings) if f.name != "deadline"}
+    http = HttpSettings(**values, deadline=time.time() + 60 * d.run_minutes if d.run_minutes else 0.0)
     return {"download": asdict(http), "retention": {"keep_versions": r.keep_versions, "drop_source": r.drop_source}}
 
 

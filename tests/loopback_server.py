@@ -1,8 +1,9 @@
 """A real HTTP/1.1 server on 127.0.0.1 for tests and benchmarks of the CSV downloader.
 
-Serves in-memory or on-disk bodies with Last-Modified and byte ranges (never an ETag),
-scripted per-path faults (error status, truncated body, delay, HTML page, empty body),
-optional throttling, and a thread-safe request log with concurrency tracking.
+Serves in-memory or on-disk bodies with Last-Modified and byte ranges (never an ETag), gzip/deflate
+Content-Encoding when the client accepts it, chunked transfer, endless bodies, scripted per-path faults
+(error status, truncated body, delay, drip rate, HTML page, empty body), optional throttling, and a
+thread-safe request log with concurrency tracking.
 Standard library only; no fork or signals, so it runs the same on Linux and Windows.
 """
 
@@ -11,11 +12,14 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import http.server
+import io
 import socket
 import socketserver
 import sys
 import threading
 import time
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +33,7 @@ _HTML = (
     b"<body><p>The service is down for maintenance.</p></body></html>\n"
 )
 _UNSATISFIABLE = (-1, -1)
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 @dataclass
@@ -54,20 +59,29 @@ class _Fault:
     delay: float = 0.0
     html: bool = False
     empty: bool = False
+    rate: float | None = None  # bytes/s for this response, instead of the server's bandwidth
+
+
+@dataclass
+class _Endless:
+    """A body without end: header, then chunk over and over."""
+
+    header: bytes
+    chunk: bytes
 
 
 @dataclass
 class _Resource:
-    body: bytes | Path
+    body: bytes | Path | _Endless
     content_type: str
     status: int
     headers: dict[str, str]
     last_modified: str | None
     ranges: bool
+    encoding: str | None = None
+    encoded: bytes = b""  # body in that encoding, made once by add()
+    chunked: bool = False
     faults: list[_Fault] = field(default_factory=list)
-
-    def size(self) -> int:
-        return self.body.stat().st_size if isinstance(self.body, Path) else len(self.body)
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -100,6 +114,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Without it, Nagle's algorithm and delayed ACKs add ~40 ms to small responses.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.owner._track(self.connection, add=True)
 
     def finish(self) -> None:
@@ -129,8 +145,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         hdrs: dict[str, str] = {}
         if f.retry_after is not None:
             hdrs["Retry-After"] = str(f.retry_after)
-        body: bytes | Path
-        normal = False
+        body: bytes | Path | _Endless
+        normal = ranges = chunked = False
         if f.status is not None:
             status, body, hdrs["Content-Type"] = f.status, f"error {f.status}\n".encode(), _TEXT
         elif res is None:
@@ -141,20 +157,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, body, hdrs["Content-Type"] = 200, b"", res.content_type
         else:
             status, body, hdrs["Content-Type"] = res.status, res.body, res.content_type
-            normal = True
+            normal, ranges, chunked = True, res.ranges, res.chunked
             if res.last_modified:
                 hdrs["Last-Modified"] = res.last_modified
-            if res.ranges:
+            if res.encoding and _accepts(self.headers.get("Accept-Encoding"), res.encoding):
+                body, ranges, hdrs["Content-Encoding"] = res.encoded, False, res.encoding
+            if ranges:
                 hdrs["Accept-Ranges"] = "bytes"
+            if res.encoding:
+                hdrs["Vary"] = "Accept-Encoding"
             hdrs.update(res.headers)
-        size = body.stat().st_size if isinstance(body, Path) else len(body)
+        size = None if isinstance(body, _Endless) else body.stat().st_size if isinstance(body, Path) else len(body)
         start, length = 0, size
         if normal and status == 200 and self._not_modified(res):
-            status, body, size, length = 304, b"", 0, 0
-        if normal and res.ranges and status == 200:
+            status, body, size, length, chunked = 304, b"", 0, 0, False
+        if ranges and status == 200:
             rng = self._range(res, size)
             if rng == _UNSATISFIABLE:
-                status, body, start, length = 416, b"", 0, 0
+                status, body, start, length, chunked = 416, b"", 0, 0, False
                 hdrs["Content-Range"] = f"bytes */{size}"
             elif rng:
                 status, start, length = 206, rng[0], rng[1] - rng[0] + 1
@@ -164,14 +184,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(status)
         for name, value in hdrs.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(length))  # the full length, even when truncating
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(length))  # the full length, even when truncating
         self.end_headers()
         if self.command == "HEAD":
             return
-        todo = length if f.close_after is None else min(length, f.close_after)
-        if not self._send_body(owner, body, start, todo) or todo < length:
+        todo = f.close_after if length is None else length if f.close_after is None else min(length, f.close_after)
+        if self._send_body(owner, body, start, todo, f.rate, chunked) and todo == length:
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        else:
             self.close_connection = True
-            # Shut down now so the client sees EOF short of Content-Length.
+            # Shut down now so the client sees EOF short of Content-Length (or of the last chunk).
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
@@ -211,28 +237,69 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return _UNSATISFIABLE
         return start, size - 1 if end is None else min(end, size - 1)
 
-    def _send_body(self, owner: LoopbackServer, body: bytes | Path, start: int, count: int) -> bool:
-        """Write count bytes from start, paced by owner.bandwidth; False if stop() interrupted."""
+    def _send_body(
+        self,
+        owner: LoopbackServer,
+        body: bytes | Path | _Endless,
+        start: int,
+        count: int | None,
+        rate: float | None,
+        chunked: bool,
+    ) -> bool:
+        """Write count bytes (None: no end) from start, paced by rate or else owner.bandwidth; False if cut short."""
         t0, sent = time.monotonic(), 0
-        src = body.open("rb") if isinstance(body, Path) else None  # stream: 1 GB files stay on disk
-        view = None if src else memoryview(body)
-        try:
-            if src:
-                src.seek(start)
-            while sent < count:
-                bw = owner.bandwidth
-                step = min(count - sent, max(1, int(bw) // 50) if bw else _CHUNK)  # ~20 ms slices
-                chunk = src.read(step) if src else view[start + sent : start + sent + step]
+        with _reader(body, start) as read:
+            while count is None or sent < count:
+                bw = rate or owner.bandwidth
+                step = max(1, int(bw) // 50) if bw else _CHUNK  # ~20 ms slices
+                chunk = read(step if count is None else min(count - sent, step))
                 if not chunk:
                     return False  # the file shrank under us
-                self.wfile.write(chunk)
+                self.wfile.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
                 sent += len(chunk)
                 if not owner._pause(t0 + sent / bw - time.monotonic() if bw else 0):
                     return False
-        finally:
-            if src:
-                src.close()
         return True
+
+
+@contextlib.contextmanager
+def _reader(body: bytes | Path | _Endless, start: int) -> Iterator[Callable[[int], bytes]]:
+    """read(n) over body from start: a file is streamed from disk (1 GB files stay there), an endless body repeats."""
+    if isinstance(body, _Endless):
+        buffer = bytearray(body.header)
+
+        def read(n: int) -> bytes:
+            while len(buffer) < n:
+                buffer.extend(body.chunk)
+            piece = bytes(buffer[:n])
+            del buffer[:n]
+            return piece
+
+        yield read
+        return
+    with body.open("rb") if isinstance(body, Path) else io.BytesIO(body) as src:
+        src.seek(start)
+        yield src.read
+
+
+def _encode(body: bytes | Path, encoding: str) -> bytes:
+    """body compressed once, at level 6 as web servers and CDNs commonly use."""
+    compressor = zlib.compressobj(6, zlib.DEFLATED, _WBITS[encoding])
+    out = bytearray()
+    with _reader(body, 0) as read:
+        while block := read(16 * _CHUNK):
+            out += compressor.compress(block)
+    return bytes(out + compressor.flush())
+
+
+def _accepts(header: str | None, coding: str) -> bool:
+    """Whether Accept-Encoding allows coding (q > 0, or "*"); with no header, as web servers do, only identity."""
+    weights = {}
+    for item in (header or "").lower().split(","):
+        name, _, param = item.partition(";")
+        param = param.strip()
+        weights[name.strip()] = float(param[2:]) if param.startswith("q=") else 1.0
+    return weights.get(coding, weights.get("*", 0.0)) > 0
 
 
 class LoopbackServer:
@@ -309,16 +376,39 @@ class LoopbackServer:
         headers: dict[str, str] | None = None,
         last_modified: float | None = None,
         ranges: bool = True,
+        encoding: str | None = None,
+        chunked: bool = False,
     ) -> None:
-        """Serve body at exactly path (query ignored); replaces any previous resource and its faults."""
-        if not path.startswith("/"):
-            raise ValueError(f"path must start with '/': {path!r}")
+        """Serve body at exactly path (query ignored); replaces any previous resource and its faults.
+
+        encoding ("gzip" or "deflate") is applied once, here, and sent with Content-Encoding and Vary to clients
+        whose Accept-Encoding allows it, without ranges; others get the body as is. chunked sends
+        Transfer-Encoding: chunked instead of Content-Length."""
         if isinstance(body, str):
             body = body.encode("utf-8")
         elif not isinstance(body, Path):
             body = bytes(body)
+        if encoding not in (None, *_WBITS):
+            raise ValueError(f"encoding must be None, 'gzip' or 'deflate': {encoding!r}")
         lm = None if last_modified is None else email.utils.formatdate(last_modified, usegmt=True)
-        res = _Resource(body, content_type, status, dict(headers or {}), lm, ranges)
+        encoded = _encode(body, encoding) if encoding else b""
+        res = _Resource(body, content_type, status, dict(headers or {}), lm, ranges, encoding, encoded, chunked)
+        self._put(path, res)
+
+    def add_endless(
+        self,
+        path: str,
+        chunk: bytes = b'"1","endless"\r\n' * 64,
+        *,
+        header: bytes = b'"id","name"\r\n',
+        content_type: str = "text/csv; charset=utf-8",
+    ) -> None:
+        """Serve header, then chunk again and again (chunked, no ranges) until the client hangs up or stop()."""
+        self._put(path, _Resource(_Endless(header, chunk), content_type, 200, {}, None, False, chunked=True))
+
+    def _put(self, path: str, res: _Resource) -> None:
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/': {path!r}")
         with self._lock:
             self._resources[path] = res
 
@@ -333,11 +423,14 @@ class LoopbackServer:
         delay: float = 0.0,
         html: bool = False,
         empty: bool = False,
+        rate: float | None = None,
     ) -> None:
-        """Misbehave on the next `times` requests to path (None = forever); rules queue in order."""
+        """Misbehave on the next `times` requests to path (None = forever); rules queue in order.
+
+        rate drips the body at that many bytes/s (e.g. 1), whatever the server's bandwidth."""
         if times is not None and times < 1:
             raise ValueError("times must be >= 1 or None")
-        rule = _Fault(times, status, retry_after, close_after, delay, html, empty)
+        rule = _Fault(times, status, retry_after, close_after, delay, html, empty, rate)
         with self._lock:
             res = self._resources.get(path)
             if res is None:

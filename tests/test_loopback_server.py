@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import gzip
+import random
+import socket
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from urllib3.exceptions import ProtocolError
 
 from tests.loopback_server import LoopbackServer
 
@@ -230,3 +236,138 @@ def test_stop_is_prompt_during_slow_response():
     assert not t.is_alive() and errors
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(url, timeout=2)  # listening socket is closed
+
+
+def test_accepted_encodings_are_sent_encoded_with_vary_and_without_ranges(srv):
+    srv.add("/g.csv", CSV * 100, encoding="gzip", last_modified=TS)
+    srv.add("/d.csv", CSV * 100, encoding="deflate")
+    r = requests.get(srv.url("/g.csv"), headers={"Accept-Encoding": "gzip", "Range": "bytes=5-"}, timeout=5)
+    assert r.status_code == 200 and r.content == CSV * 100  # Range ignored
+    assert r.headers["Content-Encoding"] == "gzip" and r.headers["Vary"] == "Accept-Encoding"
+    assert "Accept-Ranges" not in r.headers and r.headers["Last-Modified"]
+    assert int(r.headers["Content-Length"]) == len(gzip.compress(CSV * 100, 6))
+    r = requests.get(srv.url("/g.csv"), headers={"Accept-Encoding": "br;q=1, *;q=0.5"}, timeout=5)
+    assert r.headers["Content-Encoding"] == "gzip" and r.content == CSV * 100
+    with requests.get(srv.url("/d.csv"), headers={"Accept-Encoding": "deflate"}, stream=True, timeout=5) as r:
+        assert r.headers["Content-Encoding"] == "deflate"
+        assert zlib.decompress(r.raw.read(decode_content=False)) == CSV * 100
+
+
+@pytest.mark.parametrize("accept", [None, "identity", "gzip;q=0", "br, deflate", "*;q=0"])
+def test_others_get_the_body_as_is(srv, accept):
+    srv.add("/g.csv", CSV, encoding="gzip")
+    r = requests.get(srv.url("/g.csv"), headers={"Accept-Encoding": accept}, timeout=5)
+    assert r.content == CSV and "Content-Encoding" not in r.headers
+    assert r.headers["Accept-Ranges"] == "bytes" and r.headers["Vary"] == "Accept-Encoding"
+
+
+def test_encoding_is_done_once_and_works_for_files(srv, tmp_path, monkeypatch):
+    import tests.loopback_server as module
+
+    f = tmp_path / "big.csv"
+    f.write_bytes(CSV * 50_000)
+    calls = []
+    real = module._encode
+    monkeypatch.setattr(module, "_encode", lambda *a: calls.append(a) or real(*a))
+    srv.add("/big.csv", f, encoding="gzip")
+    for _ in range(3):
+        assert requests.get(srv.url("/big.csv"), timeout=5).content == CSV * 50_000
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="encoding"):
+        srv.add("/x.csv", CSV, encoding="br")
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+def test_chunked_bodies_have_no_content_length(srv, encoding):
+    srv.add("/c.csv", CSV * 30_000, encoding=encoding, chunked=True)
+    with requests.get(srv.url("/c.csv"), stream=True, timeout=5) as r:
+        assert r.headers["Transfer-Encoding"] == "chunked" and "Content-Length" not in r.headers
+        assert r.headers.get("Content-Encoding") == encoding
+        assert r.content == CSV * 30_000
+    with requests.Session() as s:  # the last chunk ends the body: the connection is reused
+        for _ in range(2):
+            assert s.get(srv.url("/c.csv"), timeout=5).content == CSV * 30_000
+    assert len({r.client for r in srv.requests[1:]}) == 1
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_close_after_cuts_an_encoded_body(srv, chunked):
+    body = random.Random(0).randbytes(300_000)  # incompressible: the encoded body is as long
+    srv.add("/g.csv", body, encoding="gzip", chunked=chunked)
+    srv.fault("/g.csv", close_after=10_000)
+    got = bytearray()
+    with requests.get(srv.url("/g.csv"), stream=True, timeout=5) as r, pytest.raises(ProtocolError):
+        while chunk := r.raw.read1(4096, decode_content=False):
+            got += chunk
+    assert 0 < len(got) <= 10_000
+    assert requests.get(srv.url("/g.csv"), timeout=5).content == body
+
+
+def test_rate_fault_drips_the_body(srv):
+    srv.add("/a.csv", CSV * 10)
+    srv.fault("/a.csv", rate=400)  # ~0.6 s for 230 bytes, in 8-byte steps
+    t0 = time.monotonic()
+    with requests.get(srv.url("/a.csv"), stream=True, timeout=5) as r:
+        sizes = []
+        while chunk := r.raw.read1(1024):
+            sizes.append(len(chunk))
+    assert time.monotonic() - t0 >= 0.5 and sum(sizes) == len(CSV) * 10 and len(sizes) > 10
+    t0 = time.monotonic()
+    assert requests.get(srv.url("/a.csv"), timeout=5).content == CSV * 10  # one time only
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_endless_body_streams_csv_rows_until_the_client_hangs_up(srv, capfd):
+    srv.add_endless("/e.csv", b'"1","x"\r\n' * 10)
+    with requests.get(srv.url("/e.csv"), stream=True, timeout=5) as r:
+        assert r.headers["Transfer-Encoding"] == "chunked" and "Accept-Ranges" not in r.headers
+        got = bytearray()
+        for chunk in r.iter_content(65536):
+            got += chunk
+            if len(got) > 3_000_000:
+                break
+    assert got.startswith(b'"id","name"\r\n"1","x"\r\n') and got.count(b"\n") > 300_000
+    wait_until(lambda: srv.active == 0)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+@pytest.mark.parametrize("setup", ["endless", "drip"])
+def test_stop_is_prompt_during_endless_and_dripping_bodies(setup):
+    srv = LoopbackServer().start()
+    if setup == "endless":
+        srv.add_endless("/x.csv")
+    else:
+        srv.add("/x.csv", CSV)
+        srv.fault("/x.csv", rate=1)
+    started = threading.Event()
+
+    def client():
+        with (
+            contextlib.suppress(requests.RequestException),
+            requests.get(srv.url("/x.csv"), stream=True, timeout=5) as r,
+        ):
+            started.set()
+            for _ in r.iter_content(65536):
+                pass
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    assert started.wait(5)
+    t0 = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - t0 < 5
+    t.join(5)
+    assert not t.is_alive()
+
+
+def test_accepted_sockets_have_tcp_nodelay(srv):
+    srv.add("/a.csv", CSV)
+    srv.fault("/a.csv", delay=0.5)
+    t = threading.Thread(target=requests.get, args=(srv.url("/a.csv"),), kwargs={"timeout": 5}, daemon=True)
+    t.start()
+    wait_until(lambda: srv.active == 1)
+    with srv._lock:
+        conns = list(srv._conns)
+    assert conns and all(c.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for c in conns)
+    t.join(5)
