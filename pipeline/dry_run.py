@@ -9,9 +9,9 @@ from pipeline import layout
 from pipeline.metastore import load_catalog
 from pipeline.plan import format_table, plan
 from pipeline.runlog import read_state
-from pipeline.settings import SettingsParameter
+from pipeline.settings import RunIdParameter, SettingsParameter
 from pipeline.targets import write_json
-from pipeline.tasks import NormalizeCsv, RunIdParameter
+from pipeline.tasks import NormalizeCsv
 
 # Luigi calls a config_path fallback "deprecated"; here it is the point: one [HospitalsDaily] section for both tasks.
 warnings.filterwarnings("ignore", r"The use of the configuration \[HospitalsDaily\]", DeprecationWarning)

@@ -40,7 +40,7 @@ class HttpSettings:
     retries: int = 5
     backoff_factor: float = 1.0
     body_attempts: int = 3
-    user_agent: str = "cms-hospitals-pipeline"
+    user_agent: str = "cms-hospitals-pipeline/0.1 (daily Luigi ingestion)"
     min_rate: int = 10_000  # bytes/s, over any min_rate_window seconds; 0 = no floor
     min_rate_window: float = 60.0
     max_bytes: int = 5 * 1024**3  # decoded; 0 = no limit

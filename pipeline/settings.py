@@ -1,12 +1,15 @@
-"""Settings of sections [download] and [retention], and the task parameter that carries them to workers.
+"""The run's settings: sections [download] and [retention], one typed object, and the task parameter that
+carries them to the workers.
 
 Luigi reads a Config class where it is instantiated. A worker process started by spawning (Windows) re-reads
 luigi.cfg but never sees the command line, so the settings are resolved once, where HospitalsDaily is created,
-and handed down to every task as a hidden, insignificant parameter.
+and handed down to every task as a hidden, insignificant parameter (a dict on the wire, `Settings` in code).
+The defaults live in the dataclasses only; the Config classes and luigi.cfg take them from there.
 """
 
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
 
 import luigi
 from luigi.parameter import ParameterVisibility
@@ -14,22 +17,45 @@ from luigi.parameter import ParameterVisibility
 from pipeline.http import HttpSettings
 
 
-class download(luigi.Config):  # noqa: N801 - Luigi names the config section after the class
-    connect_timeout = luigi.FloatParameter(default=10.0, description="seconds to wait for a connection")
-    read_timeout = luigi.FloatParameter(default=60.0, description="seconds to wait for the next bytes")
-    retries = luigi.IntParameter(default=5, description="urllib3 retries for connect errors, 429 and 5xx")
-    backoff_factor = luigi.FloatParameter(default=1.0, description="exponential backoff between retries")
-    body_attempts = luigi.IntParameter(default=3, description="tries for a body cut off mid-transfer")
-    user_agent = luigi.Parameter(default="cms-hospitals-pipeline/0.1 (daily Luigi ingestion)")
-    min_rate = luigi.IntParameter(default=10_000, description="bytes/s a body must keep up; 0 for no floor")
-    min_rate_window = luigi.FloatParameter(default=60.0, description="seconds over which min_rate is measured")
-    max_bytes = luigi.IntParameter(default=5 * 1024**3, description="largest decoded file; 0 for no limit")
-    run_minutes = luigi.FloatParameter(default=0.0, description="minutes a run may download for; 0 for no deadline")
+@dataclass(frozen=True)
+class Retention:
+    keep_versions: int = 0  # finished versions kept per dataset; 0 keeps all
+    drop_source: bool = False  # delete source.csv once normalized.csv is written
 
 
-class retention(luigi.Config):  # noqa: N801
-    keep_versions = luigi.IntParameter(default=0, description="finished versions kept per dataset; 0 keeps all")
-    drop_source = luigi.BoolParameter(default=False, description="delete source.csv once normalized.csv is written")
+@dataclass(frozen=True)
+class Settings:
+    download: HttpSettings
+    retention: Retention
+
+    @classmethod
+    def from_dict(cls, data) -> "Settings":
+        return cls(HttpSettings(**data["download"]), Retention(**data["retention"]))
+
+    def to_dict(self) -> dict:
+        return {"download": asdict(self.download), "retention": asdict(self.retention)}
+
+
+_HTTP, _RETENTION = HttpSettings(), Retention()
+
+
+class download(luigi.Config):  # Luigi names the config section after the class
+    connect_timeout = luigi.FloatParameter(default=_HTTP.connect_timeout, description="seconds to wait to connect")
+    read_timeout = luigi.FloatParameter(default=_HTTP.read_timeout, description="seconds to wait for the next bytes")
+    retries = luigi.IntParameter(default=_HTTP.retries, description="urllib3 retries for connect errors, 429 and 5xx")
+    backoff_factor = luigi.FloatParameter(default=_HTTP.backoff_factor, description="exponential backoff, retries")
+    body_attempts = luigi.IntParameter(default=_HTTP.body_attempts, description="tries for a body cut off mid-way")
+    user_agent = luigi.Parameter(default=_HTTP.user_agent)
+    min_rate = luigi.IntParameter(default=_HTTP.min_rate, description="bytes/s a body must keep up; 0 for no floor")
+    min_rate_window = luigi.FloatParameter(default=_HTTP.min_rate_window, description="seconds min_rate is over")
+    max_bytes = luigi.IntParameter(default=_HTTP.max_bytes, description="largest decoded file; 0 for no limit")
+    run_minutes = luigi.FloatParameter(default=_HTTP.run_minutes, description="minutes a run may download for; "
+                                                                              "0 for no deadline")
+
+
+class retention(luigi.Config):
+    keep_versions = luigi.IntParameter(default=_RETENTION.keep_versions, description="versions kept per dataset")
+    drop_source = luigi.BoolParameter(default=_RETENTION.drop_source, description="delete source.csv once normalized")
 
 
 def current() -> dict:
@@ -37,7 +63,7 @@ def current() -> dict:
     # Every HttpSettings field is a [download] setting, but the deadline: fixed here, once, where the run starts.
     values = {f.name: getattr(d, f.name) for f in fields(HttpSettings) if f.name != "deadline"}
     http = HttpSettings(**values, deadline=time.time() + 60 * d.run_minutes if d.run_minutes else 0.0)
-    return {"download": asdict(http), "retention": {"keep_versions": r.keep_versions, "drop_source": r.drop_source}}
+    return Settings(http, Retention(r.keep_versions, r.drop_source)).to_dict()
 
 
 class SettingsParameter(luigi.DictParameter):
@@ -52,4 +78,15 @@ class SettingsParameter(luigi.DictParameter):
 
 
 def http_settings(settings) -> HttpSettings:
-    return HttpSettings(**settings["download"])
+    return Settings.from_dict(settings).download
+
+
+def default_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")[:-3]
+
+
+class RunIdParameter(luigi.Parameter):
+    """Empty means "now", taken when the run's task is created (not once, when the module was imported)."""
+
+    def normalize(self, value):
+        return value or default_run_id()

@@ -13,7 +13,6 @@ import json
 import logging
 import time
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import luigi
@@ -27,23 +26,12 @@ from pipeline.http import DownloadError, changed_since, download
 from pipeline.metastore import load_catalog
 from pipeline.runlog import RunLog
 from pipeline.schema_drift import diff_columns, previous_version
-from pipeline.settings import SettingsParameter, http_settings
+from pipeline.settings import RunIdParameter, Settings, SettingsParameter
 from pipeline.targets import atomic_path, folder_lock, remove_stale_temps, sweep_stale_temps, write_json
 
 logger = logging.getLogger("luigi-interface")
 
 
-
-
-def default_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")[:-3]
-
-
-class RunIdParameter(luigi.Parameter):
-    """Empty means "now", taken when the run's task is created (not once, when the module was imported)."""
-
-    def normalize(self, value):
-        return value or default_run_id()
 
 
 class RunTask(luigi.Task):
@@ -52,12 +40,16 @@ class RunTask(luigi.Task):
                                                    "the UTC start time")
     settings = SettingsParameter()
 
+    @property
+    def config(self) -> Settings:
+        return Settings.from_dict(self.settings)
+
     def runlog(self) -> RunLog:
         return RunLog(layout.runlog_db(Path(self.data_dir)))
 
     def close_run_if_complete(self) -> None:
         """Called by every task that may settle the run's last item; pipeline/close_run.py has the protocol."""
-        close_if_complete(Path(self.data_dir), self.run_id, self.settings["retention"]["keep_versions"])
+        close_if_complete(Path(self.data_dir), self.run_id, self.config.retention.keep_versions)
 
 
 class FetchCatalog(RunTask):
@@ -111,7 +103,7 @@ class FetchCatalog(RunTask):
                 notes[version] = "verify: no Last-Modified was recorded at download"
             else:
                 try:
-                    new_revision = changed_since(version.url, last_modified, http_settings(self.settings))
+                    new_revision = changed_since(version.url, last_modified, self.config.download)
                 except DownloadError as exc:
                     notes[version] = f"verify: {exc}"
             if new_revision:
@@ -193,7 +185,7 @@ class DownloadCsv(VersionTask):
             scan = SourceScan()
             try:
                 with atomic_path(self.output()) as temp:
-                    fetched = download(self.url, temp, http_settings(self.settings), self._progress, scan)
+                    fetched = download(self.url, temp, self.config.download, self._progress, scan)
                     Path(scan_target.path).unlink(missing_ok=True)  # an earlier attempt's scan
                     if scan.result():
                         write_json(scan_target, scan.result())
@@ -257,7 +249,7 @@ class NormalizeCsv(VersionTask):
             remove_stale_temps(target)
             Path(target.path).unlink(missing_ok=True)
         previous, old_columns = self._previous()  # the slow, fallible reads come before the first write
-        drop_source = self.settings["retention"]["drop_source"]
+        drop_source = self.config.retention.drop_source
         source = Path(self.input().path)
         scan_path = layout.source_scan(self.folder)
         scan = json.loads(scan_path.read_text(encoding="utf-8")) if scan_path.exists() else None
