@@ -105,10 +105,13 @@ def _is_csv(dist: dict, url: str) -> bool:
     return isinstance(media_type, str) and media_type.split(";")[0].strip().lower() == "text/csv"
 
 
-def _valid_modified(value) -> bool:
+def _text(obj: dict, key: str) -> str:
+    value = obj.get(key)
+    return value if isinstance(value, str) else ""
+
+
+def _valid_modified(value: str) -> bool:
     """A real calendar date (YYYY-MM-DD) or ISO date-time: 2025-13-45 is not a version."""
-    if not isinstance(value, str):
-        return False
     try:
         (date if _DATE.fullmatch(value) else datetime).fromisoformat(value)
     except ValueError:
@@ -121,15 +124,15 @@ def _csv_versions(item: dict, theme: str) -> list[CsvVersion]:
     identifier, modified = item.get("identifier"), item.get("modified")
     if not isinstance(identifier, str) or not identifier.strip():
         raise ValueError("missing identifier")
-    if not _valid_modified(modified):
+    if not isinstance(modified, str) or not _valid_modified(modified):
         raise ValueError(f"missing or malformed 'modified' ({modified!r}): expected a real date, YYYY-MM-DD")
-    title = item.get("title") if isinstance(item.get("title"), str) else ""
+    title = _text(item, "title")
     distributions = _as_list(item.get("distribution"))
     if not distributions:
         raise ValueError("no distribution")
     # DCAT puts the data dictionary link on the distribution; accept it on the dataset too.
-    described_by = item.get("describedBy") if isinstance(item.get("describedBy"), str) else ""
-    versions = []
+    described_by = _text(item, "describedBy")
+    versions: list[CsvVersion] = []
     for dist in map(_unwrap, distributions):
         if not isinstance(dist, dict):
             raise ValueError("distribution is not an object")
@@ -140,10 +143,9 @@ def _csv_versions(item: dict, theme: str) -> list[CsvVersion]:
             continue
         if urlsplit(url).scheme.lower() not in ("http", "https"):
             raise ValueError(f"download URL is not http(s): {url!r}")
-        dictionary = dist["describedBy"] if isinstance(dist.get("describedBy"), str) else described_by
-        versions.append(CsvVersion(identifier, title, modified, url, theme,
-                                   released=item.get("released") if isinstance(item.get("released"), str) else "",
-                                   described_by=dictionary, position=len(versions) + 1))
+        versions.append(CsvVersion(identifier, title, modified, url, theme, released=_text(item, "released"),
+                                   described_by=_text(dist, "describedBy") or described_by,
+                                   position=len(versions) + 1))
     if not versions:
         raise ValueError("no CSV distribution")
     return [replace(v, distributions=len(versions)) for v in versions]
@@ -168,8 +170,7 @@ def parse_catalog(payload: bytes, theme: str) -> Catalog:
         themes.update(set(_themes(item)))
         if theme not in _themes(item):
             continue
-        identifier = item.get("identifier") if isinstance(item.get("identifier"), str) else ""
-        title = item.get("title") if isinstance(item.get("title"), str) else ""
+        identifier, title = _text(item, "identifier"), _text(item, "title")
         try:
             found = _csv_versions(item, theme)
         except ValueError as exc:

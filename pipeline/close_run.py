@@ -49,8 +49,8 @@ def close_if_complete(data_dir: Path, run_id: str, keep_versions: int) -> dict |
 def close_failed(data_dir: Path, run_id: str, error: str) -> None:
     """A run that failed as a whole (metastore unusable, theme not found): still a report and a summary."""
     log = RunLog(layout.runlog_db(data_dir))
-    run = log.run(run_id)
-    run = dict(run) if run else {"run_id": run_id, "started_at": None, "metastore_url": None, "theme": None}
+    row = log.run(run_id)
+    run = dict(row) if row else {"run_id": run_id, "started_at": None, "metastore_url": None, "theme": None}
     finished = now()
     report = build_report(run, [], dict.fromkeys(COUNTS, 0), "failed", finished, error=error)
     _finish(log, data_dir, run_id, report, lambda path: log.fail_run(run_id, error, finished, path))

@@ -2,6 +2,7 @@
 for a bug. Luigi logs every failure with its traceback; this filter on its logger shortens the expected ones."""
 
 import logging
+import sqlite3
 
 from luigi.rpc import RPCError
 
@@ -10,11 +11,19 @@ from pipeline.errors import DatasetError, RunClosed
 from pipeline.http import DownloadError
 
 EXPECTED = (DatasetError, CatalogError, DownloadError, RunClosed)
+# SQLite's words for a full or busy disk: the machine's state, not a bug (unlike "no such column").
+_SQLITE_ENVIRONMENT = ("database or disk is full", "database is locked", "disk I/O error")
+
+
+def expected(exc: BaseException | None) -> bool:
+    if isinstance(exc, sqlite3.OperationalError):
+        return any(words in str(exc) for words in _SQLITE_ENVIRONMENT)
+    return isinstance(exc, EXPECTED)
 
 
 def _root_cause(exc: BaseException) -> BaseException:
-    while exc.__cause__ or exc.__context__:
-        exc = exc.__cause__ or exc.__context__
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
     return exc
 
 
@@ -23,7 +32,7 @@ class OneLineForExpectedErrors(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if record.exc_info and exc is None:  # exc_info=True outside an except block prints "NoneType: None"
             record.exc_info = None
-        elif isinstance(exc, EXPECTED):
+        elif expected(exc):
             record.msg, record.args = f"{record.getMessage()}: {exc}", ()
             record.exc_info = record.exc_text = None
         elif isinstance(exc, RPCError):

@@ -62,7 +62,12 @@ _QUOTED_OR_BARE_CR = re.compile(rb'"[^"]*(?:"|\Z)|\r(?!\r*\n)')
 
 
 # Windows-1252 leaves five bytes undefined; map them as Latin-1 does rather than fail the whole file.
-codecs.register_error("cp1252_as_latin1", lambda e: (e.object[e.start:e.end].decode("latin-1"), e.end))
+def _as_latin1(error: UnicodeError) -> tuple[str, int]:
+    assert isinstance(error, UnicodeDecodeError)
+    return error.object[error.start:error.end].decode("latin-1"), error.end
+
+
+codecs.register_error("cp1252_as_latin1", _as_latin1)
 
 
 @dataclass
@@ -120,7 +125,7 @@ def _refuse_nul(data: bytes, offset: int) -> None:
         raise NotText(f"binary file, not a CSV (NUL byte at offset {offset + at})")
 
 
-def _refuse_odd_header(raw: bytes) -> None:
+def _refuse_odd_header(raw: bytes | bytearray) -> None:
     """NotText for a control character in the header row; HeaderError when its record ends in a bare CR."""
     cr = next((m.start() for m in _QUOTED_OR_BARE_CR.finditer(raw) if m[0] == b"\r"), -1)
     if control := _CONTROL.search(raw, 0, len(raw) if cr == -1 else cr):  # a bare CR ends the header row
@@ -180,8 +185,8 @@ def _new_header(raw_header: bytes, encoding: str) -> tuple[bytes, list[str], lis
     ending = _line_ending(raw_header)
     normalized = normalize_header(original)
     out = io.StringIO(newline="")
-    quoting = csv.QUOTE_ALL if text.startswith('"') else csv.QUOTE_MINIMAL
-    csv.writer(out, lineterminator=ending, quoting=quoting).writerow(normalized)
+    quoting = csv.QUOTE_ALL if text.startswith('"') else csv.QUOTE_MINIMAL  # keep the source's style
+    csv.writer(out, lineterminator=ending, quoting=quoting).writerow(normalized)  # type: ignore[arg-type]
     return out.getvalue().encode("utf-8"), original, normalized, ending
 
 
@@ -225,7 +230,7 @@ def rewrite_csv(src: BinaryIO, dst: BinaryIO) -> RewriteResult:
         return _rewrite(src, dst, "cp1252")
 
 
-def _header_record_end(buf: bytes) -> int | None:
+def _header_record_end(buf: bytes | bytearray) -> int | None:
     """Offset just past the first record's line ending, once the buffer holds all of it."""
     start = 0
     while (newline := buf.find(b"\n", start)) != -1:

@@ -1,6 +1,7 @@
 """The run report: one JSON document per run, and the one-line console summary that names it."""
 
 import json
+from collections.abc import Sequence
 
 from pipeline.schema_drift import describe
 
@@ -15,7 +16,7 @@ def tally(items: list[dict]) -> tuple[dict, str]:
 
 
 def build_report(run: dict, items: list[dict], counts: dict, status: str, finished_at: str,
-                 notes: list[str] = (), error: str | None = None) -> dict:
+                 notes: Sequence[str] = (), error: str | None = None) -> dict:
     datasets = []
     for item in items:
         done = item["outcome"] in ("downloaded", "up_to_date")

@@ -240,7 +240,7 @@ class RunLog:
         """Returns (settled, total) versions of the run, for a progress line."""
         with self.transaction() as db:
             self._store_done(db, version, stats, run_id)
-            if schema_change:
+            if schema_change and previous:
                 db.execute("INSERT OR REPLACE INTO schema_changes(identifier, modified, download_url,"
                            " previous_modified, previous_url, change, run_id) VALUES (?,?,?,?,?,?,?)",
                            (*_key(version), *previous, schema_change, run_id))

@@ -24,7 +24,7 @@ def previous_version(url: str, position: int | None, siblings: set[str], candida
     name = file_name(url)
     same_name = [c for c in others if file_name(c["download_url"]) == name]
     same_place = [c for c in others if position is not None and c["position"] == position]
-    return (same_name or same_place or [None])[0]
+    return next(iter(same_name or same_place), None)
 
 
 def _renamed(old: list[str], new: list[str], i: int) -> bool:

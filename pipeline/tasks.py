@@ -158,7 +158,7 @@ class VersionTask(RunTask):
         try:
             self.runlog().record_failed(self.run_id, self.version, cause)
             self.close_run_if_complete()
-        except Exception:  # Luigi swallows errors here; say so loudly instead
+        except Exception:  # Luigi swallows errors here; say so loudly (one line if the disk is full)
             logger.exception("%s: could not record the failure in the run log", self.identifier)
         return f"{self.identifier}: {cause}"
 
@@ -171,7 +171,9 @@ def _worker_process_lost(task: VersionTask, error, *_) -> None:
 
 
 class DownloadCsv(VersionTask):
-    resources = {"cms_http": 1}
+    @property
+    def resources(self):
+        return {"cms_http": 1}  # a download slot: luigid's [resources] (or luigi.cfg's, locally) caps them
 
     def output(self):
         return luigi.LocalTarget(str(layout.source_csv(self.folder)), format=luigi.format.Nop)
@@ -273,8 +275,8 @@ class NormalizeCsv(VersionTask):
             self.set_status_message(f"{result.rows:,} rows")
             self.set_progress_percentage(100)
         change = diff_columns(old_columns, result.normalized) if old_columns is not None else None
-        settled, total = self.runlog().record_done(self.run_id, self.version, stats, change and json.dumps(change),
-                                                   previous)
+        drift = json.dumps(change) if change else None
+        settled, total = self.runlog().record_done(self.run_id, self.version, stats, drift, previous)
         print(f"[{settled}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "
               f"{result.bytes / 1e6:,.1f} MB" + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
               flush=True)

@@ -28,6 +28,8 @@ from tests.luigid_support import (
     stop_client,
 )
 
+pytestmark = pytest.mark.integration
+
 FILES_PREFIX = "/provider-data/sites/default/files/"
 ASSISTANT = "import luigi, pipeline; luigi.build([], assistant=True, workers=2)"  # luigid from [core] of luigi.cfg
 
@@ -258,7 +260,7 @@ def test_an_assistant_worker_on_a_second_host_shares_the_downloads(tmp_path):
             while not central.families().get("NormalizeCsv"):  # A has run FetchCatalog and yielded the versions
                 assert time.monotonic() < deadline and job.poll() is None, output_of(log_a)
                 time.sleep(0.05)
-            assistant, log_b = start_client([sys.executable, "-c", ASSISTANT], config_b, folder_b, "out.log")
+            assistant, _log_b = start_client([sys.executable, "-c", ASSISTANT], config_b, folder_b, "out.log")
             ran_by = {}  # DownloadCsv task id -> the worker luigid saw running it (each takes >= 0.5 s)
             deadline = time.monotonic() + 60  # A may leave while B still closes the run
             while central.families("DONE").get("HospitalsDaily") != 1:

@@ -9,6 +9,8 @@ from tests.harness import CATALOG_PATH, Site, command, query, run_command, write
 from tests.loopback_server import LoopbackServer
 from tests.luigid_support import free_port, loopback_env
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def site():

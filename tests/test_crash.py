@@ -14,7 +14,7 @@ from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, quoted_rows
 from tests.harness import Site, command, query, run_command, write_project_cfg
 from tests.loopback_server import LoopbackServer
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="kills a process group")
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(sys.platform == "win32", reason="kills a process group")]
 
 BIG = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(60_000, 5))  # ~2 MB, 10 s at the throttled rate
 
@@ -79,7 +79,7 @@ def test_a_second_copy_exits_already_running_and_the_first_finishes(site, tmp_pa
         assert second.returncode == 10, second.stderr  # [retcode] already_running
         assert "already running" in (second.stdout + second.stderr).lower()
         site.server.bandwidth = None
-        out, err = first.communicate(timeout=120)
+        _out, err = first.communicate(timeout=120)
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)

@@ -11,6 +11,8 @@ import pytest
 from tests.fixtures import HEADER_IPF, HEADER_OAS_CAHPS, HEADER_UNQUOTED_LF, HEADER_WITH_COMMA, csv_bytes, quoted_rows
 from tests.harness import CATALOG_PATH, Site, by_identifier, query, run_daily
 
+pytestmark = pytest.mark.integration
+
 
 def data_after_header(data: bytes) -> bytes:
     """Everything after the first record (headers here have no quoted line breaks)."""

@@ -8,6 +8,8 @@ import pytest
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, quoted_rows
 from tests.harness import CATALOG_PATH, Site, by_identifier, query, run_daily
 
+pytestmark = pytest.mark.integration
+
 BODY = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(2000, 5))  # ~60 KB
 
 

@@ -18,6 +18,8 @@ from urllib3.exceptions import ProtocolError
 
 from tests.loopback_server import LoopbackServer
 
+pytestmark = pytest.mark.integration
+
 CSV = b"id,name\n1,alpha\n2,beta\n"
 TS = 1_700_000_000
 

@@ -5,10 +5,13 @@ from pathlib import Path
 
 import luigi
 import luigi.configuration
+import pytest
 
 from pipeline import HospitalsPlan
 from tests.fixtures import csv_bytes, quoted_rows
 from tests.harness import CATALOG_PATH, Site, by_identifier, query, run_daily
+
+pytestmark = pytest.mark.integration
 
 FILES_PREFIX = "/provider-data/sites/"
 

@@ -24,6 +24,8 @@ from tests.harness import CATALOG_PATH, Site
 from tests.loopback_server import LoopbackServer
 from tests.luigid_support import client_cfg, loopback_env
 
+pytestmark = pytest.mark.integration
+
 START_METHODS = [m for m in ("fork", "spawn") if m in multiprocessing.get_all_start_methods()]
 
 # A file, not `python -c`: under spawn every worker process imports it again as __mp_main__, so it needs the guard

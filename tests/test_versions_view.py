@@ -5,8 +5,12 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 from tests.fixtures import csv_bytes
 from tests.harness import CATALOG_PATH, by_identifier, query, run_daily
+
+pytestmark = pytest.mark.integration
 
 
 def version(site, modified, header, rows, upload, identifier="yv7e-xc69"):
@@ -20,7 +24,7 @@ def test_schema_drift_is_recorded_reported_and_printed(site, tmp_path, capfd):
     assert run_daily(site, tmp_path)[0]
     assert by_identifier(run_daily(site, tmp_path)[1])["yv7e-xc69"][0]["schema_change"] is None
     version(site, "2025-04-01", '"Facility ID","Footnote","Score (%)","Start Date"', ['"1","3","2","x"'], 1700000100)
-    ok, report = run_daily(site, tmp_path)
+    _ok, report = run_daily(site, tmp_path)
     change = by_identifier(report)["yv7e-xc69"][0]["schema_change"]
     assert change["added"] == ["score_percent", "start_date"] and change["removed"] == ["score"]
     assert change["previous_version"]["modified"] == "2025-01-01"
@@ -107,7 +111,7 @@ def test_data_dictionary_link_and_released_date_are_kept(site, tmp_path):
     site.items["yv7e-xc69"]["released"] = "2025-01-15"
     site.items["yv7e-xc69"]["distribution"][0]["describedBy"] = "https://example.invalid/dictionary.pdf"
     site.publish()
-    ok, report = run_daily(site, tmp_path)
+    _ok, report = run_daily(site, tmp_path)
     assert query(tmp_path, "SELECT released, described_by FROM versions") == [
         ("2025-01-15", "https://example.invalid/dictionary.pdf")]
     entry = by_identifier(report)["yv7e-xc69"][0]
