@@ -15,6 +15,7 @@ publishes the whole catalog, its publish brings latest/ up to date.
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from pipeline.runlog import RunLog, now
 from pipeline.targets import write_json_file
 
 logger = logging.getLogger("luigi-interface")
+SUMMARY_BY_WRAPPER = "CMS_PIPELINE_SUMMARY_BY_WRAPPER"
 
 
 def close_if_complete(data_dir: Path, run_id: str, keep_versions: int) -> dict | None:
@@ -65,7 +67,8 @@ def _finish(log: RunLog, data_dir: Path, run_id: str, report: dict, record) -> N
         record(None)
         return
     record(str(path))
-    print("\n".join(summary_lines(report, path)), flush=True)
+    if not os.environ.get(SUMMARY_BY_WRAPPER):  # pipeline/shared_run.py prints it in the job's process
+        print("\n".join(summary_lines(report, path)), flush=True)
 
 
 def _prune(log: RunLog, run_id: str, keep: int) -> list[str]:

@@ -131,6 +131,9 @@ class VersionTask(RunTask):
     modified = luigi.Parameter()
     url = luigi.Parameter()
     revision = luigi.Parameter(default="", description="Last-Modified of a file replaced in place")
+    # A failed version is retried by the next run, never within this one: the scheduler disables it at once, so
+    # a keep-alive worker (a shared run on luigid) no longer waits for it and the run ends.
+    retry_count = 1
 
     @classmethod
     def for_version(cls, task: luigi.Task, version: CsvVersion):

@@ -1,0 +1,75 @@
+"""`python -m pipeline.shared_run [luigi options]`: the job of a run shared with assistants on luigid.
+
+The `luigi` command's exit code and output say what its own worker did. When assistant workers on other
+machines take part, one of them may run the run's last step and print its summary, and the command exits
+10 or 25 for a run that succeeded. Luigi has no setting for "exit with the outcome of the run, whoever ran
+it", so this wrapper runs the very same command (`luigi --module pipeline HospitalsDaily ...`) and then takes
+the outcome from the run log, which every process writes: it prints the run's summary and exits 0 exactly
+when the run succeeded, 30 when it failed (see docs/operations.md for every code).
+"""
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import luigi.cmdline_parser
+import luigi.retcodes
+
+from pipeline import layout
+from pipeline.close_run import SUMMARY_BY_WRAPPER
+from pipeline.report import summary_lines
+from pipeline.runlog import RunLog
+from pipeline.settings import default_run_id
+
+EXIT = {"succeeded": 0, "failed": 30}
+ALREADY_RUNNING, NO_OUTCOME = 10, 30
+SETTLE_SECONDS = 30.0  # a run whose last task just settled elsewhere may still be writing its report
+
+
+def _with_run_id(argv: list[str]) -> tuple[list[str], str]:
+    for i, arg in enumerate(argv):
+        if arg == "--run-id" and i + 1 < len(argv):
+            return argv, argv[i + 1]
+        if arg.startswith("--run-id="):
+            return argv, arg.split("=", 1)[1]
+    run_id = default_run_id()
+    return [*argv, "--run-id", run_id], run_id
+
+
+def _data_dir(args: list[str]) -> Path:
+    with luigi.cmdline_parser.CmdlineParser.global_instance(args) as parser:
+        return Path(parser.get_task_obj().data_dir)
+
+
+def main(argv: list[str]) -> int:
+    argv, run_id = _with_run_id(argv)
+    args = ["--module", "pipeline", "HospitalsDaily", *argv]
+    log = RunLog(layout.runlog_db(_data_dir(args)))
+    earlier = log.run(run_id)
+    if earlier and earlier["status"] in ("running", "closing"):
+        print(f"run {run_id} is already running (started {earlier['started_at']}); a second copy does not join "
+              "it: wait for it, or start a new run without --run-id", file=sys.stderr, flush=True)
+        return ALREADY_RUNNING
+    os.environ[SUMMARY_BY_WRAPPER] = "1"  # inherited by this job's worker processes, not by assistants elsewhere
+    try:
+        luigi.retcodes.run_with_retcodes(args)
+        luigi_code = 0
+    except SystemExit as exc:
+        luigi_code = exc.code if isinstance(exc.code, int) else 1
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while (run := log.run(run_id)) is not None and run["status"] not in EXIT and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if run is None or run["status"] not in EXIT:
+        status = run["status"] if run else "never started"
+        print(f"run {run_id} did not finish ({status}); the luigi command exited {luigi_code}", file=sys.stderr)
+        return luigi_code or NO_OUTCOME
+    if run["report_path"]:
+        report = json.loads(Path(run["report_path"]).read_text(encoding="utf-8"))
+        print("\n".join(summary_lines(report, run["report_path"])), flush=True)
+    return EXIT[run["status"]]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

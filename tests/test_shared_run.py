@@ -1,0 +1,127 @@
+"""A run shared by the job and an assistant on one luigid, started from exactly the files in deploy/: it ends
+soon after its last task settles, and the job's exit code and stdout are the run's, whoever ran what."""
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import HEADER_IPF, csv_bytes, quoted_rows
+from tests.harness import COMMAND, PROJECT_CFG, Site, project_cfg_lines, query
+from tests.loopback_server import LoopbackServer
+from tests.luigid_support import Luigid, finish, start_client, stop_client
+
+pytestmark = pytest.mark.integration
+
+DEPLOY = PROJECT_CFG.parent / "deploy"
+END_BOUND = 15.0  # seconds from the run's last task settling to the job's exit (wait_interval + wait_jitter + slack)
+
+
+def host_folder(root: Path, name: str, site: Site, data_dir: Path, luigid: Luigid) -> Path:
+    """A machine's project folder: the shipped luigi.cfg (pointed at the loopback catalog and the shared data
+    folder) and deploy/central.cfg with only luigid's address changed."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "luigi.cfg").write_text("\n".join(project_cfg_lines(site, data_dir=str(data_dir))) + "\n",
+                                      encoding="utf-8")
+    central = (DEPLOY / "central.cfg").read_text(encoding="utf-8")
+    assert "scheduler_port = 8082\n" in central
+    (folder / "central.cfg").write_text(central.replace("scheduler_port = 8082", f"scheduler_port = {luigid.port}"),
+                                        encoding="utf-8")
+    return folder
+
+
+def serve(site: Site, count: int, missing: int = 0) -> list[str]:
+    paths = []
+    for n in range(count):
+        body = csv_bytes(HEADER_IPF, quoted_rows(4, 4, f"{n}"))
+        paths += site.dataset(f"ds{n:02d}-test", "2025-04-08", {f"File{n}.csv": body}, serve=n >= missing)
+    return paths
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+def test_a_shared_run_exits_with_the_runs_code_and_prints_its_summary(tmp_path, outcome):
+    with Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid, \
+            LoopbackServer(latency=0.3) as server:
+        site = Site(server)
+        paths = serve(site, 8, missing=2 if outcome == "failed" else 0)
+        data_dir = tmp_path / "shared-data"
+        job_folder = host_folder(tmp_path, "host-a", site, data_dir, luigid)
+        helper_folder = host_folder(tmp_path, "host-b", site, data_dir, luigid)
+        job, job_log = start_client([sys.executable, "-m", "pipeline.shared_run", "--workers", "2",
+                                     "--run-id", "shared"], job_folder / "central.cfg", job_folder, "out.log")
+        assistant, _ = start_client([sys.executable, "-m", "pipeline.assistant", "--workers", "2"],
+                                    helper_folder / "central.cfg", helper_folder, "out.log")
+        try:
+            code = finish(job, timeout=120)
+            ended = time.time()
+            done = luigid.tasks("DONE").values()
+        finally:
+            stop_client(assistant)
+    out = job_log.read_text(encoding="utf-8", errors="replace")
+    [(status, finished_at)] = query(data_dir, "SELECT status, finished_at FROM runs")
+    assert status == outcome, out
+    assert code == (0 if outcome == "succeeded" else 30), out
+    assert f"HospitalsDaily run shared {outcome}: 8 discovered" in out  # on the job's stdout, whoever closed
+    assert out.count("HospitalsDaily run shared") == 1
+    if outcome == "failed":
+        assert out.count("  FAILED ds0") == 2 and "HTTP 404" in out
+    # luigid's finished_at has second resolution: allow for it.
+    assert ended - datetime.fromisoformat(finished_at).timestamp() < END_BOUND + 1, out
+    # Every finished task shows its final figures in the UI: downloads their full size, normalizing its rows.
+    downloads = [t for t in done if t["name"] == "DownloadCsv"]
+    normalized = [t for t in done if t["name"] == "NormalizeCsv"]
+    assert len(downloads) == len(normalized) == len(paths) - (2 if outcome == "failed" else 0)
+    for task in downloads:
+        size = task["status_message"].split(" MB")[0]
+        assert (task["status_message"], task["progress_percentage"]) == (f"{size} MB of {size} MB", 100), task
+    assert {(t["status_message"], t["progress_percentage"]) for t in normalized} == {("4 rows", 100)}
+    report = json.loads((data_dir / "reports" / "shared.json").read_text(encoding="utf-8"))
+    assert report["status"] == outcome
+
+
+def test_a_second_copy_with_the_same_run_id_is_refused_at_once(tmp_path):
+    with Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid, \
+            LoopbackServer(latency=1.0) as server:
+        site = Site(server)
+        serve(site, 4)
+        data_dir = tmp_path / "shared-data"
+        folder = host_folder(tmp_path, "host-a", site, data_dir, luigid)
+        args = [sys.executable, "-m", "pipeline.shared_run", "--workers", "1", "--run-id", "twice"]
+        first, first_log = start_client(args, folder / "central.cfg", folder, "first.log")
+        deadline = time.monotonic() + 30
+        while not query_runs(data_dir):
+            assert time.monotonic() < deadline and first.poll() is None, first_log.read_text(encoding="utf-8")
+            time.sleep(0.1)
+        started = time.monotonic()
+        second, second_log = start_client(args, folder / "central.cfg", folder, "second.log")
+        second_code = finish(second, timeout=60)
+        refused_in = time.monotonic() - started
+        first_code = finish(first, timeout=120)
+    second_out = second_log.read_text(encoding="utf-8")
+    assert second_code == 10 and refused_in < 10, second_out
+    assert "run twice is already running" in second_out
+    assert first_code == 0, first_log.read_text(encoding="utf-8")
+    assert query(data_dir, "SELECT status FROM runs") == [("succeeded",)]
+
+
+def query_runs(data_dir: Path) -> list:
+    return query(data_dir, "SELECT run_id FROM runs") if (data_dir / "runlog.sqlite").exists() else []
+
+
+def test_the_shipped_cron_line_and_windows_file_run_the_tested_command():
+    command = " ".join(COMMAND[1:])
+    [cron] = [line for line in (DEPLOY / "crontab").read_text(encoding="utf-8").splitlines()
+              if line and not line.startswith("#")]
+    assert f"cd /opt/cms-hospitals && .venv/bin/luigi {command} " in cron
+    cmd = (DEPLOY / "run-daily.cmd").read_bytes().decode("utf-8")  # as is: cmd.exe wants CRLF
+    assert "\r\n" in cmd and "cd /d C:\\cms-hospitals\r\n" in cmd
+    assert f".venv\\Scripts\\luigi.exe {command} " in cmd and "exit /b %ERRORLEVEL%" in cmd
+    for unit in ("luigid.service", "cms-hospitals-assistant.service"):
+        text = (DEPLOY / unit).read_text(encoding="utf-8")
+        assert "WorkingDirectory=/opt/cms-hospitals" in text and "LUIGI_CONFIG_PATH=/opt/cms-hospitals/deploy/" in text
+    assert "python -m pipeline.assistant --workers 4" in (DEPLOY / "cms-hospitals-assistant.service").read_text(
+        encoding="utf-8")
