@@ -293,6 +293,13 @@ class RunLog:
         db.execute("UPDATE run_items SET outcome=?, error=? WHERE run_id=? AND identifier=? AND modified=?"
                    " AND download_url=?", (outcome, error, run_id, *_key(version)))
 
+    def progress(self, run_id: str) -> tuple[int, int, int]:
+        """(done, failed, total) CSV versions of the run so far."""
+        with self._connect() as db:
+            return db.execute("SELECT coalesce(sum(outcome IN ('downloaded', 'up_to_date')), 0),"
+                              " coalesce(sum(outcome='failed'), 0), count(*) FROM run_items WHERE run_id=?"
+                              " AND outcome NOT IN ('invalid', 'retired')", (run_id,)).fetchone()
+
     def settle_queued(self, run_id: str) -> None:
         """Once every task of the run is complete, versions still queued were finished by someone else."""
         with self.transaction() as db:

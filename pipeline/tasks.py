@@ -14,8 +14,12 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import luigi
+import luigi.interface
+import luigi.rpc
+from luigi.parameter import ParameterVisibility
 
 from pipeline import layout
 from pipeline.catalog import Catalog, CsvVersion
@@ -131,14 +135,16 @@ class VersionTask(RunTask):
     modified = luigi.Parameter()
     url = luigi.Parameter()
     revision = luigi.Parameter(default="", description="Last-Modified of a file replaced in place")
+    wrapper_task_id = luigi.Parameter(default="", significant=False, visibility=ParameterVisibility.HIDDEN,
+                                      description="the run's HospitalsDaily, whose progress line this task updates")
     # A failed version is retried by the next run, never within this one: the scheduler disables it at once, so
     # a keep-alive worker (a shared run on luigid) no longer waits for it and the run ends.
     retry_count = 1
 
     @classmethod
-    def for_version(cls, task: luigi.Task, version: CsvVersion):
+    def for_version(cls, task: luigi.Task, version: CsvVersion, **extra):
         return task.clone(cls, identifier=version.identifier, modified=version.modified, url=version.url,
-                          revision=version.revision)
+                          revision=version.revision, **extra)
 
     @property
     def version(self) -> CsvVersion:
@@ -156,10 +162,28 @@ class VersionTask(RunTask):
             cause = str(exc)
         return DatasetError(self.identifier, f"{stage}: {cause}")
 
+    def show_run_progress(self) -> None:
+        """The wrapper's line in luigid's UI: done, failed and total so far, updated by each settled version
+        (a local scheduler has no UI to show it)."""
+        core = luigi.interface.core()
+        if not self.wrapper_task_id or core.local_scheduler:
+            return
+        done, failed, total = self.runlog().progress(self.run_id)
+        # The address as Luigi's own worker finds it (luigi.interface builds it the same way).
+        url = core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"
+        try:
+            scheduler: Any = luigi.rpc.RemoteScheduler(url)  # its RPC methods are made at run time
+            scheduler.set_task_status_message(self.wrapper_task_id,
+                                              f"{done} done, {failed} failed of {total} CSV versions")
+            scheduler.set_task_progress_percentage(self.wrapper_task_id, 100 * (done + failed) // max(1, total))
+        except luigi.rpc.RPCError as exc:  # the UI line is not worth failing a version for
+            logger.warning("%s: could not update the run's progress in luigid: %s", self.identifier, exc)
+
     def on_failure(self, exception):
         cause = exception.cause if isinstance(exception, DatasetError) else repr(exception)
         try:
             self.runlog().record_failed(self.run_id, self.version, cause)
+            self.show_run_progress()
             self.close_run_if_complete()
         except Exception:  # Luigi swallows errors here; say so loudly (one line if the disk is full)
             logger.exception("%s: could not record the failure in the run log", self.identifier)
@@ -280,6 +304,7 @@ class NormalizeCsv(VersionTask):
         change = diff_columns(old_columns, result.normalized) if old_columns is not None else None
         drift = json.dumps(change) if change else None
         settled, total = self.runlog().record_done(self.run_id, self.version, stats, drift, previous)
+        self.show_run_progress()
         print(f"[{settled}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "
               f"{result.bytes / 1e6:,.1f} MB" + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
               flush=True)
@@ -308,10 +333,11 @@ class HospitalsDaily(RunTask):
             raise RunClosed(self.run_id, status, self.output().path)
         with self.input().open("r") as snapshot:
             catalog = Catalog.from_json(json.load(snapshot))
-        children = [NormalizeCsv.for_version(self, version) for version in catalog.versions]
+        children = [NormalizeCsv.for_version(self, version, wrapper_task_id=self.task_id)
+                    for version in catalog.versions]
         if self.set_status_message:
             done = sum(child.complete() for child in children)
-            self.set_status_message(f"{done} of {len(children)} CSV versions done")
+            self.set_status_message(f"{done} done, 0 failed of {len(children)} CSV versions")
             self.set_progress_percentage(100 * done // max(1, len(children)))
         yield children
         self.runlog().settle_queued(self.run_id)
