@@ -29,6 +29,7 @@ class CsvVersion:
     revision: str = ""  # the Last-Modified of a file replaced in place under the same URL (verify mode)
     position: int = 1  # its place among the item's CSV distributions, from 1
     distributions: int = 1  # how many CSV distributions the item has
+    expected_bytes: int = 0  # its distribution's size last time, if known: big files start first
 
     @property
     def key(self) -> "VersionKey":

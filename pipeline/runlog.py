@@ -277,6 +277,13 @@ class RunLog:
                               " WHERE status='done'").fetchall()
         return {VersionKey(r[0], r[1], r[2]): (r[3], r[4] or "") for r in rows}
 
+    def last_sizes(self) -> dict[tuple[str, int | None], int]:
+        """(identifier, position) -> bytes of that distribution's newest finished version."""
+        with self._connect() as db:
+            rows = db.execute("SELECT identifier, position, bytes FROM versions WHERE status IN ('done', 'pruned')"
+                              " AND bytes IS NOT NULL ORDER BY rowid").fetchall()
+        return {(r[0], r[1]): r[2] for r in rows}  # later rows, newer versions, win
+
     def note(self, run_id: str, version: CsvVersion, text: str) -> None:
         with self.transaction() as db:
             self._set_outcome(db, run_id, version, "up_to_date", text)

@@ -78,11 +78,12 @@ class FetchCatalog(RunTask):
         log.start_run(self.run_id, self.metastore_url, self.theme)
         sweep_stale_temps(Path(self.data_dir) / "datasets")
         catalog = load_catalog(self.metastore_url, self.theme, self.settings)
-        known = log.known_versions()
+        known, sizes = log.known_versions(), log.last_sizes()
         queued, up_to_date = [], []
         for version in catalog.versions:
             revision, _ = known.get(version.key, ("", ""))
-            version = replace(version, revision=revision)
+            expected = sizes.get((version.identifier, version.position), sizes.get((version.identifier, None), 0))
+            version = replace(version, revision=revision, expected_bytes=expected)
             done = NormalizeCsv.for_version(self, version)
             if done.complete():
                 up_to_date.append((version, done.stored_stats()))
@@ -137,6 +138,8 @@ class VersionTask(RunTask):
     revision = luigi.Parameter(default="", description="Last-Modified of a file replaced in place")
     wrapper_task_id = luigi.Parameter(default="", significant=False, visibility=ParameterVisibility.HIDDEN,
                                       description="the run's HospitalsDaily, whose progress line this task updates")
+    expected_bytes = luigi.IntParameter(default=0, significant=False, visibility=ParameterVisibility.HIDDEN,
+                                        description="the distribution's size last time: the longest start first")
     # A failed version is retried by the next run, never within this one: the scheduler disables it at once, so
     # a keep-alive worker (a shared run on luigid) no longer waits for it and the run ends.
     retry_count = 1
@@ -144,7 +147,13 @@ class VersionTask(RunTask):
     @classmethod
     def for_version(cls, task: luigi.Task, version: CsvVersion, **extra):
         return task.clone(cls, identifier=version.identifier, modified=version.modified, url=version.url,
-                          revision=version.revision, **extra)
+                          revision=version.revision, expected_bytes=version.expected_bytes, **extra)
+
+    @property  # type: ignore[override]
+    def priority(self) -> int:
+        # Luigi runs higher priorities first (and passes a task's priority on to what it requires): the run
+        # ends sooner when its biggest files do not start last.
+        return self.expected_bytes // 1000
 
     @property
     def version(self) -> CsvVersion:

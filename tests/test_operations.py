@@ -101,3 +101,18 @@ def test_a_dataset_that_leaves_the_catalog_is_marked_retired_and_its_files_stay(
     publish(site, 3)  # it comes back
     ok, report = run_daily(site, tmp_path)
     assert query(tmp_path, "SELECT count(*) FROM retired") == [(0,)]
+
+
+def test_the_files_that_were_biggest_last_time_start_first(site, server, tmp_path):
+    sizes = {"small-001": 1, "big-0001": 300, "mid-0001": 40}  # thousands of rows
+    for identifier, rows in sizes.items():
+        site.dataset(identifier, "2025-01-01", {"F.csv": csv_bytes('"A"', ['"x"'] * rows * 1000)})
+    assert run_daily(site, tmp_path, workers=1)[0]
+    for identifier, rows in sizes.items():  # every file re-uploaded: all three are new versions
+        site.dataset(identifier, "2025-02-01", {"F.csv": csv_bytes('"A"', ['"y"'] * rows * 1000)}, upload=1700000100)
+    server.clear()
+    assert run_daily(site, tmp_path, workers=1)[0]
+    order = [path.split("/")[-2] for path in server.paths() if path.startswith(FILES_PREFIX)]
+    digest = {identifier: (identifier.encode().hex() * 8)[:32] for identifier in sizes}
+    assert [next(i for i, d in digest.items() if part.startswith(d)) for part in order] == [
+        "big-0001", "mid-0001", "small-001"]
