@@ -28,14 +28,23 @@ def _root_cause(exc: BaseException) -> BaseException:
 
 
 class OneLineForExpectedErrors(logging.Filter):
+    def __init__(self):
+        super().__init__()
+        self.scheduler_unreachable_said = False
+
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if record.getMessage().startswith(("Failed connecting to remote scheduler", "Failed pinging scheduler")):
+            return False  # each retry; the line below says it once when the retries are spent
+        if isinstance(exc, RPCError) and self.scheduler_unreachable_said:
+            return False  # Luigi logs the same failure again on its way out
         if record.exc_info and exc is None:  # exc_info=True outside an except block prints "NoneType: None"
             record.exc_info = None
         elif expected(exc):
             record.msg, record.args = f"{record.getMessage()}: {exc}", ()
             record.exc_info = record.exc_text = None
         elif isinstance(exc, RPCError):
+            self.scheduler_unreachable_said = True
             cause = _root_cause(exc)
             record.msg, record.args = (f"{record.getMessage()}: cannot reach the central scheduler: {exc} "
                                        f"({type(cause).__name__}: {cause}); is luigid running?"), ()

@@ -9,7 +9,7 @@ from pipeline import layout
 from pipeline.metastore import load_catalog
 from pipeline.plan import format_table, plan
 from pipeline.runlog import read_state
-from pipeline.settings import RunIdParameter, SettingsParameter
+from pipeline.settings import FolderParameter, RunIdParameter, SettingsParameter
 from pipeline.targets import write_json
 from pipeline.tasks import NormalizeCsv
 
@@ -17,9 +17,9 @@ from pipeline.tasks import NormalizeCsv
 warnings.filterwarnings("ignore", r"The use of the configuration \[HospitalsDaily\]", DeprecationWarning)
 
 
-def _daily_setting(name: str, **kwargs) -> luigi.Parameter:
+def _daily_setting(name: str, kind: type[luigi.Parameter] = luigi.Parameter, **kwargs) -> luigi.Parameter:
     """A parameter that falls back to HospitalsDaily's value in luigi.cfg, so a plan sees the same settings."""
-    return luigi.Parameter(config_path={"section": "HospitalsDaily", "name": name}, **kwargs)
+    return kind(config_path={"section": "HospitalsDaily", "name": name}, **kwargs)
 
 
 class HospitalsPlan(luigi.Task):
@@ -28,7 +28,7 @@ class HospitalsPlan(luigi.Task):
     Downloads no file and writes nothing but its own report, reports/plan-<run_id>.json.
     """
 
-    data_dir = _daily_setting("data_dir", default="data")
+    data_dir = _daily_setting("data_dir", FolderParameter, default="data")
     metastore_url = _daily_setting("metastore_url")
     theme = _daily_setting("theme", default="Hospitals")
     run_id = RunIdParameter(default="")

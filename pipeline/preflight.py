@@ -21,7 +21,7 @@ def started_by_luigi_command(argv: list[str]) -> bool:
 
 def missing_config_message(argv: list[str]) -> str | None:
     config = luigi.configuration.get_config()
-    if config.has_option("HospitalsDaily", "metastore_url") or any("metastore-url" in arg for arg in argv):
+    if config.has_option("HospitalsDaily", "metastore_url"):  # the shipped luigi.cfg (or an overlay) was read
         return None
     named = os.environ.get("LUIGI_CONFIG_PATH")
     looked = f"{Path.cwd() / 'luigi.cfg'}" + (f" and LUIGI_CONFIG_PATH={named}" if named else "")

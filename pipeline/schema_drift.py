@@ -29,7 +29,7 @@ def previous_version(url: str, position: int | None, siblings: set[str], candida
 
 def _renamed(old: list[str], new: list[str], i: int) -> bool:
     before = i == 0 or old[i - 1] == new[i - 1]
-    after = i + 1 >= min(len(old), len(new)) or old[i + 1] == new[i + 1]
+    after = i + 1 == len(old) == len(new) or (i + 1 < min(len(old), len(new)) and old[i + 1] == new[i + 1])
     return (before and after) or SequenceMatcher(None, old[i], new[i]).ratio() >= SIMILAR
 
 

@@ -7,6 +7,7 @@ and handed down to every task as a hidden, insignificant parameter (a dict on th
 The defaults live in the dataclasses only; the Config classes and luigi.cfg take them from there.
 """
 
+import os
 import time
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -83,6 +84,14 @@ def http_settings(settings) -> HttpSettings:
 
 def default_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")[:-3]
+
+
+class FolderParameter(luigi.Parameter):
+    """A folder, made absolute where the run starts: the paths in the run log and the reports then mean the
+    same from wherever they are read (cron and Task Scheduler start in other folders)."""
+
+    def normalize(self, value):
+        return os.path.abspath(value) if value else value
 
 
 class RunIdParameter(luigi.Parameter):

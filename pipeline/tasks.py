@@ -30,7 +30,7 @@ from pipeline.http import DownloadError, changed_since, download
 from pipeline.metastore import load_catalog
 from pipeline.runlog import RunLog
 from pipeline.schema_drift import diff_columns, previous_version
-from pipeline.settings import RunIdParameter, Settings, SettingsParameter
+from pipeline.settings import FolderParameter, RunIdParameter, Settings, SettingsParameter
 from pipeline.targets import atomic_path, folder_lock, remove_stale_temps, sweep_stale_temps, write_json
 
 logger = logging.getLogger("luigi-interface")
@@ -39,7 +39,7 @@ logger = logging.getLogger("luigi-interface")
 
 
 class RunTask(luigi.Task):
-    data_dir = luigi.Parameter(default="data", description="folder for outputs, run log and reports")
+    data_dir = FolderParameter(default="data", description="folder for outputs, run log and reports")
     run_id = RunIdParameter(default="", description="names this run in the log and the report; defaults to "
                                                    "the UTC start time")
     settings = SettingsParameter()
@@ -149,8 +149,8 @@ class VersionTask(RunTask):
         return task.clone(cls, identifier=version.identifier, modified=version.modified, url=version.url,
                           revision=version.revision, expected_bytes=version.expected_bytes, **extra)
 
-    @property  # type: ignore[override]
-    def priority(self) -> int:
+    @property
+    def priority(self) -> int:  # type: ignore[override]
         # Luigi runs higher priorities first (and passes a task's priority on to what it requires): the run
         # ends sooner when its biggest files do not start last.
         return self.expected_bytes // 1000

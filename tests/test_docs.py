@@ -1,0 +1,735 @@
+"""The README and docs/ say what is true: every marked block is run exactly as written or checked against the
+code (tests/doc_commands.py reads them). Each test names the blocks it covers; a block without a test, a test
+without its block, or a command or file block without a marker fails."""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import csv
+import dataclasses
+import gzip
+import importlib.util
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline import latest, layout
+from pipeline.catalog import CsvVersion
+from pipeline.dry_run import HospitalsPlan
+from pipeline.header_rewrite import SourceScan, copy_normalized, rewrite_csv
+from pipeline.http import DownloadError, HttpSettings, download
+from pipeline.naming import normalize_header
+from pipeline.runlog import RunLog
+from pipeline.schema_drift import describe, diff_columns
+from pipeline.settings import Retention
+from pipeline.tasks import DownloadCsv, FetchCatalog, HospitalsDaily, NormalizeCsv
+from tests.doc_commands import (
+    DOC_FILES,
+    ROOT,
+    Project,
+    all_blocks,
+    block,
+    blocks,
+    code_spans,
+    commands,
+    layout_patterns,
+    parse,
+    shape,
+    table,
+)
+from tests.fixtures import HEADER_IPF, HEADER_OAS_CAHPS, HEADER_UNQUOTED_LF, csv_bytes, quoted_rows
+from tests.harness import CATALOG_PATH, Site
+from tests.loopback_server import LoopbackServer
+from tests.luigid_support import Luigid, free_port
+
+COVERED: set[str] = set()
+# The integration tests run the documented commands with bash, and stop what they start by process group.
+runs_commands = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.name == "nt" or not shutil.which("bash"), reason="needs bash and POSIX"),
+]
+
+
+def runs(test):
+    for mark in runs_commands:
+        test = mark(test)
+    return test
+
+
+def covers(*names: str):
+    COVERED.update(names)
+    return lambda test: test
+
+
+def daily() -> str:
+    """The job's command, as the README runs it (its first shell line)."""
+    return commands(block("daily-run").text)[0]
+
+
+def commands_run_by_tests() -> set[str]:
+    """Commands that the integration tests below run exactly as written, and that cron lines may use."""
+    return {*commands(block("daily-run").text), *commands(block("verify").text)}
+
+
+def ci_parts() -> list[str]:
+    """The commands of .ci/run, each `&&` part on its own, pip's -q left out."""
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
+    parts = [
+        part.strip()
+        for line in lines
+        if line and not line.startswith(("#", "set ", "cd "))
+        for part in line.split("&&")
+    ]
+    return [part.replace(" -q ", " ") for part in parts]
+
+
+def luigi_cfg() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(ROOT / "luigi.cfg", encoding="utf-8")
+    return parser
+
+
+def commented_defaults() -> dict[str, str]:
+    """`# key = value` lines of luigi.cfg: the defaults it shows commented out, as "[section] key" -> value."""
+    found, section = {}, ""
+    for line in (ROOT / "luigi.cfg").read_text(encoding="utf-8").splitlines():
+        if match := re.match(r"^\[(\w+)\]", line):
+            section = match[1]
+        elif match := re.match(r"^#\s*(\w+) = (.+)$", line):
+            found[f"[{section}] {match[1]}"] = match[2].strip()
+    return found
+
+
+# -- every block has a test, every test its block ------------------------------------------------------------
+
+
+def test_every_command_and_file_block_is_marked():
+    unmarked = [place for path in DOC_FILES for place in parse(path)[1]]
+    assert unmarked == [], "mark these with <!-- doc-test: NAME --> and give NAME a test in tests/test_docs.py"
+
+
+def test_every_marked_block_has_a_test_and_every_test_its_block():
+    in_docs = {b.name for b in all_blocks()}
+    assert in_docs - COVERED == set(), "blocks that no test covers"
+    assert COVERED - in_docs == set(), "tests whose block is gone"
+
+
+def test_the_readme_is_a_front_door():
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 150
+
+
+# -- commands that cannot run here: their content is checked -------------------------------------------------
+
+
+@covers("install-and-test", "ci-lines")
+def test_the_test_and_lint_commands_are_what_ci_runs():
+    ci = ci_parts()
+    [install_and_test] = commands(block("install-and-test").text)
+    for part in install_and_test.split(" && "):
+        assert part in ci, part
+    for command in commands(block("ci-lines").text):
+        assert command in ci, command
+
+
+@covers("install-and-run", "windows-install-and-run")
+def test_the_install_and_run_command_installs_as_ci_does_and_runs_the_tested_command():
+    [command] = commands(block("install-and-run").text)
+    venv, install, run = command.split(" && ")
+    assert venv in ci_parts()
+    assert f"{install} -r requirements-dev.txt" in ci_parts()
+    assert run == daily()
+    [windows] = commands(block("windows-install-and-run").text)
+    assert windows == command.replace("python3 -m venv", "py -m venv").replace(".venv/bin/", ".venv\\Scripts\\")
+
+
+CRON = re.compile(r"^(?:\S+ ){5}cd (/\S+) && (.+?) >> (/\S+) 2>&1$")
+
+
+@covers("cron-line", "verify-cron-line")
+def test_cron_lines_change_to_an_absolute_folder_and_run_a_tested_command():
+    for name in ("cron-line", "verify-cron-line"):
+        [line] = commands(block(name).text)
+        match = CRON.match(line)
+        assert match, line
+        assert match[2] in commands_run_by_tests(), match[2]
+    shipped = ROOT / "deploy" / "crontab"
+    if shipped.exists():  # the deployment files and the README give the same line
+        lines = [line for line in shipped.read_text(encoding="utf-8").splitlines() if line and line[0] != "#"]
+        assert lines == commands(block("cron-line").text)
+
+
+@covers("task-scheduler")
+def test_the_task_scheduler_action_runs_the_tested_command_from_the_project_folder():
+    fields = dict(line.split(":", 1) for line in block("task-scheduler").text.splitlines())
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    start_in = fields["Start in"]
+    assert re.match(r"^[A-Z]:\\", start_in)
+    assert fields["Program/script"] == start_in + "\\.venv\\Scripts\\luigi.exe"
+    assert f".venv/bin/luigi {fields['Add arguments']}" == daily()
+
+
+@covers("exit-codes")
+def test_the_exit_code_table_lists_the_codes_the_command_can_give():
+    documented = {int(code) for row in table(block("exit-codes").text) for code in row[0].split(",")}
+    retcodes = {int(value) for value in luigi_cfg()["retcode"].values()}
+    assert documented == {0, 2} | retcodes  # 2: pipeline/preflight.py
+
+
+@covers("benchmark-args")
+def test_benchmark_commands_are_accepted_by_their_scripts(monkeypatch):
+    class Parsed(Exception):
+        pass
+
+    original = argparse.ArgumentParser.parse_args
+    bench = [
+        c
+        for path in DOC_FILES
+        for b in parse(path)[0]
+        for c in commands(b.text)
+        if c.startswith(".venv/bin/python benchmarks/")
+    ]
+    assert bench
+    for command in bench:
+        script, *args = command.split()[1:]
+        spec = importlib.util.spec_from_file_location(f"doc_{Path(script).stem}", ROOT / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+
+        def parse_only(self, _args=None, namespace=None, args=args):
+            original(self, args, namespace)  # exits 2 on an option the script does not know
+            raise Parsed
+
+        monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
+        with pytest.raises(Parsed):
+            module.main()
+        monkeypatch.undo()
+
+
+# -- tables checked against the code -------------------------------------------------------------------------
+
+
+@covers("settings-table")
+def test_the_settings_table_has_every_setting_with_its_real_default():
+    rows = {row[0]: row for row in table(block("settings-table").text)}
+    cfg = luigi_cfg()
+    shipped = {f"[{section}] {key}": value for section in cfg.sections() for key, value in cfg[section].items()}
+    commented = commented_defaults()
+    code = {f"[download] {f.name}": f.default for f in dataclasses.fields(HttpSettings) if f.name != "deadline"}
+    code |= {f"[retention] {f.name}": f.default for f in dataclasses.fields(Retention)}
+    assert set(commented) <= set(code), "luigi.cfg shows only real settings commented out"
+    task_settings = {
+        f"[HospitalsDaily] {name}" for name, _ in HospitalsDaily.get_params() if name not in ("run_id", "settings")
+    }
+    documented = {code_spans(key)[0] for key in rows if key != "–"}
+    assert documented == set(shipped) | set(code) | task_settings
+
+    def same(text: str, value) -> bool:
+        return text == str(value).lower() if isinstance(value, bool) else type(value)(text) == value
+
+    for key in documented:
+        default = code_spans(rows[f"`{key}`"][2])[0]
+        if key in code:
+            assert same(default, code[key]) and same(commented.get(key, default), code[key]), key
+        elif key in shipped:
+            assert default == shipped[key], key
+        else:
+            assert same(default, dict(HospitalsDaily.get_params())[key.split()[1]]._default), key
+    assert any(code_spans(row[1])[0].startswith("--run-id") for row in rows.values())
+
+
+@covers("snake-case-examples")
+def test_the_snake_case_examples_are_what_the_rules_give():
+    rows = table(block("snake-case-examples").text)
+    assert len(rows) >= 8
+    for original, normalized in rows:
+        names = [
+            name if name != "(empty)" else ""
+            for name in [*code_spans(original), *(["(empty)"] if "(empty)" in original else [])]
+        ]
+        assert normalize_header(names) == code_spans(normalized), original
+
+
+@covers("drift-examples")
+def test_the_drift_examples_are_what_the_comparison_prints():
+    for previous, new, printed in table(block("drift-examples").text):
+
+        def header(cell: str) -> list[str]:
+            text = code_spans(cell)[0]
+            if match := re.search(r"(\w+)_1,…,\1_(\d+)", text):  # a long run of columns, written short
+                run = ",".join(f"{match[1]}_{i}" for i in range(1, int(match[2]) + 1))
+                text = text.replace(match[0], run)
+            return text.split(",")
+
+        assert describe(diff_columns(header(previous), header(new))) == code_spans(printed)[0]
+
+
+@covers("latest-names")
+def test_the_latest_names_are_what_the_catalog_gives():
+    for identifier, urls, names in table(block("latest-names").text):
+        [identifier] = code_spans(identifier)
+        versions = [
+            CsvVersion(
+                identifier, "", "2025-04-08", "https://data.cms.gov/x" + url.lstrip("…"), "Hospitals", position=i
+            )
+            for i, url in enumerate(code_spans(urls), start=1)
+        ]
+        assert sorted(latest.latest_names(versions).values()) == sorted(code_spans(names))
+
+
+@covers("runlog-tables")
+def test_the_run_log_tables_and_columns_are_the_schema(tmp_path):
+    RunLog(tmp_path / "runlog.sqlite")
+    with sqlite3.connect(tmp_path / "runlog.sqlite") as db:
+        schema = {
+            name: [row[1] for row in db.execute(f"PRAGMA table_info({name})")]
+            for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+    documented = {}
+    for name, _, columns in table(block("runlog-tables").text):
+        documented[code_spans(name)[0]] = code_spans(re.sub(r"\([^)]*\)", "", columns))
+    assert {name: sorted(cols) for name, cols in documented.items()} == {
+        name: sorted(cols) for name, cols in schema.items()
+    }
+
+
+@covers("modules")
+def test_every_module_is_listed_once():
+    listed = re.findall(r"^- `([\w.]+\.py)`:", block("modules").text, flags=re.MULTILINE)
+    assert sorted(listed) == sorted(p.name for p in (ROOT / "pipeline").glob("*.py"))
+
+
+@covers("task-identity")
+def test_the_documented_task_identity_is_the_tasks_parameters():
+    documented: dict[bool, set[str]] = {True: set(), False: set()}
+    for item in block("task-identity").text.split("\n- "):
+        significant = item.lstrip("- ").startswith("Significant")
+        documented[significant] |= set(code_spans(re.search(r"\*\*(.+?)\*\*", item)[1]))
+    for task in (HospitalsDaily, FetchCatalog, DownloadCsv, NormalizeCsv, HospitalsPlan):
+        for name, param in task.get_params():
+            assert name in documented[param.significant], f"{task.__name__}.{name}"
+
+
+# -- refused bytes: each message of the table from a body of its own ------------------------------------------
+
+GOOD = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(20, 5))
+BODIES = {  # name: (body, content type, extra headers)
+    "gzip": (gzip.compress(GOOD), "text/csv", {}),
+    "zip": (b"PK\x03\x04\x14\x00\x00\x00" + GOOD, "text/csv", {}),
+    "pdf": (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "text/csv", {}),
+    "utf-16": (b"\xff\xfe" + GOOD.decode().encode("utf-16-le"), "text/csv", {}),
+    "nul": (b'"id","name"\r\n1\x00,x\r\n', "text/csv", {}),
+    "control": (b'"id","na\x01me"\r\n1,2\r\n', "text/csv", {}),
+    "html": (b"<!DOCTYPE html><html><body>Maintenance</body></html>\n", "text/html", {}),
+    "markup": (b"<html><body>Maintenance</body></html>\n", "text/csv", {}),
+    "br": (GOOD, "text/csv", {"Content-Encoding": "br"}),
+    "truncated gzip": (gzip.compress(GOOD)[:-12], "text/csv", {"Content-Encoding": "gzip"}),
+    "empty": (b"", "text/csv", {}),
+    "bare CR": (GOOD.replace(b"\r\n", b"\r"), "text/csv", {}),
+    "no header": (b"\r\n1,2\r\n", "text/csv", {}),
+}
+
+
+def outcome(url: str, folder: Path) -> tuple[str, str] | None:
+    """(stage, message) as DownloadCsv and NormalizeCsv would fail on this URL, or None."""
+    scan, source = SourceScan(), folder / "source.csv"
+    try:
+        download(url, source, HttpSettings(retries=0, body_attempts=1), scan=scan)
+    except (DownloadError, ValueError) as exc:
+        return "download", str(exc)
+    result = scan.result()
+    try:
+        with open(source, "rb") as src, open(folder / "normalized.csv", "w+b") as dst:
+            copy_normalized(src, dst, result) if result else rewrite_csv(src, dst)
+    except ValueError as exc:
+        return "normalize", str(exc)
+    return None
+
+
+@pytest.mark.integration
+@covers("refused-bytes")
+def test_each_refused_body_gives_the_documented_message(tmp_path):
+    documented = {(stage, code_spans(message)[0]) for _, stage, message in table(block("refused-bytes").text)}
+    found = set()
+    with LoopbackServer() as server:
+        for name, (body, content_type, headers) in BODIES.items():
+            path = f"/files/{name.replace(' ', '_')}.csv"
+            server.add(path, body, content_type=content_type, headers=headers)
+            folder = tmp_path / name
+            folder.mkdir()
+            found.add(outcome(server.url(path), folder))
+    assert found == documented
+
+
+# -- the job, as the README runs it --------------------------------------------------------------------------
+
+FAILING = "632h-zaca"
+
+
+def serve_catalog(site: Site) -> None:
+    site.dataset(
+        "48nr-hqxx", "2025-04-08", {"ASCQR_OAS_CAHPS_BY_ASC.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(40, 5))}
+    )
+    site.dataset(
+        "wue8-3vwe", "2025-04-08", {"ASC_National.csv": csv_bytes(HEADER_UNQUOTED_LF, ["1,2,3,4,5,6,7"], "\n")}
+    )
+    site.dataset("4jcv-atw7", "2025-04-08", {"ASC_Facility.csv": csv_bytes(HEADER_IPF, quoted_rows(30, 4))})
+    site.dataset(FAILING, "2025-04-22", {"Unplanned_Hospital_Visits-Hospital.csv": b""}, serve=False)
+
+
+def data_files(data: Path) -> list[str]:
+    return sorted(
+        str(Path("data") / p.relative_to(data))
+        for p in data.rglob("*")
+        if p.is_file() and not p.name.endswith(("-wal", "-shm"))
+    )
+
+
+def check_layout(files: list[str], tree: str, complete: bool) -> None:
+    patterns = layout_patterns(tree)
+    for name, pattern in patterns.items():
+        assert any(pattern.match(f) for f in files), f"{name}: no such file after a run: {files}"
+    if complete:
+        for f in files:
+            assert any(p.match(f) for p in patterns.values()), f"{f} is missing from the layout in docs/data.md"
+
+
+def keys_of(doc: dict, real: dict, where: str) -> None:
+    assert list(doc) == list(real), where
+    for key, value in doc.items():
+        if isinstance(value, dict) and isinstance(real[key], dict):
+            keys_of(value, real[key], f"{where}.{key}")
+
+
+@runs
+@covers(
+    "daily-run",
+    "run-output",
+    "layout",
+    "layout-excerpt",
+    "header-map-excerpt",
+    "failures-query",
+    "report-example",
+    "latest-entry",
+    "index-columns",
+    "plan",
+)
+def test_the_daily_command_its_output_files_and_the_failure_query(tmp_path):
+    with LoopbackServer() as server:
+        site = Site(server)
+        serve_catalog(site)
+        project = Project(tmp_path / "project", site)
+        job, plan = commands(block("daily-run").text)
+        assert commands(block("plan").text) == [plan]
+
+        first = project.run(job)
+        assert first.returncode == 30, first.stderr  # one dataset failed
+        out = first.stdout.splitlines()
+        shapes = {shape(line) for line in out}
+        for line in block("run-output").text.splitlines():
+            if line.strip() != "...":
+                assert shape(line) in shapes, f"{line!r} is not a line the job prints:\n{first.stdout}"
+        assert "Execution Summary" not in first.stdout + first.stderr  # [core] log_level = WARNING
+        assert "Traceback" not in first.stderr
+        errors = [line for line in first.stderr.splitlines() if line.startswith("ERROR:")]
+        assert errors and all(FAILING in line for line in errors), first.stderr  # one line per failed task
+
+        planned = project.run(plan)
+        assert planned.returncode == 0, planned.stderr
+        assert re.search(rf"^failed_last_time\s+{FAILING}", planned.stdout, flags=re.MULTILINE)
+        assert f"Plan: {project.folder / 'data' / 'reports' / 'plan-'}" in planned.stdout
+
+        sqlite_cli, python = commands(block("failures-query").text)
+        via_python = project.run(python)
+        assert via_python.returncode == 0, via_python.stderr
+        [failure] = via_python.stdout.splitlines()
+        assert failure.startswith(f"{FAILING}|download of ") and failure.endswith("failed: HTTP 404 Not Found")
+        if shutil.which("sqlite3"):
+            assert project.run(sqlite_cli).stdout == via_python.stdout
+
+        files = data_files(project.data)
+        check_layout(files, block("layout").text, complete=True)
+        check_layout(files, block("layout-excerpt").text, complete=False)
+        check_files_against_examples(project.data)
+
+        run_id = re.search(r"HospitalsDaily run (\S+) failed", first.stdout)[1]
+        again = project.run(f"{job} --run-id {run_id}")
+        assert again.returncode == 30
+        assert (
+            f"run {run_id} already finished (failed; report {project.folder / 'data' / 'reports' / run_id}.json); "
+            "a finished run is not run again" in again.stderr
+        )
+
+        [fixed] = site.dataset(
+            FAILING, "2025-04-22", {"Unplanned_Hospital_Visits-Hospital.csv": csv_bytes(HEADER_IPF, ["1"])}
+        )
+        server.clear()
+        second = project.run(job)  # the same command again: only what failed is fetched
+        assert second.returncode == 0, second.stderr
+        assert "3 up to date" in second.stdout and "1 downloaded" in second.stdout
+        assert [r.path for r in server.requests if r.path != CATALOG_PATH] == [fixed]
+        assert project.run(python).stdout == ""
+
+        check_exit_2_and_10(tmp_path, project, site, job)
+
+
+def check_files_against_examples(data: Path) -> None:
+    [doc_map] = [json.loads(b.text) for b in blocks("header-map-excerpt")]
+    real_map = json.loads(next(data.glob(f"datasets/{doc_map['identifier']}/*/header_map.json")).read_text())
+    keys_of(doc_map, real_map, "header_map.json")
+    folder = layout.version_dir(Path("data"), doc_map["identifier"], doc_map["modified"], doc_map["download_url"])
+    assert doc_map["header_map_path"] == str(folder / "header_map.json")
+    assert doc_map["output_path"] == str(folder / "normalized.csv")
+    for column in doc_map["columns"]:
+        assert normalize_header([column["original"]]) == [column["normalized"]]
+        assert list(column) == list(real_map["columns"][0])
+
+    doc_report = json.loads(block("report-example").text)
+    real_report = json.loads(next(data.glob("reports/2*.json")).read_text())
+    keys_of(doc_report, real_report, "report")
+    done = next(entry for entry in real_report["datasets"] if entry["status"] == "downloaded")
+    keys_of(doc_report["datasets"][0], done, "report.datasets[]")
+    assert doc_report["datasets"][0]["paths"]["header_map"] == doc_map["header_map_path"]
+    counts = doc_report["counts"]
+    assert counts["discovered"] == counts["downloaded"] + counts["up_to_date"] + counts["failed"]
+
+    doc_entry = json.loads(block("latest-entry").text)
+    manifest = json.loads((data / "latest" / "latest.json").read_text(encoding="utf-8"))
+    assert list(manifest) == ["generated_at", "run_id", "datasets"]
+    keys_of(doc_entry, manifest["datasets"][0], "latest.json datasets[]")
+    assert doc_entry["path"] == f"{doc_entry['identifier']}.csv"
+    with open(data / "latest" / "index.csv", encoding="utf-8-sig", newline="") as index:
+        assert ",".join(next(csv.reader(index))) == block("index-columns").text.strip()
+    assert (data / "latest" / "index.csv").read_bytes().startswith(b"\xef\xbb\xbf")
+
+
+def check_exit_2_and_10(tmp_path: Path, project: Project, site: Site, job: str) -> None:
+    elsewhere = Project(tmp_path / "elsewhere", None)  # a folder without luigi.cfg, as cron's $HOME
+    lost = elsewhere.run(job)
+    assert lost.returncode == 2
+    assert lost.stderr.splitlines() == [
+        f"pipeline: no luigi.cfg with [HospitalsDaily] metastore_url was found (looked in "
+        f"{elsewhere.folder / 'luigi.cfg'}); run the command from the project folder (cd /path/to/project) or set "
+        "LUIGI_CONFIG_PATH to its luigi.cfg"
+    ]
+
+    [slow] = site.dataset("yv7e-xc69", "2025-04-08", {"Timely.csv": csv_bytes(HEADER_IPF, ["1"])})
+    site.server.fault(slow, delay=4)
+    running, log = project.start(job, "running.log")
+    try:
+        deadline = time.monotonic() + 30
+        while site.server.count(slow) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = project.run(job)
+        assert second.returncode == 10, second.stdout + second.stderr
+        assert re.fullmatch(r"Pid\(s\) \{\d+\} already running\n", second.stdout)
+        assert running.wait(timeout=60) == 0, log.read_text()
+    finally:
+        Project.stop(running)
+
+
+# -- configuration -------------------------------------------------------------------------------------------
+
+
+@runs
+@covers("help-all", "overrides", "overlay-file", "overlay-run", "retention-note")
+def test_settings_are_overridden_as_documented(tmp_path):
+    with LoopbackServer() as server:
+        site = Site(server)
+        project = Project(tmp_path / "project", site)
+
+        [help_all] = commands(block("help-all").text)
+        shown = project.run(help_all)
+        assert shown.returncode == 0, shown.stderr
+        for row in table(block("settings-table").text):
+            for flag in code_spans(row[1]):
+                assert re.search(rf"^\s+{re.escape(flag.split()[0])}\b", shown.stdout, flags=re.MULTILINE), flag
+
+        keep_one, archive, archive_plan = commands(block("overrides").text)
+        site.dataset("48nr-hqxx", "2025-01-08", {"OAS.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(3000, 5))})
+        assert project.run(keep_one).returncode == 0
+        site.dataset(
+            "48nr-hqxx", "2025-04-08", {"OAS.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(10, 5))}, upload=1700000100
+        )
+        pruned = project.run(keep_one)
+        assert pruned.returncode == 0, pruned.stderr
+        [note] = [line for line in pruned.stdout.splitlines() if "retention:" in line]
+        [documented] = block("retention-note").text.splitlines()
+        assert shape(note) == shape(documented), note
+        assert len(list(project.data.glob("datasets/48nr-hqxx/*/normalized.csv"))) == 1
+
+        assert project.run(archive).returncode == 0
+        elsewhere = project.folder.parent / "cms-archive"
+        assert (elsewhere / "runlog.sqlite").exists() and (elsewhere / "latest" / "48nr-hqxx.csv").exists()
+        planned = project.run(archive_plan)
+        assert planned.returncode == 0 and re.search(r"^up_to_date\s+48nr-hqxx", planned.stdout, re.MULTILINE)
+        assert list(elsewhere.glob("reports/plan-*.json"))
+
+        (project.folder / "local.cfg").write_text(block("overlay-file").text + "\n", encoding="utf-8")
+        site.dataset(
+            "48nr-hqxx", "2025-06-08", {"OAS.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(5, 5))}, upload=1700000200
+        )
+        [overlay_run] = commands(block("overlay-run").text)
+        assert project.run(overlay_run).returncode == 0
+        [newest] = project.data.glob("datasets/48nr-hqxx/2025-06-08-*")
+        assert not (newest / "source.csv").exists() and (newest / "normalized.csv").exists()
+        [earlier] = project.data.glob("datasets/48nr-hqxx/2025-04-08-*")
+        assert (earlier / "source.csv").exists()  # drop_source acts on what is normalized from then on
+
+
+@runs
+@covers("verify")
+def test_verify_asks_only_where_a_last_modified_was_recorded(tmp_path):
+    with LoopbackServer() as server:
+        site = Site(server)
+        [with_date] = site.dataset("48nr-hqxx", "2025-04-08", {"OAS.csv": csv_bytes(HEADER_OAS_CAHPS, ["1"])})
+        [without] = site.dataset("wue8-3vwe", "2025-04-08", {"Nat.csv": b""}, serve=False)
+        server.add(without, csv_bytes(HEADER_UNQUOTED_LF, ["1"], "\n"))  # no Last-Modified
+        project = Project(tmp_path / "project", site)
+        assert project.run(daily()).returncode == 0
+        server.clear()
+        [verify] = commands(block("verify").text)
+        checked = project.run(verify)
+        assert checked.returncode == 0, checked.stderr
+        assert "  NOTE wue8-3vwe: verify: no Last-Modified was recorded at download" in checked.stdout.splitlines()
+        assert server.count(with_date) == 1 and server.count(without) == 0
+        assert "If-Modified-Since" in next(r for r in server.requests if r.path == with_date).headers
+
+
+# -- the central scheduler -----------------------------------------------------------------------------------
+
+
+def merged(*texts: str) -> str:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    for text in texts:
+        parser.read_string(text)
+    return "\n".join(f"[{s}]\n" + "".join(f"{k} = {v}\n" for k, v in parser[s].items()) for s in parser.sections())
+
+
+@runs
+@covers(
+    "luigid-cfg",
+    "luigid-start",
+    "luigid-api",
+    "central-cfg",
+    "central-run",
+    "task-history-cfg",
+    "keep-alive-cfg",
+    "shared-run",
+)
+def test_the_central_scheduler_commands(tmp_path):
+    port = free_port()
+    roots = {
+        "/etc/cms-hospitals": tmp_path / "etc",
+        "/var/lib/cms-hospitals": tmp_path / "var-lib",
+        "/var/log/cms-hospitals": tmp_path / "var-log",
+    }
+
+    def here(text: str, port: int = port) -> str:
+        """The documented text with its machine paths and luigid's port replaced by temporary ones."""
+        for documented, temporary in roots.items():
+            text = text.replace(documented, str(temporary))
+        return text.replace("8082", str(port))
+
+    with LoopbackServer() as server:
+        site = Site(server)
+        serve_catalog(site)
+        project = Project(tmp_path / "project", site)
+        roots["/etc/cms-hospitals"].mkdir()
+        (roots["/etc/cms-hospitals"] / "luigid.cfg").write_text(
+            here(merged(block("luigid-cfg").text, block("task-history-cfg").text)), encoding="utf-8"
+        )
+        mkdir, start = commands(block("luigid-start").text)
+        assert project.run(here(mkdir)).returncode == 0
+        luigid, luigid_log = project.start(here(start), "luigid.log")
+        try:
+            probe = Luigid(tmp_path / "probe")
+            probe.port = port
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    probe.rpc("task_list")
+                    break
+                except (OSError, ValueError):
+                    assert luigid.poll() is None, luigid_log.read_text()
+                    time.sleep(0.1)
+
+            central = block("central-cfg").text
+            (project.folder / "central.cfg").write_text(here(central), encoding="utf-8")
+            [central_run] = commands(block("central-run").text)
+            result = project.run(central_run)
+            assert result.returncode == 30, result.stderr  # the dataset that is not served
+            warnings = [line for line in result.stderr.splitlines() if "UnconsumedParameterWarning" in line]
+            assert len(warnings) == 3 and all("rpc_" in line for line in warnings), result.stderr
+            assert "HospitalsDaily run" in result.stdout and "3 downloaded" in result.stdout
+
+            [api] = commands(block("luigid-api").text)
+            answer = project.run(here(api))
+            assert answer.returncode == 0, answer.stderr
+            failed = json.loads(answer.stdout)["response"]
+            assert [(task["name"], task["params"]["identifier"]) for task in failed.values()] == [
+                ("DownloadCsv", FAILING)
+            ]
+            with sqlite3.connect(roots["/var/lib/cms-hospitals"] / "luigi-history.db") as db:
+                tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            assert {"tasks", "task_parameters", "task_events"} <= tables
+
+            site.dataset(FAILING, "2025-04-22", {"Unplanned.csv": csv_bytes(HEADER_IPF, ["1"])})
+            (project.folder / "central.cfg").write_text(
+                here(merged(central, block("keep-alive-cfg").text)), encoding="utf-8"
+            )
+            assistant_command, job, status = commands(block("shared-run").text)
+            assistant, assistant_log = project.start(assistant_command, "assistant.log")
+            try:
+                shared = project.run(job)
+                assert shared.returncode == 0, shared.stdout + shared.stderr + assistant_log.read_text()
+                assert "succeeded" in shared.stdout
+                unknown = [
+                    line
+                    for line in shared.stderr.splitlines()
+                    if "UnconsumedParameterWarning" in line and "'rpc_" not in line
+                ]
+                assert unknown == [], "keys Luigi does not know"
+                if shutil.which("sqlite3"):
+                    assert project.run(status).stdout == "succeeded\n"
+                assert assistant.poll() is None, assistant_log.read_text()
+            finally:
+                Project.stop(assistant)
+        finally:
+            Project.stop(luigid)
+        assert (roots["/var/lib/cms-hospitals"] / "luigid-state.pickle").exists()  # written when it stops
+        assert (roots["/var/log/cms-hospitals"] / "luigi-server.log").exists()
+
+        # luigid gone: one line and 40 (the retries made short: 3 attempts 1 s apart).
+        (project.folder / "central.cfg").write_text(
+            here(central).replace("rpc_retry_wait = 10", "rpc_retry_wait = 1"), encoding="utf-8"
+        )
+        dead = project.run(central_run)
+        assert dead.returncode == 40
+        assert "Traceback" not in dead.stderr
+        said = [line for line in dead.stderr.splitlines() if line.startswith(("ERROR:", "WARNING:"))]
+        assert len(said) == 1 and "cannot reach the central scheduler: " in said[0], dead.stderr
+        assert said[0].endswith("; is luigid running?")
+
+
+# -- the contributors' inner loop ----------------------------------------------------------------------------
+
+
+@runs
+@covers("inner-loop")
+def test_the_inner_loop_runs_the_pure_tests():
+    [command] = commands(block("inner-loop").text)
+    result = subprocess.run(
+        ["bash", "-c", command], cwd=ROOT, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+    )
+    # Whether they pass is the suite's business (CI runs it); here: the command runs them, and only them.
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"\d+ passed.*, \d+ deselected in ", result.stdout.splitlines()[-1])
