@@ -484,7 +484,8 @@ def check_files_against_examples(data: Path) -> None:
     [doc_map] = [json.loads(b.text) for b in blocks("header-map-excerpt")]
     real_map = json.loads(next(data.glob(f"datasets/{doc_map['identifier']}/*/header_map.json")).read_text())
     keys_of(doc_map, real_map, "header_map.json")
-    folder = layout.version_dir(Path("data"), doc_map["identifier"], doc_map["modified"], doc_map["download_url"])
+    data_dir = Path("/opt/cms-hospitals/data")  # the job writes absolute paths: the README's project folder
+    folder = layout.version_dir(data_dir, doc_map["identifier"], doc_map["modified"], doc_map["download_url"])
     assert doc_map["header_map_path"] == str(folder / "header_map.json")
     assert doc_map["output_path"] == str(folder / "normalized.csv")
     for column in doc_map["columns"]:
