@@ -33,33 +33,70 @@ from tests.loopback_server import LoopbackServer  # noqa: E402
 
 LUIGI = str(Path(sys.executable).with_name("luigi"))
 MB = 1 << 20
-HEADER = ('"Facility ID","Facility Name","Address","City/Town","State","ZIP Code","County/Parish","Telephone Number",'
-          '"HCAHPS Measure ID","HCAHPS Question","HCAHPS Answer Description","Patient Survey Star Rating",'
-          '"Patient Survey Star Rating Footnote","HCAHPS Answer Percent","HCAHPS Answer Percent Footnote",'
-          '"HCAHPS Linear Mean Value","Number of Completed Surveys","Number of Completed Surveys Footnote",'
-          '"Survey Response Rate Percent","Survey Response Rate Percent Footnote","Start Date","End Date"\r\n')
-HOSPITALS = [("SOUTHEAST HEALTH MEDICAL CENTER", "1108 ROSS CLARK CIRCLE", "DOTHAN", "AL", "36301", "HOUSTON"),
-             ("MARSHALL MEDICAL CENTERS", "2505 U S HIGHWAY 431 NORTH", "BOAZ", "AL", "35957", "MARSHALL"),
-             ("PROVIDENCE ALASKA MEDICAL CENTER", "3200 PROVIDENCE DRIVE", "ANCHORAGE", "AK", "99508", "ANCHORAGE"),
-             ("MAYO CLINIC HOSPITAL", "5777 EAST MAYO BOULEVARD", "PHOENIX", "AZ", "85054", "MARICOPA")]
-MEASURES = [("H_COMP_1_A_P", 'Patients who reported that their nurses ""Always"" communicated well',
-             'Nurses ""always"" communicated well'),
-            ("H_CLEAN_HSP_U_P", 'Patients who reported that their room and bathroom were ""Usually"" clean',
-             'Room was ""usually"" clean'),
-            ("H_HSP_RATING_STAR_RATING", "Overall hospital rating - star rating", "Overall hospital rating"),
-            ("H_RECMND_DN_P", "Patients who reported NO, they would not recommend the hospital",
-             '""NO"", patients would not recommend the hospital')]
+HEADER = (
+    '"Facility ID","Facility Name","Address","City/Town","State","ZIP Code","County/Parish","Telephone Number",'
+    '"HCAHPS Measure ID","HCAHPS Question","HCAHPS Answer Description","Patient Survey Star Rating",'
+    '"Patient Survey Star Rating Footnote","HCAHPS Answer Percent","HCAHPS Answer Percent Footnote",'
+    '"HCAHPS Linear Mean Value","Number of Completed Surveys","Number of Completed Surveys Footnote",'
+    '"Survey Response Rate Percent","Survey Response Rate Percent Footnote","Start Date","End Date"\r\n'
+)
+HOSPITALS = [
+    ("SOUTHEAST HEALTH MEDICAL CENTER", "1108 ROSS CLARK CIRCLE", "DOTHAN", "AL", "36301", "HOUSTON"),
+    ("MARSHALL MEDICAL CENTERS", "2505 U S HIGHWAY 431 NORTH", "BOAZ", "AL", "35957", "MARSHALL"),
+    ("PROVIDENCE ALASKA MEDICAL CENTER", "3200 PROVIDENCE DRIVE", "ANCHORAGE", "AK", "99508", "ANCHORAGE"),
+    ("MAYO CLINIC HOSPITAL", "5777 EAST MAYO BOULEVARD", "PHOENIX", "AZ", "85054", "MARICOPA"),
+]
+MEASURES = [
+    (
+        "H_COMP_1_A_P",
+        'Patients who reported that their nurses ""Always"" communicated well',
+        'Nurses ""always"" communicated well',
+    ),
+    (
+        "H_CLEAN_HSP_U_P",
+        'Patients who reported that their room and bathroom were ""Usually"" clean',
+        'Room was ""usually"" clean',
+    ),
+    ("H_HSP_RATING_STAR_RATING", "Overall hospital rating - star rating", "Overall hospital rating"),
+    (
+        "H_RECMND_DN_P",
+        "Patients who reported NO, they would not recommend the hospital",
+        '""NO"", patients would not recommend the hospital',
+    ),
+]
 CONFIG = ROOT / "luigi.cfg"
 
 
 # -- synthetic data -------------------------------------------------------------------------------------------
 
+
 def _row(i: int) -> bytes:
     name, address, city, state, zip_code, county = HOSPITALS[i % len(HOSPITALS)]
     measure, question, answer = MEASURES[i // len(HOSPITALS) % len(MEASURES)]
-    fields = [f"{10001 + i % 5000:06d}", name, address, city, state, zip_code, county, f"(334) 793-{i % 10000:04d}",
-              measure, question, answer, "Not Applicable", "", str(i % 100), "", "Not Applicable",
-              str(300 + i % 3000), "", str(10 + i % 40), "", "01/01/2023", "12/31/2023"]
+    fields = [
+        f"{10001 + i % 5000:06d}",
+        name,
+        address,
+        city,
+        state,
+        zip_code,
+        county,
+        f"(334) 793-{i % 10000:04d}",
+        measure,
+        question,
+        answer,
+        "Not Applicable",
+        "",
+        str(i % 100),
+        "",
+        "Not Applicable",
+        str(300 + i % 3000),
+        "",
+        str(10 + i % 40),
+        "",
+        "01/01/2023",
+        "12/31/2023",
+    ]
     return (",".join(f'"{f}"' for f in fields) + "\r\n").encode()
 
 
@@ -116,6 +153,7 @@ class Site:
 
 
 # -- measuring ------------------------------------------------------------------------------------------------
+
 
 def timed(fn, *args):
     start = time.perf_counter()
@@ -177,8 +215,14 @@ def run_luigi(folder: Path, metastore_url: str, args, memory: bool = False, pref
     (folder / "luigi.cfg").write_text("\n".join(lines) + "\n")
     env = {k: v for k, v in os.environ.items() if k != "LUIGI_CONFIG_PATH"}
     cpu, start = _children_cpu(), time.perf_counter()
-    proc = subprocess.Popen([*prefix, LUIGI, "--module", "pipeline", "HospitalsDaily", "--workers", str(args.workers)],
-                            cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*prefix, LUIGI, "--module", "pipeline", "HospitalsDaily", "--workers", str(args.workers)],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     monitor = TreeMemory(proc.pid) if memory else None
     if monitor:
         monitor.start()
@@ -203,16 +247,23 @@ def run_empty_luigi(folder: Path, args) -> float:
     module = folder / "bench_empty.py"
     if not module.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        module.write_text("import luigi\n\n\nclass Empty(luigi.Task):\n    path = luigi.Parameter()\n\n"
-                          "    def output(self):\n        return luigi.LocalTarget(self.path)\n\n"
-                          "    def run(self):\n        open(self.path, 'w').close()\n")
+        module.write_text(
+            "import luigi\n\n\nclass Empty(luigi.Task):\n    path = luigi.Parameter()\n\n"
+            "    def output(self):\n        return luigi.LocalTarget(self.path)\n\n"
+            "    def run(self):\n        open(self.path, 'w').close()\n"
+        )
         shutil.copy(CONFIG, folder / "luigi.cfg")
     env = {**os.environ, "PYTHONPATH": str(folder)}
     env.pop("LUIGI_CONFIG_PATH", None)
     target = folder / f"out-{time.time_ns()}"
     start = time.perf_counter()
-    subprocess.run([LUIGI, "--module", "bench_empty", "Empty", "--workers", str(args.workers), "--path", str(target)],
-                   cwd=folder, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [LUIGI, "--module", "bench_empty", "Empty", "--workers", str(args.workers), "--path", str(target)],
+        cwd=folder,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     wall = time.perf_counter() - start
     assert target.exists()
     return wall
@@ -222,8 +273,12 @@ def pure_download(metastore_url: str, dest: Path, threads: int) -> float:
     """The limit: GET the metastore, then every CSV with `threads` threads and requests, straight to disk.
 
     Runs in a child process (like the pipeline) and returns the time it measured from the first request."""
-    out = subprocess.run([sys.executable, __file__, "--download-only", metastore_url, str(dest), str(threads)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--download-only", metastore_url, str(dest), str(threads)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return float(out.split()[-1])
 
 
@@ -251,6 +306,7 @@ def _download_only(metastore_url: str, dest: str, threads: int) -> None:
 
 
 # -- the figures ----------------------------------------------------------------------------------------------
+
 
 class Results:
     def __init__(self):
@@ -301,11 +357,18 @@ def normalize_figure(src: Path, work: Path, results: Results) -> None:
     dst.unlink(missing_ok=True)
     ratio = best[normalize] / best[copy]
     size = src.stat().st_size / MB
-    results.add(f"1. Normalize / copyfile, {size:,.0f} MiB",
-                f"{ratio:.2f}x ({best[normalize]:.2f} s vs {best[copy]:.2f} s)", "<= 1.4x", ratio <= 1.4)
-    print(f"     scan during the download: {scan_seconds:.2f} s ({size / scan_seconds:,.0f} MiB/s, vs 20 MB/s on "
-          f"the wire); full rewrite without a scan: {best[full_rewrite]:.2f} s "
-          f"({best[full_rewrite] / best[copy]:.2f}x copyfile)", flush=True)
+    results.add(
+        f"1. Normalize / copyfile, {size:,.0f} MiB",
+        f"{ratio:.2f}x ({best[normalize]:.2f} s vs {best[copy]:.2f} s)",
+        "<= 1.4x",
+        ratio <= 1.4,
+    )
+    print(
+        f"     scan during the download: {scan_seconds:.2f} s ({size / scan_seconds:,.0f} MiB/s, vs 20 MB/s on "
+        f"the wire); full rewrite without a scan: {best[full_rewrite]:.2f} s "
+        f"({best[full_rewrite] / best[copy]:.2f}x copyfile)",
+        flush=True,
+    )
 
 
 def duplicate_header_figure(results: Results) -> None:
@@ -325,17 +388,28 @@ def memory_figure(site: Site, work: Path, sizes_mb: list[int], args, results: Re
             url = site.catalog(f"mem{mb}", [rows_for(mb)])
             wall, _, _, mem = run_luigi(work / f"mem{mb}", url, args, memory=True)
             peaks[mb] = mem
-            print(f"     {mb:,} MiB: {wall:.1f} s; tree peak: sum of RSS {mem.rss:.0f} MiB, sum of PSS {mem.pss:.0f} "
-                  f"MiB; largest single process (VmHWM) {mem.single:.0f} MiB", flush=True)
+            print(
+                f"     {mb:,} MiB: {wall:.1f} s; tree peak: sum of RSS {mem.rss:.0f} MiB, sum of PSS {mem.pss:.0f} "
+                f"MiB; largest single process (VmHWM) {mem.single:.0f} MiB",
+                flush=True,
+            )
             shutil.rmtree(work / f"mem{mb}")
             site.bodies.pop(rows_for(mb)).unlink()
     finally:
         site.server.bandwidth, site.server.latency = bandwidth, latency
     small, big = peaks[min(sizes_mb)], peaks[max(sizes_mb)]
-    results.add(f"2. Peak RSS, luigi tree summed, {max(sizes_mb):,} MiB file", f"{big.rss:.0f} MiB", "<= 150 MiB",
-                big.rss <= 150)
-    results.add(f"2. Peak RSS growth {min(sizes_mb):,} -> {max(sizes_mb):,} MiB file",
-                f"{small.rss:.0f} -> {big.rss:.0f} MiB", "flat (+10% max)", big.rss <= 1.1 * small.rss)
+    results.add(
+        f"2. Peak RSS, luigi tree summed, {max(sizes_mb):,} MiB file",
+        f"{big.rss:.0f} MiB",
+        "<= 150 MiB",
+        big.rss <= 150,
+    )
+    results.add(
+        f"2. Peak RSS growth {min(sizes_mb):,} -> {max(sizes_mb):,} MiB file",
+        f"{small.rss:.0f} -> {big.rss:.0f} MiB",
+        "flat (+10% max)",
+        big.rss <= 1.1 * small.rss,
+    )
 
 
 def cold_and_noop(site: Site, work: Path, name: str, rows: list[int], args, repeats: int = 3) -> dict:
@@ -391,8 +465,11 @@ def main() -> None:
     small_mb = args.small_mb or (16 if args.quick else 100)
     counts = [int(n) for n in (args.datasets or ("80,200" if args.quick else "80,400,2000")).split(",")]
     scale = 0.1 if args.quick else 1.0
-    print(f"benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, {args.bandwidth:g} MB/s and "
-          f"{args.latency * 1000:g} ms per connection, --workers {args.workers}", flush=True)
+    print(
+        f"benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, {args.bandwidth:g} MB/s and "
+        f"{args.latency * 1000:g} ms per connection, --workers {args.workers}",
+        flush=True,
+    )
 
     results = Results()
     work = Path(tempfile.mkdtemp(prefix="pipeline-bench-", dir="/tmp"))
@@ -407,35 +484,61 @@ def main() -> None:
             memory_figure(site, work, [small_mb, big_mb], args, results)
 
             rows = realistic_rows(scale)
-            print(f"3./4. Cold and no-op runs, 80 datasets, {sum(rows):,} rows "
-                  f"({sum(rows) * ROW_BYTES / MB:,.0f} MiB), largest {max(rows):,} rows", flush=True)
+            print(
+                f"3./4. Cold and no-op runs, 80 datasets, {sum(rows):,} rows "
+                f"({sum(rows) * ROW_BYTES / MB:,.0f} MiB), largest {max(rows):,} rows",
+                flush=True,
+            )
             real = cold_and_noop(site, work, "real80", rows, args)
             ratio = real["cold"] / real["pure"]
-            results.add("3. Cold run / pure download (80 datasets)",
-                        f"{ratio:.2f}x ({real['cold']:.1f} s vs {real['pure']:.1f} s)", "<= 1.3x", ratio <= 1.3)
-            results.add("4. No-op run: HTTP requests", " / ".join(map(str, sorted(real["requests"]))), "1",
-                        real["requests"] == {1})
+            results.add(
+                "3. Cold run / pure download (80 datasets)",
+                f"{ratio:.2f}x ({real['cold']:.1f} s vs {real['pure']:.1f} s)",
+                "<= 1.3x",
+                ratio <= 1.3,
+            )
+            results.add(
+                "4. No-op run: HTTP requests",
+                " / ".join(map(str, sorted(real["requests"]))),
+                "1",
+                real["requests"] == {1},
+            )
             ratio = real["noop"] / real["empty"]
-            results.add("4. No-op run / empty Luigi task", f"{ratio:.2f}x ({real['noop']:.2f} s vs "
-                        f"{real['empty']:.2f} s)", "<= 2x", ratio <= 2)
+            results.add(
+                "4. No-op run / empty Luigi task",
+                f"{ratio:.2f}x ({real['noop']:.2f} s vs {real['empty']:.2f} s)",
+                "<= 2x",
+                ratio <= 2,
+            )
 
             print(f"5. Scaling with the catalog: {counts} datasets of 100-400 rows", flush=True)
             scaling = {}
             for n in counts:
                 rows = [100 + 100 * (i % 4) for i in range(n)]
                 scaling[n] = m = cold_and_noop(site, work, f"scale{n}", rows, args, repeats=1)
-                print(f"     {n:5d} datasets: cold {m['cold']:6.1f} s ({m['cold'] / n * 1000:5.1f} ms and "
-                      f"{m['cpu'] / n * 1000:5.1f} ms CPU per dataset), pure download {m['pure']:5.1f} s, no-op "
-                      f"{m['noop']:5.2f} s (empty Luigi {m['empty']:.2f} s, "
-                      f"{(m['noop'] - m['empty']) / n * 1000:.2f} ms/dataset above it)", flush=True)
+                print(
+                    f"     {n:5d} datasets: cold {m['cold']:6.1f} s ({m['cold'] / n * 1000:5.1f} ms and "
+                    f"{m['cpu'] / n * 1000:5.1f} ms CPU per dataset), pure download {m['pure']:5.1f} s, no-op "
+                    f"{m['noop']:5.2f} s (empty Luigi {m['empty']:.2f} s, "
+                    f"{(m['noop'] - m['empty']) / n * 1000:.2f} ms/dataset above it)",
+                    flush=True,
+                )
             for n in counts[1:]:
                 m, first = scaling[n], scaling[counts[0]]
                 growth = (m["cold"] / n) / (first["cold"] / counts[0])
-                results.add(f"5. Cold run per dataset, {n} vs {counts[0]}", f"{growth:.2f}x "
-                            f"(cold/pure {m['cold'] / m['pure']:.2f}x)", "linear (<= 1.5x)", growth <= 1.5)
+                results.add(
+                    f"5. Cold run per dataset, {n} vs {counts[0]}",
+                    f"{growth:.2f}x (cold/pure {m['cold'] / m['pure']:.2f}x)",
+                    "linear (<= 1.5x)",
+                    growth <= 1.5,
+                )
                 growth = ((m["noop"] - m["empty"]) / n) / max(1e-3, (first["noop"] - first["empty"]) / counts[0])
-                results.add(f"5. No-op run per dataset above start-up, {n} vs {counts[0]}", f"{growth:.2f}x "
-                            f"(no-op {m['noop']:.2f} s)", "linear (<= 1.5x)", growth <= 1.5)
+                results.add(
+                    f"5. No-op run per dataset above start-up, {n} vs {counts[0]}",
+                    f"{growth:.2f}x (no-op {m['noop']:.2f} s)",
+                    "linear (<= 1.5x)",
+                    growth <= 1.5,
+                )
             if args.profile:
                 profile_figure(site, work, args.profile, args)
     finally:

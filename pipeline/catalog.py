@@ -65,21 +65,28 @@ class Catalog:
     themes: dict[str, int] = field(default_factory=dict)  # every theme in the answer, with its item count
 
     def to_json(self) -> dict:
-        return {"items_total": self.items_total,
-                "versions": [asdict(v) for v in self.versions],
-                "invalid": [asdict(i) for i in self.invalid],
-                "themes": self.themes}
+        return {
+            "items_total": self.items_total,
+            "versions": [asdict(v) for v in self.versions],
+            "invalid": [asdict(i) for i in self.invalid],
+            "themes": self.themes,
+        }
 
     @classmethod
     def from_json(cls, data: dict) -> "Catalog":
-        return cls([CsvVersion(**v) for v in data["versions"]], [InvalidItem(**i) for i in data["invalid"]],
-                   data["items_total"], data.get("themes", {}))
+        return cls(
+            [CsvVersion(**v) for v in data["versions"]],
+            [InvalidItem(**i) for i in data["invalid"]],
+            data["items_total"],
+            data.get("themes", {}),
+        )
 
     def no_match_message(self, theme: str) -> str:
         """Why nothing was selected: the first thing a user pointing the job at another DKAN site sees."""
         known = ", ".join(f"{name!r} ({count})" for name, count in sorted(self.themes.items()))
-        return (f"no dataset has the theme {theme!r} among {self.items_total} items; "
-                + (f"themes present: {known}" if known else "no item has a theme"))
+        return f"no dataset has the theme {theme!r} among {self.items_total} items; " + (
+            f"themes present: {known}" if known else "no item has a theme"
+        )
 
 
 def _unwrap(value):
@@ -144,9 +151,18 @@ def _csv_versions(item: dict, theme: str) -> list[CsvVersion]:
             continue
         if urlsplit(url).scheme.lower() not in ("http", "https"):
             raise ValueError(f"download URL is not http(s): {url!r}")
-        versions.append(CsvVersion(identifier, title, modified, url, theme, released=_text(item, "released"),
-                                   described_by=_text(dist, "describedBy") or described_by,
-                                   position=len(versions) + 1))
+        versions.append(
+            CsvVersion(
+                identifier,
+                title,
+                modified,
+                url,
+                theme,
+                released=_text(item, "released"),
+                described_by=_text(dist, "describedBy") or described_by,
+                position=len(versions) + 1,
+            )
+        )
     if not versions:
         raise ValueError("no CSV distribution")
     return [replace(v, distributions=len(versions)) for v in versions]

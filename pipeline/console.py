@@ -46,8 +46,13 @@ class OneLineForExpectedErrors(logging.Filter):
         elif isinstance(exc, RPCError):
             self.scheduler_unreachable_said = True
             cause = _root_cause(exc)
-            record.msg, record.args = (f"{record.getMessage()}: cannot reach the central scheduler: {exc} "
-                                       f"({type(cause).__name__}: {cause}); is luigid running?"), ()
+            record.msg, record.args = (
+                (
+                    f"{record.getMessage()}: cannot reach the central scheduler: {exc} "
+                    f"({type(cause).__name__}: {cause}); is luigid running?"
+                ),
+                (),
+            )
             record.exc_info = record.exc_text = None
         return True
 

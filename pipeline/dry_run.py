@@ -41,6 +41,8 @@ class HospitalsPlan(luigi.Task):
         catalog = load_catalog(self.metastore_url, self.theme, self.settings)
         known, failed, retired = read_state(layout.runlog_db(Path(self.data_dir)), self.theme)
         rows = plan(catalog, lambda v: NormalizeCsv.for_version(self, v).complete(), known, failed, retired)
-        write_json(self.output(), {"run_id": self.run_id, "metastore_url": self.metastore_url, "theme": self.theme,
-                                   "versions": rows})
+        write_json(
+            self.output(),
+            {"run_id": self.run_id, "metastore_url": self.metastore_url, "theme": self.theme, "versions": rows},
+        )
         print(format_table(rows) + f"\nPlan: {self.output().path}", flush=True)

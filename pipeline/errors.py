@@ -20,5 +20,7 @@ class RunClosed(Exception):
         self.run_id, self.status, self.report_path = run_id, status, report_path
 
     def __str__(self) -> str:
-        return (f"run {self.run_id} already finished ({self.status}; report {self.report_path}); a finished run is "
-                "not run again: start a new run (without --run-id) to retry what failed")
+        return (
+            f"run {self.run_id} already finished ({self.status}; report {self.report_path}); a finished run is "
+            "not run again: start a new run (without --run-id) to retry what failed"
+        )

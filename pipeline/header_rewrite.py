@@ -64,7 +64,7 @@ _QUOTED_OR_BARE_CR = re.compile(rb'"[^"]*(?:"|\Z)|\r(?!\r*\n)')
 # Windows-1252 leaves five bytes undefined; map them as Latin-1 does rather than fail the whole file.
 def _as_latin1(error: UnicodeError) -> tuple[str, int]:
     assert isinstance(error, UnicodeDecodeError)
-    return error.object[error.start:error.end].decode("latin-1"), error.end
+    return error.object[error.start : error.end].decode("latin-1"), error.end
 
 
 codecs.register_error("cp1252_as_latin1", _as_latin1)
@@ -82,8 +82,10 @@ class RewriteResult:
     _hash: "hashlib._Hash" = field(default_factory=hashlib.sha256, repr=False)
 
     def header_map(self) -> list[dict]:
-        return [{"position": i, "original": o, "normalized": n}
-                for i, (o, n) in enumerate(zip(self.original, self.normalized, strict=True), start=1)]
+        return [
+            {"position": i, "original": o, "normalized": n}
+            for i, (o, n) in enumerate(zip(self.original, self.normalized, strict=True), start=1)
+        ]
 
 
 class _Utf8Check:
@@ -176,7 +178,7 @@ def _write(dst: BinaryIO, result: RewriteResult, data: bytes) -> None:
 def _new_header(raw_header: bytes, encoding: str) -> tuple[bytes, list[str], list[str], str]:
     """(the snake_case header line, original names, new names, line ending) from the raw first record."""
     if raw_header.startswith(_BOM):
-        raw_header = raw_header[len(_BOM):]
+        raw_header = raw_header[len(_BOM) :]
     _refuse_odd_header(raw_header)
     text = _decode(raw_header, encoding)
     original = next(csv.reader(io.StringIO(text, newline="")), [])
@@ -275,7 +277,8 @@ class SourceScan:
                 return
             try:
                 self.header, self.original, self.normalized, self.line_ending = _new_header(
-                    bytes(self._head[:end]), "utf-8")
+                    bytes(self._head[:end]), "utf-8"
+                )
             except (HeaderError, _NotUtf8, csv.Error):
                 self.usable = False
                 return
@@ -295,10 +298,17 @@ class SourceScan:
     def result(self) -> dict | None:
         if not self.usable or self.header is None or self._utf8.pending:
             return None
-        return {"source_bytes": self.source_bytes, "data_offset": self.data_offset,
-                "header": self.header.decode("utf-8"), "original": self.original, "normalized": self.normalized,
-                "line_ending": self.line_ending, "rows": _rows(self.line_breaks, self._last), "bytes": self.bytes,
-                "sha256": self._hash.hexdigest()}
+        return {
+            "source_bytes": self.source_bytes,
+            "data_offset": self.data_offset,
+            "header": self.header.decode("utf-8"),
+            "original": self.original,
+            "normalized": self.normalized,
+            "line_ending": self.line_ending,
+            "rows": _rows(self.line_breaks, self._last),
+            "bytes": self.bytes,
+            "sha256": self._hash.hexdigest(),
+        }
 
 
 def _copy_rest(src: BinaryIO, dst: BinaryIO) -> None:
@@ -323,5 +333,6 @@ def copy_normalized(src: BinaryIO, dst: BinaryIO, scan: dict) -> RewriteResult:
     dst.seek(0, os.SEEK_END)
     if dst.tell() != scan["bytes"]:
         raise ValueError(f"wrote {dst.tell()} bytes, the scan expected {scan['bytes']}")
-    return RewriteResult(scan["original"], scan["normalized"], "utf-8", scan["line_ending"], scan["rows"],
-                         scan["bytes"], scan["sha256"])
+    return RewriteResult(
+        scan["original"], scan["normalized"], "utf-8", scan["line_ending"], scan["rows"], scan["bytes"], scan["sha256"]
+    )

@@ -58,6 +58,7 @@ def _link_or_copy(source: Path):
             os.link(source, temp)
         except OSError:
             shutil.copyfile(source, temp)
+
     return write
 
 
@@ -70,8 +71,9 @@ def _holds(entry: dict | None) -> str:
     return f"version {entry['version']['modified']}" if entry else "nothing"
 
 
-def publish(folder: Path, names: dict[VersionKey, str], entries: list[dict], retired: set[str], run_id: str,
-            now: str) -> list[str]:
+def publish(
+    folder: Path, names: dict[VersionKey, str], entries: list[dict], retired: set[str], run_id: str, now: str
+) -> list[str]:
     """Point latest/ at each finished entry (identifier, modified, download_url, title, output_path, rows, sha256,
     released, described_by). `names` holds every CSV distribution of the catalog: a dataset in it keeps exactly
     those files, whatever failed today; datasets not in it (retired, or invalid today) keep theirs.
@@ -97,12 +99,19 @@ def _publish(folder, names, entries, retired, run_id, now) -> list[str]:
             except OSError as exc:
                 notes.append(_cannot(name, exc, _holds(current)))
                 continue
-        datasets[name] = {"identifier": entry["identifier"], "title": entry["title"],
-                          "version": {"modified": entry["modified"], "download_url": entry["download_url"]},
-                          "rows": entry["rows"], "sha256": entry["sha256"], "path": name,
-                          "released": entry["released"], "described_by": entry["described_by"],
-                          "updated_run": run_id if current is None or current["sha256"] != entry["sha256"]
-                          else current.get("updated_run", run_id)}
+        datasets[name] = {
+            "identifier": entry["identifier"],
+            "title": entry["title"],
+            "version": {"modified": entry["modified"], "download_url": entry["download_url"]},
+            "rows": entry["rows"],
+            "sha256": entry["sha256"],
+            "path": name,
+            "released": entry["released"],
+            "described_by": entry["described_by"],
+            "updated_run": run_id
+            if current is None or current["sha256"] != entry["sha256"]
+            else current.get("updated_run", run_id),
+        }
     in_catalog = {key.identifier for key in names}
     for name, item in list(datasets.items()):
         if item["identifier"] in in_catalog and name not in names.values():  # the catalog no longer lists it
@@ -110,8 +119,10 @@ def _publish(folder, names, entries, retired, run_id, now) -> list[str]:
                 (folder / name).unlink(missing_ok=True)
                 del datasets[name]
             except OSError as exc:
-                notes.append(f"latest/{name} is no longer in the catalog but cannot be removed "
-                             f"({exc.strerror or exc}); retried next run")
+                notes.append(
+                    f"latest/{name} is no longer in the catalog but cannot be removed "
+                    f"({exc.strerror or exc}); retried next run"
+                )
     for item in datasets.values():
         item["retired"] = item["identifier"] in retired
     rows = sorted(datasets.values(), key=lambda d: d["path"])
@@ -127,17 +138,30 @@ def _publish(folder, names, entries, retired, run_id, now) -> list[str]:
 def _json_writer(data: dict):
     def write(temp: Path) -> None:
         temp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", newline="")
+
     return write
 
 
 def _index_writer(rows: list[dict]):
     """index.csv: what each opaque file name is, for analysts who open latest/ in a spreadsheet."""
+
     def write(temp: Path) -> None:
         # utf-8-sig: Excel reads a BOM-less UTF-8 CSV as the local code page.
         with open(temp, "w", encoding="utf-8-sig", newline="") as out:
             writer = csv.writer(out)
             writer.writerow(INDEX_COLUMNS)
             for d in rows:
-                writer.writerow([d["identifier"], d["title"], d["path"], d["rows"], d["version"]["modified"],
-                                 d["released"], d["described_by"], "yes" if d["retired"] else ""])
+                writer.writerow(
+                    [
+                        d["identifier"],
+                        d["title"],
+                        d["path"],
+                        d["rows"],
+                        d["version"]["modified"],
+                        d["released"],
+                        d["described_by"],
+                        "yes" if d["retired"] else "",
+                    ]
+                )
+
     return write

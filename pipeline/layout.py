@@ -1,11 +1,11 @@
 """Where things live under the data directory; every path the pipeline writes is built here.
 
-    <data>/runlog.sqlite
-    <data>/runs/<run_id>/catalog.json          what the metastore said, as parsed for this run
-    <data>/reports/<run_id>.json               the run report
-    <data>/reports/plan-<run_id>.json          a dry run's plan
-    <data>/datasets/<identifier>/<modified>-<url fingerprint>/
-        source.csv  source.scan.json  normalized.csv  header_map.json
+<data>/runlog.sqlite
+<data>/runs/<run_id>/catalog.json          what the metastore said, as parsed for this run
+<data>/reports/<run_id>.json               the run report
+<data>/reports/plan-<run_id>.json          a dry run's plan
+<data>/datasets/<identifier>/<modified>-<url fingerprint>/
+    source.csv  source.scan.json  normalized.csv  header_map.json
 """
 
 import hashlib

@@ -6,8 +6,25 @@ import unicodedata
 # Apostrophes and quote marks vanish so that "Patients’" and "Patients'" agree.
 _QUOTE_MARKS = dict.fromkeys(map(ord, "'\"’‘ʼ`´“”„‟′″"), None)
 # Letters that do not decompose into ASCII plus accents under NFKD.
-_LETTERS = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "ae", "œ": "oe", "Œ": "oe", "ø": "o", "Ø": "o",
-                          "đ": "d", "Đ": "d", "ł": "l", "Ł": "l", "þ": "th", "Þ": "th", "ð": "d", "Ð": "d"})
+_LETTERS = str.maketrans(
+    {
+        "ß": "ss",
+        "æ": "ae",
+        "Æ": "ae",
+        "œ": "oe",
+        "Œ": "oe",
+        "ø": "o",
+        "Ø": "o",
+        "đ": "d",
+        "Đ": "d",
+        "ł": "l",
+        "Ł": "l",
+        "þ": "th",
+        "Þ": "th",
+        "ð": "d",
+        "Ð": "d",
+    }
+)
 _NOT_ALNUM = re.compile(r"[^a-z0-9]+")
 
 

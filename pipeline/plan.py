@@ -7,8 +7,13 @@ from pipeline.catalog import Catalog, CsvVersion
 ORDER = ("new", "changed", "failed_last_time", "up_to_date", "retired", "invalid")
 
 
-def plan(catalog: Catalog, is_done: Callable[[CsvVersion], bool], known: dict[str, str],
-         failed: set[tuple[str, str, str]], retired: set[str]) -> list[dict]:
+def plan(
+    catalog: Catalog,
+    is_done: Callable[[CsvVersion], bool],
+    known: dict[str, str],
+    failed: set[tuple[str, str, str]],
+    retired: set[str],
+) -> list[dict]:
     rows = []
     for version in catalog.versions:
         if is_done(version):
@@ -17,15 +22,29 @@ def plan(catalog: Catalog, is_done: Callable[[CsvVersion], bool], known: dict[st
             status = "failed_last_time"
         else:
             status = "changed" if version.identifier in known else "new"
-        rows.append({"status": status, "identifier": version.identifier, "title": version.title,
-                     "modified": version.modified, "download_url": version.url})
+        rows.append(
+            {
+                "status": status,
+                "identifier": version.identifier,
+                "title": version.title,
+                "modified": version.modified,
+                "download_url": version.url,
+            }
+        )
     present = {v.identifier for v in catalog.versions} | {i.identifier for i in catalog.invalid}
     for identifier, title in sorted(known.items()):
         if identifier not in present:
-            rows.append({"status": "retired", "identifier": identifier, "title": title,
-                         "note": "already marked retired" if identifier in retired else "leaves the catalog"})
-    rows += [{"status": "invalid", "identifier": i.identifier, "title": i.title, "error": i.error}
-             for i in catalog.invalid]
+            rows.append(
+                {
+                    "status": "retired",
+                    "identifier": identifier,
+                    "title": title,
+                    "note": "already marked retired" if identifier in retired else "leaves the catalog",
+                }
+            )
+    rows += [
+        {"status": "invalid", "identifier": i.identifier, "title": i.title, "error": i.error} for i in catalog.invalid
+    ]
     return sorted(rows, key=lambda row: (ORDER.index(row["status"]), row["identifier"]))
 
 

@@ -16,7 +16,8 @@ NO_CONFIG = 2
 
 def started_by_luigi_command(argv: list[str]) -> bool:
     return Path(argv[0]).stem.lower() in ("luigi", "luigi-script") and any(
-        task in argv for task in ("HospitalsDaily", "HospitalsPlan"))
+        task in argv for task in ("HospitalsDaily", "HospitalsPlan")
+    )
 
 
 def missing_config_message(argv: list[str]) -> str | None:
@@ -25,8 +26,10 @@ def missing_config_message(argv: list[str]) -> str | None:
         return None
     named = os.environ.get("LUIGI_CONFIG_PATH")
     looked = f"{Path.cwd() / 'luigi.cfg'}" + (f" and LUIGI_CONFIG_PATH={named}" if named else "")
-    return (f"pipeline: no luigi.cfg with [HospitalsDaily] metastore_url was found (looked in {looked}); "
-            "run the command from the project folder (cd /path/to/project) or set LUIGI_CONFIG_PATH to its luigi.cfg")
+    return (
+        f"pipeline: no luigi.cfg with [HospitalsDaily] metastore_url was found (looked in {looked}); "
+        "run the command from the project folder (cd /path/to/project) or set LUIGI_CONFIG_PATH to its luigi.cfg"
+    )
 
 
 def check(argv: list[str] = sys.argv) -> None:

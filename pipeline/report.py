@@ -15,30 +15,50 @@ def tally(items: list[dict]) -> tuple[dict, str]:
     return counts, "failed" if counts["failed"] else "succeeded"
 
 
-def build_report(run: dict, items: list[dict], counts: dict, status: str, finished_at: str,
-                 notes: Sequence[str] = (), error: str | None = None) -> dict:
+def build_report(
+    run: dict,
+    items: list[dict],
+    counts: dict,
+    status: str,
+    finished_at: str,
+    notes: Sequence[str] = (),
+    error: str | None = None,
+) -> dict:
     datasets = []
     for item in items:
         done = item["outcome"] in ("downloaded", "up_to_date")
-        datasets.append({
-            "identifier": item["identifier"],
-            "title": item["title"],
-            "version": {"modified": item["modified"], "download_url": item["download_url"],
-                        "revision": item["revision"] or None},
-            "status": item["outcome"],
-            "paths": {"source": item["source_path"], "normalized": item["output_path"],
-                      "header_map": item["header_map_path"]} if done else None,
-            "rows": item["rows"] if done else None,
-            "bytes": item["bytes"] if done else None,
-            "sha256": item["sha256"] if done else None,
-            "source_encoding": item["source_encoding"] if done else None,
-            "released": item["released"],
-            "described_by": item["described_by"],
-            "schema_change": {"previous_version": {"modified": item["previous_modified"],
-                                                   "download_url": item["previous_url"]},
-                              **json.loads(item["schema_change"])} if item["schema_change"] else None,
-            "error": item["error"],
-        })
+        datasets.append(
+            {
+                "identifier": item["identifier"],
+                "title": item["title"],
+                "version": {
+                    "modified": item["modified"],
+                    "download_url": item["download_url"],
+                    "revision": item["revision"] or None,
+                },
+                "status": item["outcome"],
+                "paths": {
+                    "source": item["source_path"],
+                    "normalized": item["output_path"],
+                    "header_map": item["header_map_path"],
+                }
+                if done
+                else None,
+                "rows": item["rows"] if done else None,
+                "bytes": item["bytes"] if done else None,
+                "sha256": item["sha256"] if done else None,
+                "source_encoding": item["source_encoding"] if done else None,
+                "released": item["released"],
+                "described_by": item["described_by"],
+                "schema_change": {
+                    "previous_version": {"modified": item["previous_modified"], "download_url": item["previous_url"]},
+                    **json.loads(item["schema_change"]),
+                }
+                if item["schema_change"]
+                else None,
+                "error": item["error"],
+            }
+        )
     return {
         "run_id": run["run_id"],
         "status": status,
@@ -55,9 +75,11 @@ def build_report(run: dict, items: list[dict], counts: dict, status: str, finish
 
 def summary_lines(report: dict, report_path) -> list[str]:
     counts = report["counts"]
-    lines = [f"HospitalsDaily run {report['run_id']} {report['status']}: "
-             + ", ".join(f"{counts[name]} {name.replace('_', ' ')}" for name in COUNTS)
-             + f". Report: {report_path}"]
+    lines = [
+        f"HospitalsDaily run {report['run_id']} {report['status']}: "
+        + ", ".join(f"{counts[name]} {name.replace('_', ' ')}" for name in COUNTS)
+        + f". Report: {report_path}"
+    ]
     if report.get("error"):
         lines.append(f"  ERROR {report['error']}")
     lines += [f"  NOTE {note}" for note in report.get("notes", [])]

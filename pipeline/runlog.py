@@ -104,8 +104,9 @@ def _migrate(db: sqlite3.Connection) -> None:
     try:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"run log schema {version} is newer than this release knows "
-                                        f"({SCHEMA_VERSION}); upgrade the pipeline")
+            raise sqlite3.DatabaseError(
+                f"run log schema {version} is newer than this release knows ({SCHEMA_VERSION}); upgrade the pipeline"
+            )
         for step in MIGRATIONS[version:]:
             for statement in filter(str.strip, _COMMENT.sub("", step).split(";")):
                 if (add := _ADD_COLUMN.search(statement)) and _has_column(db, *add.groups()):
@@ -161,16 +162,23 @@ class RunLog:
     def start_run(self, run_id: str, metastore_url: str, theme: str) -> None:
         """Record a run; runs left open by a killed process are marked interrupted."""
         with self.transaction() as db:
-            db.execute("UPDATE runs SET status='interrupted', finished_at=COALESCE(finished_at, ?) "
-                       "WHERE status IN ('running', 'closing') AND run_id<>?", (now(), run_id))
-            db.execute("INSERT INTO runs(run_id, started_at, status, metastore_url, theme) VALUES (?,?,?,?,?) "
-                       "ON CONFLICT(run_id) DO UPDATE SET status='running', finished_at=NULL, error=NULL",
-                       (run_id, now(), "running", metastore_url, theme))
+            db.execute(
+                "UPDATE runs SET status='interrupted', finished_at=COALESCE(finished_at, ?) "
+                "WHERE status IN ('running', 'closing') AND run_id<>?",
+                (now(), run_id),
+            )
+            db.execute(
+                "INSERT INTO runs(run_id, started_at, status, metastore_url, theme) VALUES (?,?,?,?,?) "
+                "ON CONFLICT(run_id) DO UPDATE SET status='running', finished_at=NULL, error=NULL",
+                (run_id, now(), "running", metastore_url, theme),
+            )
 
     def fail_run(self, run_id: str, error: str, finished_at: str, report_path: str | None) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE runs SET status='failed', finished_at=?, error=?, report_path=? WHERE run_id=?",
-                       (finished_at, error, report_path, run_id))
+            db.execute(
+                "UPDATE runs SET status='failed', finished_at=?, error=?, report_path=? WHERE run_id=?",
+                (finished_at, error, report_path, run_id),
+            )
 
     def run(self, run_id: str) -> sqlite3.Row | None:
         with self._connect() as db:
@@ -178,8 +186,13 @@ class RunLog:
 
     # -- the plan of a run --------------------------------------------------------------------------------
 
-    def plan_run(self, run_id: str, queued: list[CsvVersion], up_to_date: list[tuple[CsvVersion, dict]],
-                 invalid: list[InvalidItem]) -> None:
+    def plan_run(
+        self,
+        run_id: str,
+        queued: list[CsvVersion],
+        up_to_date: list[tuple[CsvVersion, dict]],
+        invalid: list[InvalidItem],
+    ) -> None:
         """Record what this run will do: `up_to_date` pairs each finished version with its stored stats."""
         with self.transaction() as db:
             planned = [*((v, "queued") for v in queued), *((v, "up_to_date") for v, _ in up_to_date)]
@@ -189,8 +202,18 @@ class RunLog:
                     " position, status, first_run_id, run_id, updated_at) VALUES (?,?,?,?,?,?,?,?,'pending',?,?,?)"
                     " ON CONFLICT DO UPDATE SET title=excluded.title, released=excluded.released,"
                     " described_by=excluded.described_by, position=excluded.position",
-                    (*_key(version), version.title, version.theme, version.released, version.described_by,
-                     version.position, run_id, run_id, now()))
+                    (
+                        *_key(version),
+                        version.title,
+                        version.theme,
+                        version.released,
+                        version.described_by,
+                        version.position,
+                        run_id,
+                        run_id,
+                        now(),
+                    ),
+                )
                 self._put_item(db, run_id, version.identifier, version.modified, version.url, version.title, outcome)
             for item in invalid:
                 self._put_item(db, run_id, item.identifier, "", "", item.title, "invalid", item.error)
@@ -199,10 +222,21 @@ class RunLog:
             self._mark_retired(db, run_id, planned, invalid)
 
     @staticmethod
-    def _put_item(db: sqlite3.Connection, run_id: str, identifier: str, modified: str, url: str, title: str,
-                  outcome: str, error: str | None = None) -> None:
-        db.execute("INSERT OR REPLACE INTO run_items(run_id, identifier, modified, download_url, title, outcome,"
-                   " error) VALUES (?,?,?,?,?,?,?)", (run_id, identifier, modified, url, title, outcome, error))
+    def _put_item(
+        db: sqlite3.Connection,
+        run_id: str,
+        identifier: str,
+        modified: str,
+        url: str,
+        title: str,
+        outcome: str,
+        error: str | None = None,
+    ) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO run_items(run_id, identifier, modified, download_url, title, outcome,"
+            " error) VALUES (?,?,?,?,?,?,?)",
+            (run_id, identifier, modified, url, title, outcome, error),
+        )
 
     def _mark_retired(self, db: sqlite3.Connection, run_id: str, planned, invalid: list[InvalidItem]) -> None:
         present = {v.identifier for v, _ in planned} | {i.identifier for i in invalid}
@@ -210,13 +244,18 @@ class RunLog:
         for identifier in present:
             db.execute("DELETE FROM retired WHERE identifier=?", (identifier,))
         for theme in themes:
-            gone = db.execute("SELECT identifier, max(title) FROM versions WHERE theme=? AND identifier NOT IN"
-                              " (SELECT identifier FROM retired) GROUP BY identifier", (theme,)).fetchall()
+            gone = db.execute(
+                "SELECT identifier, max(title) FROM versions WHERE theme=? AND identifier NOT IN"
+                " (SELECT identifier FROM retired) GROUP BY identifier",
+                (theme,),
+            ).fetchall()
             for identifier, title in gone:
                 if identifier in present:
                     continue
-                db.execute("INSERT INTO retired(identifier, title, theme, retired_at, run_id) VALUES (?,?,?,?,?)",
-                           (identifier, title, theme, now(), run_id))
+                db.execute(
+                    "INSERT INTO retired(identifier, title, theme, retired_at, run_id) VALUES (?,?,?,?,?)",
+                    (identifier, title, theme, now(), run_id),
+                )
                 self._put_item(db, run_id, identifier, "", "", title, "retired")
 
     # -- outcomes of one version --------------------------------------------------------------------------
@@ -225,63 +264,107 @@ class RunLog:
         """For schema drift: the version's position, the other CSV URLs of its dataset in this run, and the
         dataset's other finished versions, newest first."""
         with self._connect() as db:
-            row = db.execute("SELECT position FROM versions WHERE identifier=? AND modified=? AND download_url=?",
-                             _key(version)).fetchone()
-            siblings = {r[0] for r in db.execute("SELECT download_url FROM run_items WHERE run_id=? AND identifier=?"
-                                                 " AND download_url<>? AND download_url<>''",
-                                                 (run_id, version.identifier, version.url))}
-            done = db.execute("SELECT modified, download_url, position, header_map_path FROM versions"
-                              " WHERE identifier=? AND status='done' AND NOT (modified=? AND download_url=?)"
-                              " ORDER BY rowid DESC", _key(version)).fetchall()
+            row = db.execute(
+                "SELECT position FROM versions WHERE identifier=? AND modified=? AND download_url=?", _key(version)
+            ).fetchone()
+            siblings = {
+                r[0]
+                for r in db.execute(
+                    "SELECT download_url FROM run_items WHERE run_id=? AND identifier=?"
+                    " AND download_url<>? AND download_url<>''",
+                    (run_id, version.identifier, version.url),
+                )
+            }
+            done = db.execute(
+                "SELECT modified, download_url, position, header_map_path FROM versions"
+                " WHERE identifier=? AND status='done' AND NOT (modified=? AND download_url=?)"
+                " ORDER BY rowid DESC",
+                _key(version),
+            ).fetchall()
         return (row[0] if row else None), siblings, [dict(r) for r in done]
 
-    def record_done(self, run_id: str, version: CsvVersion, stats: dict, schema_change: str | None = None,
-                    previous: tuple[str, str] | None = None, outcome: str = "downloaded") -> tuple[int, int]:
+    def record_done(
+        self,
+        run_id: str,
+        version: CsvVersion,
+        stats: dict,
+        schema_change: str | None = None,
+        previous: tuple[str, str] | None = None,
+        outcome: str = "downloaded",
+    ) -> tuple[int, int]:
         """Returns (settled, total) versions of the run, for a progress line."""
         with self.transaction() as db:
             self._store_done(db, version, stats, run_id)
             if schema_change and previous:
-                db.execute("INSERT OR REPLACE INTO schema_changes(identifier, modified, download_url,"
-                           " previous_modified, previous_url, change, run_id) VALUES (?,?,?,?,?,?,?)",
-                           (*_key(version), *previous, schema_change, run_id))
+                db.execute(
+                    "INSERT OR REPLACE INTO schema_changes(identifier, modified, download_url,"
+                    " previous_modified, previous_url, change, run_id) VALUES (?,?,?,?,?,?,?)",
+                    (*_key(version), *previous, schema_change, run_id),
+                )
             self._set_outcome(db, run_id, version, outcome, None)
-            return db.execute("SELECT sum(outcome NOT IN ('queued')), count(*) FROM run_items WHERE run_id=?"
-                              " AND outcome NOT IN ('invalid', 'retired')", (run_id,)).fetchone()
+            return db.execute(
+                "SELECT sum(outcome NOT IN ('queued')), count(*) FROM run_items WHERE run_id=?"
+                " AND outcome NOT IN ('invalid', 'retired')",
+                (run_id,),
+            ).fetchone()
 
     @staticmethod
     def _store_done(db: sqlite3.Connection, version: CsvVersion, stats: dict, run_id, only_if_not_done=False) -> None:
         key = _key(version)
-        before = db.execute("SELECT output_path, revision FROM versions WHERE identifier=? AND modified=?"
-                            " AND download_url=? AND status='done'", key).fetchone()
+        before = db.execute(
+            "SELECT output_path, revision FROM versions WHERE identifier=? AND modified=?"
+            " AND download_url=? AND status='done'",
+            key,
+        ).fetchone()
         if before and only_if_not_done:
             return
         if before and before[0] and before[0] != stats["output_path"]:  # a new revision: keep track of the old
-            db.execute("INSERT OR IGNORE INTO superseded(output_path, identifier, modified, download_url, revision,"
-                       " run_id, status) VALUES (?,?,?,?,?,?,'kept')", (before[0], *key, before[1], run_id or ""))
+            db.execute(
+                "INSERT OR IGNORE INTO superseded(output_path, identifier, modified, download_url, revision,"
+                " run_id, status) VALUES (?,?,?,?,?,?,'kept')",
+                (before[0], *key, before[1], run_id or ""),
+            )
         db.execute(
             "UPDATE versions SET status='done', error=NULL, source_path=?, output_path=?, header_map_path=?,"
             " source_encoding=?, rows=?, bytes=?, sha256=?, revision=?, run_id=COALESCE(?, run_id), updated_at=?"
             " WHERE identifier=? AND modified=? AND download_url=?",
-            (stats["source_path"], stats["output_path"], stats["header_map_path"], stats["source_encoding"],
-             stats["rows"], stats["bytes"], stats["sha256"], version.revision, run_id, now(), *key))
+            (
+                stats["source_path"],
+                stats["output_path"],
+                stats["header_map_path"],
+                stats["source_encoding"],
+                stats["rows"],
+                stats["bytes"],
+                stats["sha256"],
+                version.revision,
+                run_id,
+                now(),
+                *key,
+            ),
+        )
 
     def record_download(self, version: CsvVersion, last_modified: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE versions SET last_modified=? WHERE identifier=? AND modified=? AND download_url=?",
-                       (last_modified, *_key(version)))
+            db.execute(
+                "UPDATE versions SET last_modified=? WHERE identifier=? AND modified=? AND download_url=?",
+                (last_modified, *_key(version)),
+            )
 
     def known_versions(self) -> dict[VersionKey, tuple[str, str]]:
         """Version key -> (revision, Last-Modified) of every finished version."""
         with self._connect() as db:
-            rows = db.execute("SELECT identifier, modified, download_url, revision, last_modified FROM versions"
-                              " WHERE status='done'").fetchall()
+            rows = db.execute(
+                "SELECT identifier, modified, download_url, revision, last_modified FROM versions WHERE status='done'"
+            ).fetchall()
         return {VersionKey(r[0], r[1], r[2]): (r[3], r[4] or "") for r in rows}
 
     def last_sizes(self) -> dict[tuple[str, int | None], int]:
         """(identifier, position) -> bytes of that distribution's newest finished version."""
         with self._connect() as db:
-            rows = db.execute("SELECT identifier, position, bytes FROM versions WHERE status IN ('done', 'pruned')"
-                              " AND bytes IS NOT NULL ORDER BY rowid").fetchall()
+            rows = db.execute(
+                "SELECT identifier, position, bytes FROM versions WHERE status IN ('done', 'pruned')"
+                " AND bytes IS NOT NULL ORDER BY rowid"
+            ).fetchall()
         return {(r[0], r[1]): r[2] for r in rows}  # later rows, newer versions, win
 
     def note(self, run_id: str, version: CsvVersion, text: str) -> None:
@@ -290,22 +373,29 @@ class RunLog:
 
     def record_failed(self, run_id: str, version: CsvVersion, error: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE versions SET status='failed', error=?, run_id=?, updated_at=?"
-                       " WHERE identifier=? AND modified=? AND download_url=? AND status<>'done'",
-                       (error, run_id, now(), *_key(version)))
+            db.execute(
+                "UPDATE versions SET status='failed', error=?, run_id=?, updated_at=?"
+                " WHERE identifier=? AND modified=? AND download_url=? AND status<>'done'",
+                (error, run_id, now(), *_key(version)),
+            )
             self._set_outcome(db, run_id, version, "failed", error)
 
     @staticmethod
     def _set_outcome(db: sqlite3.Connection, run_id: str, version: CsvVersion, outcome: str, error) -> None:
-        db.execute("UPDATE run_items SET outcome=?, error=? WHERE run_id=? AND identifier=? AND modified=?"
-                   " AND download_url=?", (outcome, error, run_id, *_key(version)))
+        db.execute(
+            "UPDATE run_items SET outcome=?, error=? WHERE run_id=? AND identifier=? AND modified=? AND download_url=?",
+            (outcome, error, run_id, *_key(version)),
+        )
 
     def progress(self, run_id: str) -> tuple[int, int, int]:
         """(done, failed, total) CSV versions of the run so far."""
         with self._connect() as db:
-            return db.execute("SELECT coalesce(sum(outcome IN ('downloaded', 'up_to_date')), 0),"
-                              " coalesce(sum(outcome='failed'), 0), count(*) FROM run_items WHERE run_id=?"
-                              " AND outcome NOT IN ('invalid', 'retired')", (run_id,)).fetchone()
+            return db.execute(
+                "SELECT coalesce(sum(outcome IN ('downloaded', 'up_to_date')), 0),"
+                " coalesce(sum(outcome='failed'), 0), count(*) FROM run_items WHERE run_id=?"
+                " AND outcome NOT IN ('invalid', 'retired')",
+                (run_id,),
+            ).fetchone()
 
     def settle_queued(self, run_id: str) -> None:
         """Once every task of the run is complete, versions still queued were finished by someone else."""
@@ -332,44 +422,76 @@ class RunLog:
                 " ON v.identifier=i.identifier AND v.modified=i.modified AND v.download_url=i.download_url"
                 " LEFT JOIN schema_changes s ON s.run_id=i.run_id"
                 " AND s.identifier=i.identifier AND s.modified=i.modified AND s.download_url=i.download_url"
-                " WHERE i.run_id=? ORDER BY i.identifier, i.modified, i.download_url", (run_id,)).fetchall()
+                " WHERE i.run_id=? ORDER BY i.identifier, i.modified, i.download_url",
+                (run_id,),
+            ).fetchall()
             retired = {row[0] for row in db.execute("SELECT identifier FROM retired")}
             db.execute("UPDATE runs SET status='closing' WHERE run_id=?", (run_id,))
             return dict(run), [dict(item) for item in items], retired
 
     def finish_run(self, run_id: str, status: str, counts: dict, finished_at: str, report_path: str | None) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE runs SET status=?, finished_at=?, discovered=?, downloaded=?, up_to_date=?,"
-                       " failed=?, invalid=?, retired=?, report_path=? WHERE run_id=?",
-                       (status, finished_at, counts["discovered"], counts["downloaded"], counts["up_to_date"],
-                        counts["failed"], counts["invalid"], counts["retired"], report_path, run_id))
+            db.execute(
+                "UPDATE runs SET status=?, finished_at=?, discovered=?, downloaded=?, up_to_date=?,"
+                " failed=?, invalid=?, retired=?, report_path=? WHERE run_id=?",
+                (
+                    status,
+                    finished_at,
+                    counts["discovered"],
+                    counts["downloaded"],
+                    counts["up_to_date"],
+                    counts["failed"],
+                    counts["invalid"],
+                    counts["retired"],
+                    report_path,
+                    run_id,
+                ),
+            )
 
     def prune_candidates(self, run_id: str, keep: int) -> list[str]:
         """Output paths of the finished versions beyond the newest `keep` of each dataset this run settled
         (newest = latest first seen; this run's own are always kept), and of revisions superseded in place."""
         paths = []
         with self._connect() as db:
-            identifiers = [r[0] for r in db.execute("SELECT DISTINCT identifier FROM run_items WHERE run_id=?"
-                                                    " AND outcome IN ('downloaded', 'up_to_date')", (run_id,))]
+            identifiers = [
+                r[0]
+                for r in db.execute(
+                    "SELECT DISTINCT identifier FROM run_items WHERE run_id=?"
+                    " AND outcome IN ('downloaded', 'up_to_date')",
+                    (run_id,),
+                )
+            ]
             for identifier in identifiers:
-                done = db.execute("SELECT rowid, output_path FROM versions WHERE identifier=? AND status='done'"
-                                  " ORDER BY rowid DESC", (identifier,)).fetchall()
-                current = {r[0] for r in db.execute(
-                    "SELECT v.rowid FROM versions v JOIN run_items i ON v.identifier=i.identifier AND"
-                    " v.modified=i.modified AND v.download_url=i.download_url WHERE i.run_id=? AND i.identifier=?",
-                    (run_id, identifier))}
+                done = db.execute(
+                    "SELECT rowid, output_path FROM versions WHERE identifier=? AND status='done' ORDER BY rowid DESC",
+                    (identifier,),
+                ).fetchall()
+                current = {
+                    r[0]
+                    for r in db.execute(
+                        "SELECT v.rowid FROM versions v JOIN run_items i ON v.identifier=i.identifier AND"
+                        " v.modified=i.modified AND v.download_url=i.download_url WHERE i.run_id=? AND i.identifier=?",
+                        (run_id, identifier),
+                    )
+                }
                 older = [output_path for rowid, output_path in done if rowid not in current]
-                paths += older[max(0, keep - (len(done) - len(older))):]
-                paths += [r[0] for r in db.execute("SELECT output_path FROM superseded WHERE identifier=?"
-                                                   " AND status='kept'", (identifier,))]
+                paths += older[max(0, keep - (len(done) - len(older))) :]
+                paths += [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT output_path FROM superseded WHERE identifier=? AND status='kept'", (identifier,)
+                    )
+                ]
         return paths
 
     def mark_pruned(self, output_paths: list[str]) -> None:
         """Only for folders really deleted: the log never calls files gone that are still there."""
         with self.transaction() as db:
             for path in output_paths:
-                db.execute("UPDATE versions SET status='pruned', updated_at=? WHERE output_path=? AND status='done'",
-                           (now(), path))
+                db.execute(
+                    "UPDATE versions SET status='pruned', updated_at=? WHERE output_path=? AND status='done'",
+                    (now(), path),
+                )
                 db.execute("UPDATE superseded SET status='pruned' WHERE output_path=?", (path,))
 
 
@@ -384,8 +506,11 @@ def read_state(path: Path, theme: str) -> tuple[dict[str, str], set[tuple[str, s
         return {}, set(), set()
     with closing(sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)) as db:
         db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        known = dict(db.execute("SELECT identifier, max(title) FROM versions WHERE theme=? GROUP BY identifier",
-                                (theme,)).fetchall())
+        known = dict(
+            db.execute(
+                "SELECT identifier, max(title) FROM versions WHERE theme=? GROUP BY identifier", (theme,)
+            ).fetchall()
+        )
         failed = set(db.execute("SELECT identifier, modified, download_url FROM versions WHERE status='failed'"))
         retired = {row[0] for row in db.execute("SELECT identifier FROM retired")}
     return known, failed, retired

@@ -40,16 +40,18 @@ def diff_columns(old: list[str], new: list[str]) -> dict | None:
     old_set, new_set = set(old), set(new)
     added = [c for c in new if c not in old_set]
     removed = [c for c in old if c not in new_set]
-    renamed = [{"position": i + 1, "from": before, "to": after}
-               for i, (before, after) in enumerate(zip(old, new, strict=False))
-               if before not in new_set and after not in old_set and _renamed(old, new, i)]
+    renamed = [
+        {"position": i + 1, "from": before, "to": after}
+        for i, (before, after) in enumerate(zip(old, new, strict=False))
+        if before not in new_set and after not in old_set and _renamed(old, new, i)
+    ]
     added = [c for c in added if c not in {r["to"] for r in renamed}]
     removed = [c for c in removed if c not in {r["from"] for r in renamed}]
     common_old = [c for c in old if c in new_set]
     common_new = [c for c in new if c in old_set]
     # Columns outside the longest common ordering are the ones that moved.
     matcher = SequenceMatcher(None, common_old, common_new, autojunk=False)
-    stayed = {c for block in matcher.get_matching_blocks() for c in common_new[block.b:block.b + block.size]}
+    stayed = {c for block in matcher.get_matching_blocks() for c in common_new[block.b : block.b + block.size]}
     moved = [c for c in common_new if c not in stayed]
     return {"added": added, "removed": removed, "renamed": renamed, "moved": moved}
 

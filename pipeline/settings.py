@@ -50,8 +50,9 @@ class download(luigi.Config):  # Luigi names the config section after the class
     min_rate = luigi.IntParameter(default=_HTTP.min_rate, description="bytes/s a body must keep up; 0 for no floor")
     min_rate_window = luigi.FloatParameter(default=_HTTP.min_rate_window, description="seconds min_rate is over")
     max_bytes = luigi.IntParameter(default=_HTTP.max_bytes, description="largest decoded file; 0 for no limit")
-    run_minutes = luigi.FloatParameter(default=_HTTP.run_minutes, description="minutes a run may download for; "
-                                                                              "0 for no deadline")
+    run_minutes = luigi.FloatParameter(
+        default=_HTTP.run_minutes, description="minutes a run may download for; 0 for no deadline"
+    )
 
 
 class retention(luigi.Config):
@@ -71,8 +72,12 @@ class SettingsParameter(luigi.DictParameter):
     """Empty means "read them now", which happens in the process that creates the task."""
 
     def __init__(self):
-        super().__init__(default={}, significant=False, visibility=ParameterVisibility.HIDDEN,
-                         description="[download] and [retention] settings, resolved where the run starts")
+        super().__init__(
+            default={},
+            significant=False,
+            visibility=ParameterVisibility.HIDDEN,
+            description="[download] and [retention] settings, resolved where the run starts",
+        )
 
     def normalize(self, value):
         return super().normalize(value or current())

@@ -49,8 +49,12 @@ def main(argv: list[str]) -> int:
     log = RunLog(layout.runlog_db(_data_dir(args)))
     earlier = log.run(run_id)
     if earlier and earlier["status"] in ("running", "closing"):
-        print(f"run {run_id} is already running (started {earlier['started_at']}); a second copy does not join "
-              "it: wait for it, or start a new run without --run-id", file=sys.stderr, flush=True)
+        print(
+            f"run {run_id} is already running (started {earlier['started_at']}); a second copy does not join "
+            "it: wait for it, or start a new run without --run-id",
+            file=sys.stderr,
+            flush=True,
+        )
         return ALREADY_RUNNING
     os.environ[SUMMARY_BY_WRAPPER] = "1"  # inherited by this job's worker processes, not by assistants elsewhere
     try:

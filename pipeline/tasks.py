@@ -36,12 +36,11 @@ from pipeline.targets import atomic_path, folder_lock, remove_stale_temps, sweep
 logger = logging.getLogger("luigi-interface")
 
 
-
-
 class RunTask(luigi.Task):
     data_dir = FolderParameter(default="data", description="folder for outputs, run log and reports")
-    run_id = RunIdParameter(default="", description="names this run in the log and the report; defaults to "
-                                                   "the UTC start time")
+    run_id = RunIdParameter(
+        default="", description="names this run in the log and the report; defaults to the UTC start time"
+    )
     settings = SettingsParameter()
 
     @property
@@ -136,18 +135,33 @@ class VersionTask(RunTask):
     modified = luigi.Parameter()
     url = luigi.Parameter()
     revision = luigi.Parameter(default="", description="Last-Modified of a file replaced in place")
-    wrapper_task_id = luigi.Parameter(default="", significant=False, visibility=ParameterVisibility.HIDDEN,
-                                      description="the run's HospitalsDaily, whose progress line this task updates")
-    expected_bytes = luigi.IntParameter(default=0, significant=False, visibility=ParameterVisibility.HIDDEN,
-                                        description="the distribution's size last time: the longest start first")
+    wrapper_task_id = luigi.Parameter(
+        default="",
+        significant=False,
+        visibility=ParameterVisibility.HIDDEN,
+        description="the run's HospitalsDaily, whose progress line this task updates",
+    )
+    expected_bytes = luigi.IntParameter(
+        default=0,
+        significant=False,
+        visibility=ParameterVisibility.HIDDEN,
+        description="the distribution's size last time: the longest start first",
+    )
     # A failed version is retried by the next run, never within this one: the scheduler disables it at once, so
     # a keep-alive worker (a shared run on luigid) no longer waits for it and the run ends.
     retry_count = 1
 
     @classmethod
     def for_version(cls, task: luigi.Task, version: CsvVersion, **extra):
-        return task.clone(cls, identifier=version.identifier, modified=version.modified, url=version.url,
-                          revision=version.revision, expected_bytes=version.expected_bytes, **extra)
+        return task.clone(
+            cls,
+            identifier=version.identifier,
+            modified=version.modified,
+            url=version.url,
+            revision=version.revision,
+            expected_bytes=version.expected_bytes,
+            **extra,
+        )
 
     @property
     def priority(self) -> int:  # type: ignore[override]
@@ -182,8 +196,9 @@ class VersionTask(RunTask):
         url = core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"
         try:
             scheduler: Any = luigi.rpc.RemoteScheduler(url)  # its RPC methods are made at run time
-            scheduler.set_task_status_message(self.wrapper_task_id,
-                                              f"{done} done, {failed} failed of {total} CSV versions")
+            scheduler.set_task_status_message(
+                self.wrapper_task_id, f"{done} done, {failed} failed of {total} CSV versions"
+            )
             scheduler.set_task_progress_percentage(self.wrapper_task_id, 100 * (done + failed) // max(1, total))
         except luigi.rpc.RPCError as exc:  # the UI line is not worth failing a version for
             logger.warning("%s: could not update the run's progress in luigid: %s", self.identifier, exc)
@@ -253,14 +268,18 @@ class NormalizeCsv(VersionTask):
         return DownloadCsv.for_version(self, self.version)
 
     def output(self):
-        return {"csv": luigi.LocalTarget(str(layout.normalized_csv(self.folder)), format=luigi.format.Nop),
-                "header_map": luigi.LocalTarget(str(layout.header_map(self.folder)))}
+        return {
+            "csv": luigi.LocalTarget(str(layout.normalized_csv(self.folder)), format=luigi.format.Nop),
+            "header_map": luigi.LocalTarget(str(layout.header_map(self.folder))),
+        }
 
     def stored_stats(self) -> dict:
         """What the run log keeps about a finished version, read back from its header map."""
         stats = json.loads(Path(self.output()["header_map"].path).read_text(encoding="utf-8"))
-        return {key: stats[key] for key in ("source_path", "output_path", "header_map_path", "source_encoding",
-                                            "rows", "bytes", "sha256")}
+        return {
+            key: stats[key]
+            for key in ("source_path", "output_path", "header_map_path", "source_encoding", "rows", "bytes", "sha256")
+        }
 
     def run(self):
         with folder_lock(self.folder):
@@ -294,11 +313,20 @@ class NormalizeCsv(VersionTask):
         try:
             with atomic_path(outputs["csv"]) as temp, open(source, "rb") as src, open(temp, "w+b") as dst:
                 result = copy_normalized(src, dst, scan) if scan else rewrite_csv(src, dst)
-            stats = {"identifier": self.identifier, "modified": self.modified, "download_url": self.url,
-                     "source_path": None if drop_source else str(source), "output_path": outputs["csv"].path,
-                     "header_map_path": outputs["header_map"].path, "source_encoding": result.encoding,
-                     "line_ending": result.line_ending, "rows": result.rows, "bytes": result.bytes,
-                     "sha256": result.sha256, "columns": result.header_map()}
+            stats = {
+                "identifier": self.identifier,
+                "modified": self.modified,
+                "download_url": self.url,
+                "source_path": None if drop_source else str(source),
+                "output_path": outputs["csv"].path,
+                "header_map_path": outputs["header_map"].path,
+                "source_encoding": result.encoding,
+                "line_ending": result.line_ending,
+                "rows": result.rows,
+                "bytes": result.bytes,
+                "sha256": result.sha256,
+                "columns": result.header_map(),
+            }
             write_json(outputs["header_map"], stats)
         except (ValueError, UnicodeError) as exc:  # HeaderError, NotText, a changed download
             raise self.failure("cannot normalize the download", exc) from exc
@@ -314,9 +342,11 @@ class NormalizeCsv(VersionTask):
         drift = json.dumps(change) if change else None
         settled, total = self.runlog().record_done(self.run_id, self.version, stats, drift, previous)
         self.show_run_progress()
-        print(f"[{settled}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "
-              f"{result.bytes / 1e6:,.1f} MB" + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
-              flush=True)
+        print(
+            f"[{settled}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "
+            f"{result.bytes / 1e6:,.1f} MB" + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
+            flush=True,
+        )
 
 
 class HospitalsDaily(RunTask):
@@ -342,8 +372,9 @@ class HospitalsDaily(RunTask):
             raise RunClosed(self.run_id, status, self.output().path)
         with self.input().open("r") as snapshot:
             catalog = Catalog.from_json(json.load(snapshot))
-        children = [NormalizeCsv.for_version(self, version, wrapper_task_id=self.task_id)
-                    for version in catalog.versions]
+        children = [
+            NormalizeCsv.for_version(self, version, wrapper_task_id=self.task_id) for version in catalog.versions
+        ]
         if self.set_status_message:
             done = sum(child.complete() for child in children)
             self.set_status_message(f"{done} done, 0 failed of {len(children)} CSV versions")

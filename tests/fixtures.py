@@ -1,8 +1,10 @@
 """Small DKAN-shaped catalogs and CSVs for the tests (header rows are real CMS header rows)."""
 
 # Real header rows (CRLF, every field quoted; one has a comma inside quotes).
-HEADER_OAS_CAHPS = ('"Facility ID","Facility Name","City/Town","Patients\' rating of the facility linear mean score",'
-                    '"Number of Sampled Patients"')
+HEADER_OAS_CAHPS = (
+    '"Facility ID","Facility Name","City/Town","Patients\' rating of the facility linear mean score",'
+    '"Number of Sampled Patients"'
+)
 HEADER_WITH_COMMA = '"Facility ID","Facility Name","Measure ID","Footnote, if any","Start Date"'
 HEADER_UNQUOTED_LF = "name,addr,city,state,zip,lat,lon"
 HEADER_IPF = '"Facility ID","N READM-30-IPF # IPFs Better","FAPH-30 %","Rate (%)"'
@@ -16,8 +18,15 @@ def quoted_rows(count: int, columns: int, tag: str = "") -> list[str]:
     return [",".join(f'"{tag}r{r}c{c}"' for c in range(columns)) for r in range(count)]
 
 
-def item(identifier: str, modified: str, urls, *, title: str | None = None, theme=("Hospitals",),
-         media_type: str | None = "text/csv") -> dict:
+def item(
+    identifier: str,
+    modified: str,
+    urls,
+    *,
+    title: str | None = None,
+    theme=("Hospitals",),
+    media_type: str | None = "text/csv",
+) -> dict:
     urls = [urls] if isinstance(urls, str) else urls
     distributions = []
     for url in urls:
@@ -25,9 +34,16 @@ def item(identifier: str, modified: str, urls, *, title: str | None = None, them
         if media_type is not None:
             dist["mediaType"] = media_type
         distributions.append(dist)
-    return {"@type": "dcat:Dataset", "identifier": identifier, "title": title or f"Dataset {identifier}",
-            "modified": modified, "released": modified, "issued": "2020-01-01",
-            "theme": list(theme) if not isinstance(theme, str) else theme, "distribution": distributions}
+    return {
+        "@type": "dcat:Dataset",
+        "identifier": identifier,
+        "title": title or f"Dataset {identifier}",
+        "modified": modified,
+        "released": modified,
+        "issued": "2020-01-01",
+        "theme": list(theme) if not isinstance(theme, str) else theme,
+        "distribution": distributions,
+    }
 
 
 def resource_path(identifier: str, upload: int, name: str = "File.csv") -> str:

@@ -31,12 +31,22 @@ class Site:
     def metastore_url(self) -> str:
         return self.server.base_url + CATALOG_PATH
 
-    def dataset(self, identifier: str, modified: str, files: dict[str, bytes], *, upload: int = 1700000000,
-                theme=("Hospitals",), title: str | None = None, serve: bool = True) -> list[str]:
+    def dataset(
+        self,
+        identifier: str,
+        modified: str,
+        files: dict[str, bytes],
+        *,
+        upload: int = 1700000000,
+        theme=("Hospitals",),
+        title: str | None = None,
+        serve: bool = True,
+    ) -> list[str]:
         """(Re)publish a dataset: `files` maps file names to bytes; returns the download paths."""
         paths = [resource_path(identifier, upload, name) for name in files]
-        self.items[identifier] = item(identifier, modified, [self.server.base_url + p for p in paths],
-                                      title=title, theme=theme)
+        self.items[identifier] = item(
+            identifier, modified, [self.server.base_url + p for p in paths], title=title, theme=theme
+        )
         if serve:
             for path, body in zip(paths, files.values(), strict=True):
                 self.server.add(path, body, last_modified=upload + 300)
@@ -76,14 +86,18 @@ def by_identifier(report: dict) -> dict[str, list[dict]]:
 def project_cfg_lines(site: Site, **values: str) -> list[str]:
     """The shipped luigi.cfg's lines, pointed at the loopback catalog, with `values` for other keys it sets."""
     values = {"metastore_url": site.metastore_url, **values}
-    return [f"{key} = {values[key]}" if (key := line.split(" = ", 1)[0]) in values else line
-            for line in PROJECT_CFG.read_text(encoding="utf-8").splitlines()]
+    return [
+        f"{key} = {values[key]}" if (key := line.split(" = ", 1)[0]) in values else line
+        for line in PROJECT_CFG.read_text(encoding="utf-8").splitlines()
+    ]
 
 
 def write_project_cfg(site: Site, folder: Path) -> None:
     """The shipped luigi.cfg, pointed at the loopback catalog, as `folder`/luigi.cfg."""
-    assert any(line.startswith("metastore_url = https://data.cms.gov/")
-               for line in PROJECT_CFG.read_text(encoding="utf-8").splitlines())
+    assert any(
+        line.startswith("metastore_url = https://data.cms.gov/")
+        for line in PROJECT_CFG.read_text(encoding="utf-8").splitlines()
+    )
     (folder / "luigi.cfg").write_text("\n".join(project_cfg_lines(site)) + "\n", encoding="utf-8")
 
 
@@ -99,5 +113,6 @@ def command(*extra: str) -> list[str]:
 
 
 def run_command(folder: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command(*extra), cwd=folder, capture_output=True, text=True, timeout=300,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        command(*extra), cwd=folder, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )

@@ -39,8 +39,11 @@ cms_http = 2
 
 
 def loopback_env(config: Path | None = None) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "luigi_config_path")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key.lower() not in ("http_proxy", "https_proxy", "all_proxy", "luigi_config_path")
+    }
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     if config is not None:
         env["LUIGI_CONFIG_PATH"] = str(config)
@@ -84,10 +87,23 @@ class Luigid:
             self.port = free_port()
             self._output = open(self.folder / "luigid.out", "ab")  # noqa: SIM115 - closed in stop()
             self.proc = subprocess.Popen(
-                [console_script("luigid"), "--port", str(self.port), "--address", "127.0.0.1",
-                 "--state-path", str(self.state_path), "--logdir", str(self.logdir)],
-                cwd=self.folder, env=loopback_env(self.config), stdin=subprocess.DEVNULL,
-                stdout=self._output, stderr=subprocess.STDOUT)
+                [
+                    console_script("luigid"),
+                    "--port",
+                    str(self.port),
+                    "--address",
+                    "127.0.0.1",
+                    "--state-path",
+                    str(self.state_path),
+                    "--logdir",
+                    str(self.logdir),
+                ],
+                cwd=self.folder,
+                env=loopback_env(self.config),
+                stdin=subprocess.DEVNULL,
+                stdout=self._output,
+                stderr=subprocess.STDOUT,
+            )
             if self._wait_ready():
                 return self
             self.stop()
@@ -177,8 +193,15 @@ def start_client(args: list[str], config: Path | None, cwd: Path, log_name: str)
     log = cwd / log_name
     with open(log, "wb") as out:
         # Its own process group (POSIX), so a timed-out client is stopped together with its worker processes.
-        proc = subprocess.Popen(args, cwd=cwd, env=loopback_env(config), stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=os.name != "nt")
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=loopback_env(config),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=os.name != "nt",
+        )
     return proc, log
 
 

@@ -11,18 +11,27 @@ def parse(items, theme="Hospitals"):
 
 
 def test_keeps_only_items_whose_theme_list_contains_the_theme_exactly():
-    catalog = parse([item("a-1", "2025-01-01", "http://h/a.csv"),
-                     item("b-2", "2025-01-01", "http://h/b.csv", theme=["Nursing homes"]),
-                     item("c-3", "2025-01-01", "http://h/c.csv", theme=["Physicians", "Hospitals"]),
-                     item("d-4", "2025-01-01", "http://h/d.csv", theme=["hospitals"]),
-                     item("e-5", "2025-01-01", "http://h/e.csv", theme="Hospitals")])
+    catalog = parse(
+        [
+            item("a-1", "2025-01-01", "http://h/a.csv"),
+            item("b-2", "2025-01-01", "http://h/b.csv", theme=["Nursing homes"]),
+            item("c-3", "2025-01-01", "http://h/c.csv", theme=["Physicians", "Hospitals"]),
+            item("d-4", "2025-01-01", "http://h/d.csv", theme=["hospitals"]),
+            item("e-5", "2025-01-01", "http://h/e.csv", theme="Hospitals"),
+        ]
+    )
     assert [v.identifier for v in catalog.versions] == ["a-1", "c-3", "e-5"]
     assert catalog.invalid == [] and catalog.items_total == 5
 
 
 def test_theme_is_configurable():
-    catalog = parse([item("a-1", "2025-01-01", "http://h/a.csv"),
-                     item("b-2", "2025-01-01", "http://h/b.csv", theme=["Nursing homes"])], theme="Nursing homes")
+    catalog = parse(
+        [
+            item("a-1", "2025-01-01", "http://h/a.csv"),
+            item("b-2", "2025-01-01", "http://h/b.csv", theme=["Nursing homes"]),
+        ],
+        theme="Nursing homes",
+    )
     assert [v.identifier for v in catalog.versions] == ["b-2"]
 
 
@@ -43,16 +52,19 @@ def test_reads_the_dkan_reference_wrapped_form():
     assert [(v.identifier, v.url) for v in catalog.versions] == [("a-1", "http://h/a.csv")]
 
 
-@pytest.mark.parametrize(("change", "cause"), [
-    (lambda e: e.pop("identifier"), "missing identifier"),
-    (lambda e: e.pop("modified"), "modified"),
-    (lambda e: e.update(modified="last tuesday"), "modified"),
-    (lambda e: e.update(distribution=[]), "no distribution"),
-    (lambda e: e["distribution"][0].pop("downloadURL"), "without downloadURL"),
-    (lambda e: e["distribution"][0].update(downloadURL="file:///etc/passwd.csv"), "not http(s)"),
-    (lambda e: e["distribution"][0].update(downloadURL="ftp://h/a.csv"), "not http(s)"),
-    (lambda e: e["distribution"][0].update(mediaType="application/zip"), "no CSV distribution"),
-])
+@pytest.mark.parametrize(
+    ("change", "cause"),
+    [
+        (lambda e: e.pop("identifier"), "missing identifier"),
+        (lambda e: e.pop("modified"), "modified"),
+        (lambda e: e.update(modified="last tuesday"), "modified"),
+        (lambda e: e.update(distribution=[]), "no distribution"),
+        (lambda e: e["distribution"][0].pop("downloadURL"), "without downloadURL"),
+        (lambda e: e["distribution"][0].update(downloadURL="file:///etc/passwd.csv"), "not http(s)"),
+        (lambda e: e["distribution"][0].update(downloadURL="ftp://h/a.csv"), "not http(s)"),
+        (lambda e: e["distribution"][0].update(mediaType="application/zip"), "no CSV distribution"),
+    ],
+)
 def test_an_item_missing_what_it_needs_is_invalid_and_the_rest_go_on(change, cause):
     broken = item("bad-1", "2025-01-01", "http://h/bad.csv", title="Broken one")
     change(broken)
@@ -80,5 +92,6 @@ def test_identifiers_need_not_look_like_xxxx_xxxx():
 
 def test_snapshot_round_trips():
     from pipeline.catalog import Catalog
+
     catalog = parse([item("a-1", "2025-01-01", "http://h/a.csv"), "junk"])
     assert Catalog.from_json(json.loads(json.dumps(catalog.to_json()))) == catalog

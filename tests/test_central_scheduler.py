@@ -65,8 +65,12 @@ def run_job_on(central: Luigid, site: Site, folder: Path, run_id: str, workers: 
     """The job as a client of `central`, from its own folder; returns (its data dir, its log)."""
     data_dir = folder / "data"
     config = write_cfg(folder / "client" / "luigi.cfg", client_cfg(site, data_dir))
-    proc, log = start_client(luigi_command("--workers", str(workers), "--run-id", run_id, "--no-lock",
-                                           *scheduler_args(central)), config, config.parent, "client.log")
+    proc, log = start_client(
+        luigi_command("--workers", str(workers), "--run-id", run_id, "--no-lock", *scheduler_args(central)),
+        config,
+        config.parent,
+        "client.log",
+    )
     assert finish(proc) == 0, output_of(log)
     return data_dir, log
 
@@ -77,7 +81,8 @@ def output_of(log: Path) -> str:
 
 def assert_every_version_done(data_dir: Path, paths: list[str], run_id: str) -> None:
     assert query(data_dir, "SELECT run_id, status, discovered, downloaded, failed FROM runs") == [
-        (run_id, "succeeded", len(paths), len(paths), 0)]
+        (run_id, "succeeded", len(paths), len(paths), 0)
+    ]
     assert query(data_dir, "SELECT count(*), min(status), max(status) FROM versions") == [(len(paths), "done", "done")]
     assert query(data_dir, "SELECT outcome, count(*) FROM run_items GROUP BY outcome") == [("downloaded", len(paths))]
     report = json.loads((data_dir / "reports" / f"{run_id}.json").read_text(encoding="utf-8"))
@@ -108,7 +113,11 @@ def test_job_runs_on_luigid_which_limits_downloads_and_knows_every_task_done(lui
 
     done = luigid.tasks("DONE")
     assert Counter(task["name"] for task in done.values()) == {
-        "HospitalsDaily": 1, "FetchCatalog": 1, "DownloadCsv": 6, "NormalizeCsv": 6}
+        "HospitalsDaily": 1,
+        "FetchCatalog": 1,
+        "DownloadCsv": 6,
+        "NormalizeCsv": 6,
+    }
     assert luigid.families() == luigid.families("DONE")  # nothing pending, running or failed
     downloads = [task["params"] for task in done.values() if task["name"] == "DownloadCsv"]
     assert sorted(params["url"] for params in downloads) == urls
@@ -122,13 +131,18 @@ def test_job_runs_on_luigid_which_limits_downloads_and_knows_every_task_done(lui
     assert luigid.stop() == 0
     assert luigid.state_path.stat().st_size > 0
     with Luigid(luigid.folder) as restarted:
-        assert restarted.families("DONE") == {"HospitalsDaily": 1, "FetchCatalog": 1, "DownloadCsv": 6,
-                                              "NormalizeCsv": 6}
+        assert restarted.families("DONE") == {
+            "HospitalsDaily": 1,
+            "FetchCatalog": 1,
+            "DownloadCsv": 6,
+            "NormalizeCsv": 6,
+        }
     assert f"Attempting to load state from {luigid.state_path}" in luigid.server_log.read_text(encoding="utf-8")
 
 
 def test_local_scheduler_true_in_luigi_cfg_wins_over_scheduler_host_and_an_overlay_config_turns_it_off(
-        luigid, tmp_path):
+    luigid, tmp_path
+):
     with LoopbackServer() as server:
         site = Site(server)
         paths = serve_datasets(site, 2)
@@ -139,16 +153,20 @@ def test_local_scheduler_true_in_luigi_cfg_wins_over_scheduler_host_and_an_overl
 
         # [core] local_scheduler = true cannot be undone on the command line (--local-scheduler is a store_true
         # flag; there is no --no-local-scheduler), and --scheduler-host/--scheduler-port are then ignored silently.
-        proc, log = start_client(luigi_command("--run-id", "ignored", *lock, *scheduler_args(luigid)),
-                                 None, job, "ignored.log")
+        proc, log = start_client(
+            luigi_command("--run-id", "ignored", *lock, *scheduler_args(luigid)), None, job, "ignored.log"
+        )
         assert finish(proc) == 0, output_of(log)
         assert luigid.tasks() == {} and luigid.rpc("worker_list") == []
         assert query(data_dir, "SELECT status, downloaded FROM runs") == [("succeeded", 2)]
 
         # LUIGI_CONFIG_PATH is read after ./luigi.cfg, so a small overlay switches the same folder to luigid.
-        overlay = write_cfg(tmp_path / "central.cfg", "[core]\nlocal_scheduler = false\nscheduler_host = 127.0.0.1\n"
-                                                      f"scheduler_port = {luigid.port}\nrpc_retry_attempts = 2\n"
-                                                      "rpc_retry_wait = 1\n")
+        overlay = write_cfg(
+            tmp_path / "central.cfg",
+            "[core]\nlocal_scheduler = false\nscheduler_host = 127.0.0.1\n"
+            f"scheduler_port = {luigid.port}\nrpc_retry_attempts = 2\n"
+            "rpc_retry_wait = 1\n",
+        )
         server.clear()
         proc, log = start_client(luigi_command("--run-id", "overlay", *lock), overlay, job, "overlay.log")
         assert finish(proc) == 0, output_of(log)
@@ -166,8 +184,14 @@ def test_an_unreachable_luigid_fails_the_command_after_the_rpc_retries(tmp_path)
         config = write_cfg(tmp_path / "client" / "luigi.cfg", client_cfg(site, data_dir))
         nobody = free_port()  # nothing listens there
         started = time.monotonic()
-        proc, log = start_client(luigi_command("--run-id", "down", "--no-lock", "--scheduler-host", "127.0.0.1",
-                                               "--scheduler-port", str(nobody)), config, config.parent, "client.log")
+        proc, log = start_client(
+            luigi_command(
+                "--run-id", "down", "--no-lock", "--scheduler-host", "127.0.0.1", "--scheduler-port", str(nobody)
+            ),
+            config,
+            config.parent,
+            "client.log",
+        )
         code = finish(proc, timeout=60)
         elapsed = time.monotonic() - started
     # rpc_retry_attempts = 2, rpc_retry_wait = 1 (client_cfg): about 1 s of retries, then [retcode]
@@ -183,9 +207,11 @@ def test_an_unreachable_luigid_fails_the_command_after_the_rpc_retries(tmp_path)
 
 def host_cfg(site: Site, data_dir: Path, folder: Path, server: Luigid, *, keep_alive: bool = False) -> Path:
     """A host's luigi.cfg: its own User-Agent, so the loopback server can tell the hosts' requests apart."""
-    extra = (f"[download]\nuser_agent = {folder.name}\n"
-             f"[core]\nscheduler_host = 127.0.0.1\nscheduler_port = {server.port}\n"
-             f"[worker]\nkeep_alive = {str(keep_alive).lower()}\n")
+    extra = (
+        f"[download]\nuser_agent = {folder.name}\n"
+        f"[core]\nscheduler_host = 127.0.0.1\nscheduler_port = {server.port}\n"
+        f"[worker]\nkeep_alive = {str(keep_alive).lower()}\n"
+    )
     if keep_alive:  # wait for tasks and cms_http slots another host holds, but not forever after a failure
         extra += "max_keep_alive_idle_duration = 5 seconds\nwait_interval = 0.5\nwait_jitter = 0.5\n"  # jitter: 5 s
     return write_cfg(folder / "luigi.cfg", client_cfg(site, data_dir, extra=extra))
@@ -208,8 +234,10 @@ def test_two_hosts_with_the_same_run_id_fetch_each_file_once_but_one_host_does_a
     """
     # Default stable_done_cooldown_secs (10 s): with 0, a host that saw FetchCatalog incomplete just before the
     # other finished it could flip it back to PENDING and run it again.
-    with Luigid(tmp_path / "luigid", LUIGID_CFG.replace("stable_done_cooldown_secs = 0\n", "")) as central, \
-            LoopbackServer(latency=0.2) as server:
+    with (
+        Luigid(tmp_path / "luigid", LUIGID_CFG.replace("stable_done_cooldown_secs = 0\n", "")) as central,
+        LoopbackServer(latency=0.2) as server,
+    ):
         site = Site(server)
         paths = serve_datasets(site, 12)
         server.fault(CATALOG_PATH, delay=2.0)  # both hosts have scheduled their tasks before the catalog is in
@@ -218,9 +246,12 @@ def test_two_hosts_with_the_same_run_id_fetch_each_file_once_but_one_host_does_a
         for host in ("host-a", "host-b"):
             folder = tmp_path / host
             config = host_cfg(site, data_dir, folder, central)
-            procs[host] = start_client(luigi_command("--workers", "2", "--run-id", "same",
-                                                     "--lock-pid-dir", str(folder / "lock")),
-                                       config, folder, "out.log")
+            procs[host] = start_client(
+                luigi_command("--workers", "2", "--run-id", "same", "--lock-pid-dir", str(folder / "lock")),
+                config,
+                folder,
+                "out.log",
+            )
         codes = {host: finish(proc) for host, (proc, _) in procs.items()}
         outputs = {host: output_of(log) for host, (_, log) in procs.items()}
 
@@ -230,8 +261,12 @@ def test_two_hosts_with_the_same_run_id_fetch_each_file_once_but_one_host_does_a
         assert server.count(CATALOG_PATH) == 1
         assert {path: server.count(path) for path in paths} == dict.fromkeys(paths, 1)
         assert agents(server) == {worker_host: 12}  # the other host downloaded nothing
-        assert central.families("DONE") == {"HospitalsDaily": 1, "FetchCatalog": 1, "DownloadCsv": 12,
-                                            "NormalizeCsv": 12}
+        assert central.families("DONE") == {
+            "HospitalsDaily": 1,
+            "FetchCatalog": 1,
+            "DownloadCsv": 12,
+            "NormalizeCsv": 12,
+        }
     assert_every_version_done(data_dir, paths, "same")
 
 
@@ -243,8 +278,10 @@ def test_an_assistant_worker_on_a_second_host_shares_the_downloads(tmp_path):
     The assistant is `luigi.build([], assistant=True)`, not `luigi ... HospitalsDaily --assistant`: the luigi
     command always schedules its root task too, so an assistant started that way without the job's --run-id
     would start a run of its own."""
-    with Luigid(tmp_path / "luigid", LUIGID_CFG.replace("cms_http = 2", "cms_http = 4")) as central, \
-            LoopbackServer(latency=0.5) as server:
+    with (
+        Luigid(tmp_path / "luigid", LUIGID_CFG.replace("cms_http = 2", "cms_http = 4")) as central,
+        LoopbackServer(latency=0.5) as server,
+    ):
         site = Site(server)
         paths = serve_datasets(site, 12)
         data_dir = tmp_path / "shared-data"
@@ -252,8 +289,9 @@ def test_an_assistant_worker_on_a_second_host_shares_the_downloads(tmp_path):
         folder_a, folder_b = tmp_path / "host-a", tmp_path / "host-b"
         config_a = host_cfg(site, data_dir, folder_a, central, keep_alive=True)
         config_b = host_cfg(site, data_dir, folder_b, central, keep_alive=True)
-        job, log_a = start_client(luigi_command(*args, "--lock-pid-dir", str(folder_a / "lock")),
-                                  config_a, folder_a, "out.log")
+        job, log_a = start_client(
+            luigi_command(*args, "--lock-pid-dir", str(folder_a / "lock")), config_a, folder_a, "out.log"
+        )
         assistant = None
         try:
             deadline = time.monotonic() + 30
@@ -265,8 +303,13 @@ def test_an_assistant_worker_on_a_second_host_shares_the_downloads(tmp_path):
             deadline = time.monotonic() + 60  # A may leave while B still closes the run
             while central.families("DONE").get("HospitalsDaily") != 1:
                 assert time.monotonic() < deadline, output_of(log_a)
-                ran_by.update({task_id: task["worker_running"] for task_id, task in central.tasks("RUNNING").items()
-                               if task["name"] == "DownloadCsv"})
+                ran_by.update(
+                    {
+                        task_id: task["worker_running"]
+                        for task_id, task in central.tasks("RUNNING").items()
+                        if task["name"] == "DownloadCsv"
+                    }
+                )
                 time.sleep(0.05)
             code_a = finish(job, timeout=60)
         finally:
@@ -288,29 +331,34 @@ def test_an_assistant_worker_on_a_second_host_shares_the_downloads(tmp_path):
     assert code_a in (0, 10, 25), output_of(log_a)
 
 
-
 def test_two_overlapping_runs_with_different_run_ids_both_succeed(tmp_path):
     """Two hosts' cron jobs (or two differently worded commands, which the per-host pid lock does not stop) with
     their own run ids share no task, run_id being a parameter of every task: they fetch the same versions at
     the same time into one data folder. Without the version folder lock (pipeline/targets.py folder_lock), one
     run deleted the other's download in progress as a stale temp file (FileNotFoundError at the rename) or lost
     the rename race (luigi FileAlreadyExists), and its datasets failed."""
-    with Luigid(tmp_path / "luigid", LUIGID_CFG.replace("stable_done_cooldown_secs = 0\n", "")) as central, \
-            LoopbackServer(latency=0.5) as server:
+    with (
+        Luigid(tmp_path / "luigid", LUIGID_CFG.replace("stable_done_cooldown_secs = 0\n", "")) as central,
+        LoopbackServer(latency=0.5) as server,
+    ):
         site = Site(server)
         paths = serve_datasets(site, 8)
         data_dir = tmp_path / "shared-data"
         procs = {}
         for host in ("host-a", "host-b"):
             folder = tmp_path / host
-            procs[host] = start_client(luigi_command("--workers", "2", "--run-id", f"run-{host}",
-                                                     "--lock-pid-dir", str(folder / "lock")),
-                                       host_cfg(site, data_dir, folder, central, keep_alive=True), folder,
-                                       "out.log")
+            procs[host] = start_client(
+                luigi_command("--workers", "2", "--run-id", f"run-{host}", "--lock-pid-dir", str(folder / "lock")),
+                host_cfg(site, data_dir, folder, central, keep_alive=True),
+                folder,
+                "out.log",
+            )
         codes = {host: finish(proc) for host, (proc, _) in procs.items()}
         outputs = {host: output_of(log) for host, (_, log) in procs.items()}
-    assert dict(query(data_dir, "SELECT run_id, status FROM runs")) == {"run-host-a": "succeeded",
-                                                                       "run-host-b": "succeeded"}, outputs
+    assert dict(query(data_dir, "SELECT run_id, status FROM runs")) == {
+        "run-host-a": "succeeded",
+        "run-host-b": "succeeded",
+    }, outputs
     assert codes == {"host-a": 0, "host-b": 0}, outputs
     # The second run to reach a version waits for the folder lock, then finds it done: one fetch per file.
     assert {path: server.count(path) for path in paths} == dict.fromkeys(paths, 1)
@@ -318,6 +366,7 @@ def test_two_overlapping_runs_with_different_run_ids_both_succeed(tmp_path):
     assert query(data_dir, "SELECT count(*), min(status), max(status) FROM versions") == [(len(paths), "done", "done")]
     assert len(list(data_dir.glob("datasets/*/*/normalized.csv"))) == len(paths)
     assert not list(data_dir.rglob("*-luigi-tmp-*"))
+
 
 # -- task history ----------------------------------------------------------------------------------------------
 
@@ -328,11 +377,15 @@ def test_luigid_records_task_history_in_sqlite(tmp_path):
     import sqlalchemy
 
     if int(sqlalchemy.__version__.split(".")[0]) >= 2:
-        pytest.skip(f"SQLAlchemy {sqlalchemy.__version__}: luigi 3.8.1's db_task_history needs < 2 "
-                    "(it executes plain SQL strings, which 2.x refuses: ObjectNotExecutableError)")
+        pytest.skip(
+            f"SQLAlchemy {sqlalchemy.__version__}: luigi 3.8.1's db_task_history needs < 2 "
+            "(it executes plain SQL strings, which 2.x refuses: ObjectNotExecutableError)"
+        )
     history = tmp_path / "history.db"
-    config = (LUIGID_CFG.replace("record_task_history = false", "record_task_history = true")
-              + f"\n[task_history]\ndb_connection = sqlite:///{history.as_posix()}\n")
+    config = (
+        LUIGID_CFG.replace("record_task_history = false", "record_task_history = true")
+        + f"\n[task_history]\ndb_connection = sqlite:///{history.as_posix()}\n"
+    )
     with Luigid(tmp_path / "luigid", config) as central, LoopbackServer() as server:
         site = Site(server)
         paths = serve_datasets(site, 2)
@@ -341,9 +394,12 @@ def test_luigid_records_task_history_in_sqlite(tmp_path):
     with sqlite3.connect(history) as db:
         tasks = Counter(dict(db.execute("SELECT name, count(*) FROM tasks GROUP BY name")))
         events = {row[0] for row in db.execute("SELECT event_name FROM task_events")}
-        params = dict(db.execute("SELECT p.name, p.value FROM task_parameters p JOIN tasks t ON t.id = p.task_id"
-                                 " WHERE t.name = 'HospitalsDaily'"))
+        params = dict(
+            db.execute(
+                "SELECT p.name, p.value FROM task_parameters p JOIN tasks t ON t.id = p.task_id"
+                " WHERE t.name = 'HospitalsDaily'"
+            )
+        )
     assert tasks == {"HospitalsDaily": 1, "FetchCatalog": 1, "DownloadCsv": 2, "NormalizeCsv": 2}
     assert {"PENDING", "RUNNING", "DONE"} <= events
     assert params["run_id"] == "history" and params["data_dir"] == str(data_dir)
-

@@ -43,20 +43,33 @@ def test_started_where_there_is_no_luigi_cfg_it_says_so_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"pipeline: no luigi.cfg with [HospitalsDaily] metastore_url was found (looked in {tmp_path / 'luigi.cfg'});"
-        " run the command from the project folder (cd /path/to/project) or set LUIGI_CONFIG_PATH to its luigi.cfg"]
+        " run the command from the project folder (cd /path/to/project) or set LUIGI_CONFIG_PATH to its luigi.cfg"
+    ]
     assert not (tmp_path / "data").exists()
 
 
 def test_a_dead_central_scheduler_is_one_line_and_exit_40(site, tmp_path):
     write_project_cfg(site, tmp_path)
     port = free_port()  # nothing listens there
-    (tmp_path / "central.cfg").write_text(f"[core]\nlocal_scheduler = false\nscheduler_url = http://127.0.0.1:{port}\n"
-                                          "rpc_retry_attempts = 1\nrpc_retry_wait = 1\n", encoding="utf-8")
-    result = subprocess.run(command(), cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                            stdin=subprocess.DEVNULL, env=loopback_env(tmp_path / "central.cfg"))
+    (tmp_path / "central.cfg").write_text(
+        f"[core]\nlocal_scheduler = false\nscheduler_url = http://127.0.0.1:{port}\n"
+        "rpc_retry_attempts = 1\nrpc_retry_wait = 1\n",
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        command(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env=loopback_env(tmp_path / "central.cfg"),
+    )
     assert result.returncode == 40  # [retcode] unhandled_exception
     assert "Traceback" not in result.stderr
-    assert (f"cannot reach the central scheduler: Errors (1 attempts) when connecting to remote scheduler "
-            f"'http://127.0.0.1:{port}' (ConnectionRefusedError: " in result.stderr)
+    assert (
+        f"cannot reach the central scheduler: Errors (1 attempts) when connecting to remote scheduler "
+        f"'http://127.0.0.1:{port}' (ConnectionRefusedError: " in result.stderr
+    )
     assert "is luigid running?" in result.stderr
     assert site.server.count() == 0

@@ -14,16 +14,20 @@ def record_for(exc: BaseException) -> logging.LogRecord:
     try:
         raise exc
     except BaseException:
-        return logging.LogRecord("luigi-interface", logging.ERROR, __file__, 1, "failed %s", ("Task()",),
-                                 sys.exc_info())
+        return logging.LogRecord(
+            "luigi-interface", logging.ERROR, __file__, 1, "failed %s", ("Task()",), sys.exc_info()
+        )
 
 
-@pytest.mark.parametrize(("exc", "one_line"), [
-    (DatasetError("48nr-hqxx", "HTTP 404"), True),
-    (sqlite3.OperationalError("database or disk is full"), True),
-    (sqlite3.OperationalError("no such column: revision"), False),  # a bug: keep the traceback
-    (ZeroDivisionError("a bug"), False),
-])
+@pytest.mark.parametrize(
+    ("exc", "one_line"),
+    [
+        (DatasetError("48nr-hqxx", "HTTP 404"), True),
+        (sqlite3.OperationalError("database or disk is full"), True),
+        (sqlite3.OperationalError("no such column: revision"), False),  # a bug: keep the traceback
+        (ZeroDivisionError("a bug"), False),
+    ],
+)
 def test_expected_problems_become_one_line_and_bugs_keep_their_traceback(exc, one_line):
     assert expected(exc) is one_line
     record = record_for(exc)

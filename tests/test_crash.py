@@ -31,8 +31,15 @@ def site(tmp_path):
 
 
 def start(folder: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(command(*extra), cwd=folder, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        command(*extra),
+        cwd=folder,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for(condition, timeout: float = 60.0) -> None:
@@ -62,11 +69,13 @@ def test_kill_9_mid_download_then_the_next_run_completes_everything(site, tmp_pa
     assert not list(tmp_path.rglob("*-luigi-tmp-*"))
     [normalized] = tmp_path.glob("data/datasets/dgck-syfz/*/normalized.csv")
     out = normalized.read_bytes()
-    assert out[out.index(b"\n"):] == BIG[BIG.index(b"\n"):]
+    assert out[out.index(b"\n") :] == BIG[BIG.index(b"\n") :]
     [(rows, sha)] = query(tmp_path / "data", "SELECT rows, sha256 FROM versions WHERE identifier='dgck-syfz'")
     assert rows == 60_000 and sha == hashlib.sha256(out).hexdigest()
     assert query(tmp_path / "data", "SELECT status FROM runs ORDER BY started_at, run_id") == [
-        ("interrupted",), ("succeeded",)]
+        ("interrupted",),
+        ("succeeded",),
+    ]
     assert query(tmp_path / "data", "SELECT count(*) FROM versions WHERE status='done'") == [(4,)]
 
 

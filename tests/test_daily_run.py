@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 def data_after_header(data: bytes) -> bytes:
     """Everything after the first record (headers here have no quoted line breaks)."""
-    return data[data.index(b"\n") + 1:]
+    return data[data.index(b"\n") + 1 :]
 
 
 def sha(data: bytes) -> str:
@@ -49,8 +49,14 @@ def test_first_run_fetches_every_hospitals_csv_once_and_nothing_else(site, serve
     assert len(csv_requests) == 5 == len(set(csv_requests))
     assert not any("NH.csv" in p for p in csv_requests)
     assert report["status"] == "succeeded"
-    assert report["counts"] == {"discovered": 5, "downloaded": 5, "up_to_date": 0, "failed": 0, "invalid": 0,
-                                "retired": 0}
+    assert report["counts"] == {
+        "discovered": 5,
+        "downloaded": 5,
+        "up_to_date": 0,
+        "failed": 0,
+        "invalid": 0,
+        "retired": 0,
+    }
 
     entries = by_identifier(report)
     assert sorted(entries) == ["48nr-hqxx", "hbf-map", "ipf1-2345", "x663-bwbj"]
@@ -58,8 +64,10 @@ def test_first_run_fetches_every_hospitals_csv_once_and_nothing_else(site, serve
 
     oas = entries["48nr-hqxx"][0]
     out = Path(oas["paths"]["normalized"]).read_bytes()
-    assert out.startswith(b'"facility_id","facility_name","city_town",'
-                          b'"patients_rating_of_the_facility_linear_mean_score","number_of_sampled_patients"\r\n')
+    assert out.startswith(
+        b'"facility_id","facility_name","city_town",'
+        b'"patients_rating_of_the_facility_linear_mean_score","number_of_sampled_patients"\r\n'
+    )
     assert sha(data_after_header(out)) == sha(data_after_header(files["oas"]))
     assert Path(oas["paths"]["source"]).read_bytes() == files["oas"]
     assert oas["rows"] == 30 and oas["sha256"] == sha(out)
@@ -78,13 +86,20 @@ def test_first_run_fetches_every_hospitals_csv_once_and_nothing_else(site, serve
         assert not Path(entry["paths"]["normalized"]).read_bytes().startswith(b"\xef\xbb\xbf")
 
     header_map = json.loads(Path(oas["paths"]["header_map"]).read_text(encoding="utf-8"))
-    assert header_map["columns"][3] == {"position": 4, "original": "Patients' rating of the facility linear mean score",
-                                        "normalized": "patients_rating_of_the_facility_linear_mean_score"}
+    assert header_map["columns"][3] == {
+        "position": 4,
+        "original": "Patients' rating of the facility linear mean score",
+        "normalized": "patients_rating_of_the_facility_linear_mean_score",
+    }
 
     rows = query(tmp_path, "SELECT identifier, status, rows, sha256 FROM versions ORDER BY identifier, rows")
-    assert [(r[0], r[1], r[2]) for r in rows] == [("48nr-hqxx", "done", 30), ("hbf-map", "done", 7),
-                                                  ("ipf1-2345", "done", 3), ("ipf1-2345", "done", 5),
-                                                  ("x663-bwbj", "done", 4)]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("48nr-hqxx", "done", 30),
+        ("hbf-map", "done", 7),
+        ("ipf1-2345", "done", 3),
+        ("ipf1-2345", "done", 5),
+        ("x663-bwbj", "done", 4),
+    ]
     assert query(tmp_path, "SELECT status, discovered, downloaded, failed FROM runs") == [("succeeded", 5, 5, 0)]
     assert not list(tmp_path.rglob("*-luigi-tmp-*"))
 
@@ -99,11 +114,14 @@ def test_second_run_makes_no_file_request(site, server, tmp_path):
     assert query(tmp_path, "SELECT count(*), count(DISTINCT status) FROM runs") == [(2, 1)]
 
 
-@pytest.mark.parametrize(("modified", "upload"), [
-    ("2025-05-01", 1700000999),  # a later modified with a new file
-    ("2025-01-01", 1700000999),  # an earlier modified: still a new version
-    ("2025-04-08", 1700000999),  # a silent re-upload: same modified, new URL
-])
+@pytest.mark.parametrize(
+    ("modified", "upload"),
+    [
+        ("2025-05-01", 1700000999),  # a later modified with a new file
+        ("2025-01-01", 1700000999),  # an earlier modified: still a new version
+        ("2025-04-08", 1700000999),  # a silent re-upload: same modified, new URL
+    ],
+)
 def test_each_kind_of_new_version_is_fetched_exactly_once(site, server, tmp_path, modified, upload):
     small_site(site)
     assert run_daily(site, tmp_path)[0]
@@ -122,20 +140,28 @@ def test_each_kind_of_new_version_is_fetched_exactly_once(site, server, tmp_path
 
 def test_a_failing_dataset_fails_alone_and_only_it_is_retried(site, server, tmp_path):
     small_site(site)
-    [missing] = site.dataset("77hc-ibv8", "2025-04-08", {"HAI.csv": b""}, serve=False)        # 404
+    [missing] = site.dataset("77hc-ibv8", "2025-04-08", {"HAI.csv": b""}, serve=False)  # 404
     [html] = site.dataset("632h-zaca", "2025-04-08", {"Visits.csv": b"<!DOCTYPE html><p>maintenance</p>"})
     server.add(html, b"<!DOCTYPE html><p>maintenance</p>", content_type="text/html")
     ok, report = run_daily(site, tmp_path)
     assert not ok
     assert report["status"] == "failed"
-    assert report["counts"] == {"discovered": 7, "downloaded": 5, "up_to_date": 0, "failed": 2, "invalid": 0,
-                                "retired": 0}
+    assert report["counts"] == {
+        "discovered": 7,
+        "downloaded": 5,
+        "up_to_date": 0,
+        "failed": 2,
+        "invalid": 0,
+        "retired": 0,
+    }
     entries = by_identifier(report)
     assert "HTTP 404" in entries["77hc-ibv8"][0]["error"]
     assert "HTML" in entries["632h-zaca"][0]["error"]
     assert not list(tmp_path.glob("datasets/77hc-ibv8/**/*.csv"))
     assert query(tmp_path, "SELECT identifier, status FROM versions WHERE status<>'done' ORDER BY 1") == [
-        ("632h-zaca", "failed"), ("77hc-ibv8", "failed")]
+        ("632h-zaca", "failed"),
+        ("77hc-ibv8", "failed"),
+    ]
 
     good = csv_bytes('"Facility ID","Score"', ['"1","2"'])
     server.add(missing, good)

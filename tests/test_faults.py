@@ -16,8 +16,13 @@ BODY = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(2000, 5))  # ~60 KB
 @pytest.fixture(autouse=True)
 def fast_http(luigi_setting):
     """Short timeouts and backoff so faults resolve in well under a second."""
-    for key, value in {"backoff_factor": "0.01", "read_timeout": "0.5", "connect_timeout": "2", "retries": "3",
-                       "body_attempts": "3"}.items():
+    for key, value in {
+        "backoff_factor": "0.01",
+        "read_timeout": "0.5",
+        "connect_timeout": "2",
+        "retries": "3",
+        "body_attempts": "3",
+    }.items():
         luigi_setting("download", key, value)
 
 
@@ -33,7 +38,7 @@ def normalized(report: dict, identifier: str = "yv7e-xc69") -> bytes:
 
 def assert_complete(report: dict, body: bytes = BODY) -> None:
     out = normalized(report)
-    assert out[out.index(b"\n"):] == body[body.index(b"\n"):]
+    assert out[out.index(b"\n") :] == body[body.index(b"\n") :]
     assert by_identifier(report)["yv7e-xc69"][0]["sha256"] == hashlib.sha256(out).hexdigest()
 
 
@@ -126,8 +131,15 @@ def test_a_server_slower_than_the_read_timeout_is_retried_then_fails(site, serve
     assert "timed out" in by_identifier(report)["slow-0001"][0]["error"].lower()
 
 
-@pytest.mark.parametrize(("fault", "cause"), [({"html": True}, "HTML"), ({"empty": True}, "empty"),
-                                              ({"status": 404}, "HTTP 404"), ({"status": 500, "times": None}, "500")])
+@pytest.mark.parametrize(
+    ("fault", "cause"),
+    [
+        ({"html": True}, "HTML"),
+        ({"empty": True}, "empty"),
+        ({"status": 404}, "HTTP 404"),
+        ({"status": 500, "times": None}, "500"),
+    ],
+)
 def test_unusable_answers_fail_the_dataset_and_the_next_run_heals(site, server, tmp_path, fault, cause):
     path = one_dataset(site)
     server.fault(path, **fault)
@@ -181,10 +193,22 @@ HOSTILE = ["../../escape", "..", "a/b\\c:d", "CON", "nul", "x\x00y", "LPT1", "Ü
 
 def test_hostile_identifiers_and_titles_stay_inside_the_data_directory(site, server, tmp_path):
     for n, identifier in enumerate(HOSTILE):
-        site.dataset(identifier, "2025-01-01", {f"F{n}.csv": f'"Col {n}"\r\n"{n}"\r\n'.encode()},
-                     title="../" * 50 + "T" * 1000, upload=1700000000 + n)
-    site.extra.append({"identifier": "bad-url", "title": "x", "modified": "2025-01-01", "theme": ["Hospitals"],
-                       "distribution": [{"downloadURL": "file:///etc/passwd", "mediaType": "text/csv"}]})
+        site.dataset(
+            identifier,
+            "2025-01-01",
+            {f"F{n}.csv": f'"Col {n}"\r\n"{n}"\r\n'.encode()},
+            title="../" * 50 + "T" * 1000,
+            upload=1700000000 + n,
+        )
+    site.extra.append(
+        {
+            "identifier": "bad-url",
+            "title": "x",
+            "modified": "2025-01-01",
+            "theme": ["Hospitals"],
+            "distribution": [{"downloadURL": "file:///etc/passwd", "mediaType": "text/csv"}],
+        }
+    )
     site.publish()
     ok, report = run_daily(site, tmp_path)
     assert ok

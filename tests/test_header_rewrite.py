@@ -29,8 +29,10 @@ def test_quoted_crlf_header_keeps_its_style_and_data_is_byte_identical():
     source = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(50, 5))
     out, result = rewrite(source)
     head, rest = split_header(out, b"\r\n")
-    assert head == (b'"facility_id","facility_name","city_town",'
-                    b'"patients_rating_of_the_facility_linear_mean_score","number_of_sampled_patients"')
+    assert head == (
+        b'"facility_id","facility_name","city_town",'
+        b'"patients_rating_of_the_facility_linear_mean_score","number_of_sampled_patients"'
+    )
     assert hashlib.sha256(rest).digest() == hashlib.sha256(split_header(source, b"\r\n")[1]).digest()
     assert result.rows == 50 and result.line_ending == "\r\n" and result.encoding == "utf-8"
     assert result.sha256 == hashlib.sha256(out).hexdigest() and result.bytes == len(out)
@@ -87,7 +89,7 @@ def test_multibyte_character_split_across_chunks_is_still_utf8(monkeypatch):
     monkeypatch.setattr("pipeline.header_rewrite.CHUNK", 7)
     source = csv_bytes('"A"', ['"ééééé"'] * 20)
     out, result = rewrite(source)
-    assert result.encoding == "utf-8" and out.endswith(source[len(b'"A"\r\n'):])
+    assert result.encoding == "utf-8" and out.endswith(source[len(b'"A"\r\n') :])
 
 
 def test_header_only_file_and_missing_final_newline():
@@ -96,11 +98,14 @@ def test_header_only_file_and_missing_final_newline():
     assert out == b'"a"\r\n"1"\r\n"2"' and result.rows == 2
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (b"", "no header row"),
-    (b"\r\n\"1\",\"2\"\r\n", "no header row"),
-    (b'"A,B\r\n1,2\r\n', "unterminated"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "no header row"),
+        (b'\r\n"1","2"\r\n', "no header row"),
+        (b'"A,B\r\n1,2\r\n', "unterminated"),
+    ],
+)
 def test_unusable_header_is_an_error(data, message):
     with pytest.raises(HeaderError, match=message):
         rewrite(data)
@@ -109,7 +114,7 @@ def test_unusable_header_is_an_error(data, message):
 def test_header_longer_than_the_limit_is_an_error(monkeypatch):
     monkeypatch.setattr("pipeline.header_rewrite.MAX_HEADER_BYTES", 1000)
     with pytest.raises(HeaderError, match="longer than"):
-        rewrite(("," .join(f'"Column {i}"' for i in range(200)) + "\r\n").encode())
+        rewrite((",".join(f'"Column {i}"' for i in range(200)) + "\r\n").encode())
 
 
 def test_header_map_lists_each_original_and_new_name_in_order():
@@ -130,11 +135,11 @@ SAMPLES = [
     b'"Facility ID","Long\r\nName"\r\n"1","x"\r\n',
     csv_bytes('"Ville","Prénom"', ['"Montréal","Zoë"'] * 30),
     b'"A"\r\n"1"\r\n"2"',
-    b'"Long\rName","B"\r\n"1","x"\r\n',                 # a CR inside a quoted header field is legal
-    b'"A","B"\r\r\n"1","2"\r\r\n',                      # CRCRLF (a doubled CRLF) is read as before, not "bare CR"
-    b'"A\tB","C"\r\n"1","\x0c"\r\n',                     # tab in the header and control characters in data are text
-    b"PK\r\n1\r\n",                                     # shorter than the ZIP signature it starts like
-    b"BZh,x\r\n1,2\r\n",                                # "BZh" without bzip2's block-size digit
+    b'"Long\rName","B"\r\n"1","x"\r\n',  # a CR inside a quoted header field is legal
+    b'"A","B"\r\r\n"1","2"\r\r\n',  # CRCRLF (a doubled CRLF) is read as before, not "bare CR"
+    b'"A\tB","C"\r\n"1","\x0c"\r\n',  # tab in the header and control characters in data are text
+    b"PK\r\n1\r\n",  # shorter than the ZIP signature it starts like
+    b"BZh,x\r\n1,2\r\n",  # "BZh" without bzip2's block-size digit
 ]
 
 
@@ -145,7 +150,7 @@ def test_scan_while_downloading_then_kernel_copy_equals_the_full_rewrite(data, c
     scan.feed(b"garbage from an attempt that was restarted")
     scan.reset()
     for start in range(0, len(data), chunk):
-        scan.feed(data[start:start + chunk])
+        scan.feed(data[start : start + chunk])
     found = scan.result()
     assert found is not None
     (tmp_path / "src").write_bytes(data)
@@ -154,15 +159,23 @@ def test_scan_while_downloading_then_kernel_copy_equals_the_full_rewrite(data, c
     expected, full = rewrite(data)
     assert (tmp_path / "dst").read_bytes() == expected
     assert (fast.normalized, fast.rows, fast.bytes, fast.sha256, fast.line_ending) == (
-        full.normalized, full.rows, full.bytes, full.sha256, full.line_ending)
+        full.normalized,
+        full.rows,
+        full.bytes,
+        full.sha256,
+        full.line_ending,
+    )
 
 
-@pytest.mark.parametrize("data", [
-    '"Café"\r\n"Zoë"\r\n'.encode("cp1252"),     # not UTF-8: rewrite_csv must transcode
-    csv_bytes('"A"', ['"1"']) + b"\xff",         # invalid UTF-8 late in the data
-    b'"Header only, no newline"',               # no complete first record
-    b"\r\n\"1\"\r\n",                           # no header row: rewrite_csv reports it
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        '"Café"\r\n"Zoë"\r\n'.encode("cp1252"),  # not UTF-8: rewrite_csv must transcode
+        csv_bytes('"A"', ['"1"']) + b"\xff",  # invalid UTF-8 late in the data
+        b'"Header only, no newline"',  # no complete first record
+        b'\r\n"1"\r\n',  # no header row: rewrite_csv reports it
+    ],
+)
 def test_scan_declines_what_only_the_full_rewrite_can_handle(data):
     scan = SourceScan()
     scan.feed(data)
@@ -174,8 +187,11 @@ def test_kernel_copy_refuses_a_source_that_changed_after_the_scan(tmp_path):
     scan = SourceScan()
     scan.feed(data)
     (tmp_path / "src").write_bytes(data + b'"2"\r\n')
-    with open(tmp_path / "src", "rb") as src, open(tmp_path / "dst", "w+b") as dst, \
-            pytest.raises(ValueError, match="changed"):
+    with (
+        open(tmp_path / "src", "rb") as src,
+        open(tmp_path / "dst", "w+b") as dst,
+        pytest.raises(ValueError, match="changed"),
+    ):
         copy_normalized(src, dst, scan.result())
 
 
@@ -185,14 +201,14 @@ def test_scan_leaves_a_header_over_the_limit_to_the_full_rewrite(chunk, monkeypa
     data = ",".join(f'"Column {i}"' for i in range(200)).encode() + b"\r\n1\r\n"
     scan = SourceScan()
     for start in range(0, len(data), chunk):
-        scan.feed(data[start:start + chunk])
+        scan.feed(data[start : start + chunk])
     assert scan.result() is None
 
 
 def scan_in_chunks(data: bytes, chunk: int) -> SourceScan:
     scan = SourceScan()
     for start in range(0, len(data), chunk):
-        scan.feed(data[start:start + chunk])
+        scan.feed(data[start : start + chunk])
     return scan
 
 
@@ -214,11 +230,15 @@ NOT_TEXT = [
     (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\nendobj\n", "a PDF document, not a CSV"),
     (codecs.BOM_UTF16_LE + TEXT.decode().encode("utf-16-le"), UTF16.format("FF FE, little-endian")),
     (codecs.BOM_UTF16_BE + TEXT.decode().encode("utf-16-be"), UTF16.format("FE FF, big-endian")),
-    (b'"Facility ID\x01","Score"\r\n"1","2"\r\n',
-     "binary file, not a CSV (control character U+0001 in the header row)"),
-    (b'"Caf\xe9","\x1b[0m"\r\n"1","2"\r\n',  # not UTF-8 either: caught before any Windows-1252 reading
-     "binary file, not a CSV (control character U+001B in the header row)"),
-    (b'A,B\x7f\n1,2\n', "binary file, not a CSV (control character U+007F in the header row)"),
+    (
+        b'"Facility ID\x01","Score"\r\n"1","2"\r\n',
+        "binary file, not a CSV (control character U+0001 in the header row)",
+    ),
+    (
+        b'"Caf\xe9","\x1b[0m"\r\n"1","2"\r\n',  # not UTF-8 either: caught before any Windows-1252 reading
+        "binary file, not a CSV (control character U+001B in the header row)",
+    ),
+    (b"A,B\x7f\n1,2\n", "binary file, not a CSV (control character U+007F in the header row)"),
     (b'\xef\xbb\xbf"A","B\x00"\r\n', "binary file, not a CSV (NUL byte at offset 9)"),  # of the file, BOM included
 ]
 
@@ -279,7 +299,7 @@ def test_scan_refuses_a_nul_far_into_the_data_in_the_chunk_that_holds_it(chunk):
     data = _with_nul(BIG, NUL_AT)
     with pytest.raises(NotText, match=re.escape(f"binary file, not a CSV (NUL byte at offset {NUL_AT})")):
         for start in range(0, len(data), chunk):
-            scan.feed(data[start:start + chunk])
+            scan.feed(data[start : start + chunk])
     assert scan.source_bytes == NUL_AT // chunk * chunk
 
 

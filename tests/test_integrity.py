@@ -38,8 +38,9 @@ def latest_files(data_dir: Path) -> dict[str, bytes]:
 
 
 def version_files(data_dir: Path, identifier: str) -> set[str]:
-    return {str(p.relative_to(data_dir)) for p in (data_dir / "datasets").glob(f"{identifier}/*/*")
-            if p.name != ".lock"}
+    return {
+        str(p.relative_to(data_dir)) for p in (data_dir / "datasets").glob(f"{identifier}/*/*") if p.name != ".lock"
+    }
 
 
 BAD_BODIES = {
@@ -68,8 +69,10 @@ def test_a_body_that_is_not_text_fails_its_dataset_and_keeps_the_previous_versio
     assert query(tmp_path, "SELECT status FROM versions WHERE modified='2025-01-01'") == [("done",)]
     assert version_files(tmp_path, "48nr-hqxx") == before_files  # nothing of the bad body was kept
     assert latest_files(tmp_path) == before_latest == {"48nr-hqxx.csv": latest_files(tmp_path)["48nr-hqxx.csv"]}
-    assert json.loads((tmp_path / "latest" / "latest.json").read_text(encoding="utf-8"))["datasets"] == \
-        json.loads(manifest)["datasets"]
+    assert (
+        json.loads((tmp_path / "latest" / "latest.json").read_text(encoding="utf-8"))["datasets"]
+        == json.loads(manifest)["datasets"]
+    )
 
 
 def test_bare_cr_line_endings_are_named_as_such(site, tmp_path):
@@ -89,8 +92,10 @@ def test_a_theme_nobody_has_gives_a_report_naming_the_themes_that_exist(site, tm
     site.dataset("dc00-0001", "2025-01-01", {"DC.csv": GOOD}, theme=["Dialysis facilities"])
     ok, report = run_daily(site, tmp_path, theme="Hospital")
     assert not ok and report["status"] == "failed" and report["datasets"] == []
-    expected = ("no dataset has the theme 'Hospital' among 3 items; themes present: 'Dialysis facilities' (1), "
-                "'Hospitals' (2), 'Nursing homes' (1)")
+    expected = (
+        "no dataset has the theme 'Hospital' among 3 items; themes present: 'Dialysis facilities' (1), "
+        "'Hospitals' (2), 'Nursing homes' (1)"
+    )
     assert report["error"].endswith(expected)
     assert expected in capfd.readouterr().out
     [(status, error)] = query(tmp_path, "SELECT status, error FROM runs")
@@ -113,8 +118,10 @@ def test_a_rerun_of_a_failed_run_id_says_so_and_changes_nothing(site, server, tm
 
 # -- schema drift ----------------------------------------------------------------------------------------
 
-PARTS = {"Part_A.csv": b'"Facility ID","Part A Score"\r\n"1","2"\r\n',
-         "Part_B.csv": b'"Facility ID","Part B Score","Part B Footnote"\r\n"1","2","x"\r\n'}
+PARTS = {
+    "Part_A.csv": b'"Facility ID","Part A Score"\r\n"1","2"\r\n',
+    "Part_B.csv": b'"Facility ID","Part B Score","Part B Footnote"\r\n"1","2","x"\r\n',
+}
 
 
 def test_a_dataset_with_two_csvs_never_compares_one_with_the_other(site, tmp_path, capfd):
@@ -128,8 +135,10 @@ def test_a_dataset_with_two_csvs_never_compares_one_with_the_other(site, tmp_pat
     assert query(tmp_path, "SELECT count(*) FROM schema_changes") == [(0,)]
     assert "SCHEMA" not in capfd.readouterr().out
 
-    renamed = {"Part_A_2025.csv": PARTS["Part_A.csv"].replace(b"Part A Score", b"Part A Rate"),
-               "Part_B.csv": PARTS["Part_B.csv"]}
+    renamed = {
+        "Part_A_2025.csv": PARTS["Part_A.csv"].replace(b"Part A Score", b"Part A Rate"),
+        "Part_B.csv": PARTS["Part_B.csv"],
+    }
     site.dataset("zz04-twocsv", "2025-02-01", renamed, upload=1700000200)  # file renamed on re-upload
     ok, third = run_daily(site, tmp_path)
     changes = {e["version"]["download_url"].rsplit("/", 1)[1]: e["schema_change"] for e in third["datasets"]}
@@ -138,29 +147,33 @@ def test_a_dataset_with_two_csvs_never_compares_one_with_the_other(site, tmp_pat
     assert changes["Part_A_2025.csv"]["previous_version"]["download_url"].endswith("/Part_A.csv")
 
 
-HGI_2020 = ('"Facility ID","Facility Name","Address","City","State","ZIP Code","County Name","Phone Number",'
-            '"Hospital Type","Hospital Ownership","Emergency Services",'
-            '"Meets criteria for promoting interoperability of EHRs","Hospital overall rating",'
-            '"Hospital overall rating footnote","Mortality national comparison",'
-            '"Mortality national comparison footnote","Safety of care national comparison",'
-            '"Safety of care national comparison footnote","Readmission national comparison",'
-            '"Readmission national comparison footnote","Patient experience national comparison",'
-            '"Patient experience national comparison footnote","Effectiveness of care national comparison",'
-            '"Effectiveness of care national comparison footnote","Timeliness of care national comparison",'
-            '"Timeliness of care national comparison footnote","Efficient use of medical imaging national comparison",'
-            '"Efficient use of medical imaging national comparison footnote"')
-HGI_2024 = ('"Facility ID","Facility Name","Address","City/Town","State","ZIP Code","County/Parish",'
-            '"Telephone Number","Hospital Type","Hospital Ownership","Emergency Services",'
-            '"Meets criteria for birthing friendly designation","Hospital overall rating",'
-            '"Hospital overall rating footnote","MORT Group Measure Count","Count of Facility MORT Measures",'
-            '"Count of MORT Measures Better","Count of MORT Measures No Different","Count of MORT Measures Worse",'
-            '"MORT Group Footnote","Safety Group Measure Count","Count of Facility Safety Measures",'
-            '"Count of Safety Measures Better","Count of Safety Measures No Different",'
-            '"Count of Safety Measures Worse","Safety Group Footnote","READM Group Measure Count",'
-            '"Count of Facility READM Measures","Count of READM Measures Better",'
-            '"Count of READM Measures No Different","Count of READM Measures Worse","READM Group Footnote",'
-            '"Pt Exp Group Measure Count","Count of Facility Pt Exp Measures","Pt Exp Group Footnote",'
-            '"TE Group Measure Count","Count of Facility TE Measures","TE Group Footnote"')
+HGI_2020 = (
+    '"Facility ID","Facility Name","Address","City","State","ZIP Code","County Name","Phone Number",'
+    '"Hospital Type","Hospital Ownership","Emergency Services",'
+    '"Meets criteria for promoting interoperability of EHRs","Hospital overall rating",'
+    '"Hospital overall rating footnote","Mortality national comparison",'
+    '"Mortality national comparison footnote","Safety of care national comparison",'
+    '"Safety of care national comparison footnote","Readmission national comparison",'
+    '"Readmission national comparison footnote","Patient experience national comparison",'
+    '"Patient experience national comparison footnote","Effectiveness of care national comparison",'
+    '"Effectiveness of care national comparison footnote","Timeliness of care national comparison",'
+    '"Timeliness of care national comparison footnote","Efficient use of medical imaging national comparison",'
+    '"Efficient use of medical imaging national comparison footnote"'
+)
+HGI_2024 = (
+    '"Facility ID","Facility Name","Address","City/Town","State","ZIP Code","County/Parish",'
+    '"Telephone Number","Hospital Type","Hospital Ownership","Emergency Services",'
+    '"Meets criteria for birthing friendly designation","Hospital overall rating",'
+    '"Hospital overall rating footnote","MORT Group Measure Count","Count of Facility MORT Measures",'
+    '"Count of MORT Measures Better","Count of MORT Measures No Different","Count of MORT Measures Worse",'
+    '"MORT Group Footnote","Safety Group Measure Count","Count of Facility Safety Measures",'
+    '"Count of Safety Measures Better","Count of Safety Measures No Different",'
+    '"Count of Safety Measures Worse","Safety Group Footnote","READM Group Measure Count",'
+    '"Count of Facility READM Measures","Count of READM Measures Better",'
+    '"Count of READM Measures No Different","Count of READM Measures Worse","READM Group Footnote",'
+    '"Pt Exp Group Measure Count","Count of Facility Pt Exp Measures","Pt Exp Group Footnote",'
+    '"TE Group Measure Count","Count of Facility TE Measures","TE Group Footnote"'
+)
 
 
 def test_a_wholesale_header_change_reads_as_removed_and_added(site, tmp_path, capfd):
@@ -171,15 +184,19 @@ def test_a_wholesale_header_change_reads_as_removed_and_added(site, tmp_path, ca
     assert ok
     change = report["datasets"][0]["schema_change"]
     renames = {(r["from"], r["to"]) for r in change["renamed"]}
-    assert renames == {("city", "city_town"), ("county_name", "county_parish"), ("phone_number", "telephone_number"),
-                       ("meets_criteria_for_promoting_interoperability_of_ehrs",
-                        "meets_criteria_for_birthing_friendly_designation")}
+    assert renames == {
+        ("city", "city_town"),
+        ("county_name", "county_parish"),
+        ("phone_number", "telephone_number"),
+        ("meets_criteria_for_promoting_interoperability_of_ehrs", "meets_criteria_for_birthing_friendly_designation"),
+    }
     assert len(change["removed"]) == 14 and len(change["added"]) == 24
     assert "mortality_national_comparison" in change["removed"]
     assert "14 removed (mortality_national_comparison," in capfd.readouterr().out
 
 
 # -- crash safety and upgrades ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("lost", ["header_map.json", "normalized.csv"])
 def test_a_version_missing_one_of_its_outputs_is_rebuilt(site, server, tmp_path, lost):
@@ -204,28 +221,37 @@ def test_a_run_log_from_an_earlier_release_is_upgraded_in_place(site, server, tm
     db_path = tmp_path / "runlog.sqlite"
     with sqlite3.connect(db_path) as db:
         runs = db.execute("SELECT run_id, started_at, finished_at, status FROM runs").fetchall()
-        versions = db.execute("SELECT identifier, modified, download_url, title, theme, status, source_path,"
-                              " output_path, header_map_path, rows, sha256 FROM versions").fetchall()
+        versions = db.execute(
+            "SELECT identifier, modified, download_url, title, theme, status, source_path,"
+            " output_path, header_map_path, rows, sha256 FROM versions"
+        ).fetchall()
     db_path.unlink()
     for extra in ("-wal", "-shm"):
         Path(f"{db_path}{extra}").unlink(missing_ok=True)
     with sqlite3.connect(db_path) as db:  # the database as that release left it
         db.executescript(schema)
         db.executemany("INSERT INTO runs(run_id, started_at, finished_at, status) VALUES (?,?,?,?)", runs)
-        db.executemany("INSERT INTO versions(identifier, modified, download_url, title, theme, status, source_path,"
-                       " output_path, header_map_path, rows, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?)", versions)
+        db.executemany(
+            "INSERT INTO versions(identifier, modified, download_url, title, theme, status, source_path,"
+            " output_path, header_map_path, rows, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            versions,
+        )
 
     site.dataset("77hc-ibv8", "2025-01-01", {"HAI.csv": GOOD})
     server.clear()
     ok, report = run_daily(site, tmp_path, verify=True)
     assert ok
-    assert {e["identifier"]: e["status"] for e in report["datasets"]} == {"48nr-hqxx": "up_to_date",
-                                                                         "77hc-ibv8": "downloaded"}
+    assert {e["identifier"]: e["status"] for e in report["datasets"]} == {
+        "48nr-hqxx": "up_to_date",
+        "77hc-ibv8": "downloaded",
+    }
     assert not any("OAS.csv" in p for p in server.paths())
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == runlog.SCHEMA_VERSION
         assert db.execute("SELECT identifier, position, revision FROM versions ORDER BY 1").fetchall() == [
-            ("48nr-hqxx", 1, ""), ("77hc-ibv8", 1, "")]
+            ("48nr-hqxx", 1, ""),
+            ("77hc-ibv8", 1, ""),
+        ]
         assert db.execute("SELECT run_id, status FROM runs ORDER BY started_at").fetchall()[0] == ("old", "succeeded")
 
 
@@ -252,6 +278,7 @@ def test_a_programming_error_keeps_its_traceback(site, tmp_path, monkeypatch, lu
 
 # -- latest/ follows the catalog ------------------------------------------------------------------------
 
+
 def test_latest_names_come_from_the_catalog_whatever_failed(site, server, tmp_path):
     [_a, b] = site.dataset("hbf-map", "2025-01-01", {"a.csv": b"name\nA\n", "b.csv": b"name\nB\n"})
     server.fault(b, status=404)
@@ -268,8 +295,10 @@ def test_latest_names_come_from_the_catalog_whatever_failed(site, server, tmp_pa
     manifest = json.loads((tmp_path / "latest" / "latest.json").read_text(encoding="utf-8"))
     assert [d["path"] for d in manifest["datasets"]] == ["hbf-map.csv"]
     index = (tmp_path / "latest" / "index.csv").read_text(encoding="utf-8-sig").splitlines()
-    assert index == ["identifier,title,file,rows,modified,released,data_dictionary,retired",
-                     "hbf-map,Dataset hbf-map,hbf-map.csv,1,2025-02-01,2025-02-01,,"]
+    assert index == [
+        "identifier,title,file,rows,modified,released,data_dictionary,retired",
+        "hbf-map,Dataset hbf-map,hbf-map.csv,1,2025-02-01,2025-02-01,,",
+    ]
 
 
 def test_two_distributions_with_the_same_file_name_both_reach_latest(site, server, tmp_path):
@@ -300,11 +329,16 @@ def test_temp_files_a_killed_publisher_left_in_latest_are_swept(site, tmp_path):
     (tmp_path / "latest").mkdir(parents=True)
     (tmp_path / "latest" / "48nr-hqxx.csv.4242.tmp").write_bytes(b"partial")
     assert run_daily(site, tmp_path)[0]
-    assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == [".lock", "48nr-hqxx.csv", "index.csv",
-                                                                       "latest.json"]
+    assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == [
+        ".lock",
+        "48nr-hqxx.csv",
+        "index.csv",
+        "latest.json",
+    ]
 
 
 # -- a hostile host ---------------------------------------------------------------------------------------
+
 
 def test_a_latest_file_held_open_delays_only_itself(site, server, tmp_path, monkeypatch, capfd):
     site.dataset("aaa-1111", "2025-01-01", {"A.csv": b"name\nA1\n"})
@@ -353,7 +387,8 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_fails_the_datasets_it_hits_with_one_line_and_the_next_run_completes(
-        site, server, small_disk, luigi_log):
+    site, server, small_disk, luigi_log
+):
     big = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(40_000, 5))  # ~1.5 MB: with the run log and its copy, too much
     site.dataset("big-0001", "2025-01-01", {"Big.csv": big})
     site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
@@ -371,4 +406,4 @@ def test_a_full_disk_fails_the_datasets_it_hits_with_one_line_and_the_next_run_c
     ok, report = run_daily(site, small_disk)
     assert ok and by_identifier(report)["big-0001"][0]["status"] == "downloaded"
     out = Path(by_identifier(report)["big-0001"][0]["paths"]["normalized"]).read_bytes()
-    assert out[out.index(b"\n"):] == big[big.index(b"\n"):]
+    assert out[out.index(b"\n") :] == big[big.index(b"\n") :]

@@ -11,8 +11,25 @@ def test_plain_identifiers_are_kept():
     assert layout.safe_component("2025-04-08") == "2025-04-08"
 
 
-@pytest.mark.parametrize("hostile", ["..", "../../etc", "a/b", "a\\b", "c:evil", "nul\x00x", "CON", "nul", "com1.csv",
-                                     "lpt9", "Upper", "x" * 500, "", " . "])
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "..",
+        "../../etc",
+        "a/b",
+        "a\\b",
+        "c:evil",
+        "nul\x00x",
+        "CON",
+        "nul",
+        "com1.csv",
+        "lpt9",
+        "Upper",
+        "x" * 500,
+        "",
+        " . ",
+    ],
+)
 def test_hostile_identifiers_stay_one_safe_folder(hostile, tmp_path):
     name = layout.safe_component(hostile)
     assert name and len(name) <= layout.MAX_COMPONENT + 9

@@ -3,25 +3,28 @@ import pytest
 from pipeline.naming import normalize_header, snake_case
 
 
-@pytest.mark.parametrize(("original", "expected"), [
-    ("Patients’ rating of the facility linear mean score", "patients_rating_of_the_facility_linear_mean_score"),
-    ("Patients' rating of the facility linear mean score", "patients_rating_of_the_facility_linear_mean_score"),
-    ("Patientsʼ ‘rating’ \"score\"", "patients_rating_score"),
-    ("City/Town", "city_town"),
-    ("ASC-1 Rate*", "asc_1_rate"),
-    ("FAPH-30 %", "faph_30_percent"),
-    ("N READM-30-IPF # IPFs Better", "n_readm_30_ipf_number_ipfs_better"),
-    ("Rate (%)", "rate_percent"),
-    ("Facility ID", "facility_id"),
-    ("County/Parish", "county_parish"),
-    ("Café Größe", "cafe_grosse"),              # accents stripped, ß -> ss
-    ("Ｆｕｌｌ　Ｗｉｄｔｈ", "full_width"),           # NFKC
-    ("HospitalName", "hospitalname"),          # no camelCase splitting
-    ("30-day rate", "30_day_rate"),            # leading digits kept
-    ("  __Start Date__  ", "start_date"),
-    ("Score, adjusted", "score_adjusted"),
-    ("!!!", ""),
-])
+@pytest.mark.parametrize(
+    ("original", "expected"),
+    [
+        ("Patients’ rating of the facility linear mean score", "patients_rating_of_the_facility_linear_mean_score"),
+        ("Patients' rating of the facility linear mean score", "patients_rating_of_the_facility_linear_mean_score"),
+        ('Patientsʼ ‘rating’ "score"', "patients_rating_score"),
+        ("City/Town", "city_town"),
+        ("ASC-1 Rate*", "asc_1_rate"),
+        ("FAPH-30 %", "faph_30_percent"),
+        ("N READM-30-IPF # IPFs Better", "n_readm_30_ipf_number_ipfs_better"),
+        ("Rate (%)", "rate_percent"),
+        ("Facility ID", "facility_id"),
+        ("County/Parish", "county_parish"),
+        ("Café Größe", "cafe_grosse"),  # accents stripped, ß -> ss
+        ("Ｆｕｌｌ　Ｗｉｄｔｈ", "full_width"),  # NFKC
+        ("HospitalName", "hospitalname"),  # no camelCase splitting
+        ("30-day rate", "30_day_rate"),  # leading digits kept
+        ("  __Start Date__  ", "start_date"),
+        ("Score, adjusted", "score_adjusted"),
+        ("!!!", ""),
+    ],
+)
 def test_snake_case_rules(original, expected):
     assert snake_case(original) == expected
 

@@ -42,8 +42,11 @@ def test_console_shows_a_progress_line_per_dataset_and_the_summary(site, tmp_pat
 
 def files_in(folder: Path) -> dict:
     """Every file and its mtime, but SQLite's WAL sidecars (a reader may create them; they hold no data)."""
-    return {p.relative_to(folder): p.stat().st_mtime_ns for p in folder.rglob("*")
-            if p.is_file() and not p.name.endswith(("-shm", "-wal"))}
+    return {
+        p.relative_to(folder): p.stat().st_mtime_ns
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.endswith(("-shm", "-wal"))
+    }
 
 
 def run_plan(site: Site, data_dir: Path) -> dict:
@@ -57,21 +60,27 @@ def run_plan(site: Site, data_dir: Path) -> dict:
 def test_plan_classifies_every_version_and_downloads_nothing(site, server, tmp_path):
     publish(site, 4)
     assert run_daily(site, tmp_path)[0]
-    site.dataset("ds00-0000", "2025-05-01", {"F.csv": csv_bytes('"A"', ['"1"'])})            # changed
-    site.dataset("ds01-0000", "2025-04-08", {"F.csv": b""}, upload=1800000000, serve=False)   # changed, will fail
+    site.dataset("ds00-0000", "2025-05-01", {"F.csv": csv_bytes('"A"', ['"1"'])})  # changed
+    site.dataset("ds01-0000", "2025-04-08", {"F.csv": b""}, upload=1800000000, serve=False)  # changed, will fail
     site.retire("ds02-0000")
-    site.dataset("new0-0000", "2025-04-08", {"F.csv": csv_bytes('"A"', ['"1"'])})             # new
+    site.dataset("new0-0000", "2025-04-08", {"F.csv": csv_bytes('"A"', ['"1"'])})  # new
     site.extra.append({"identifier": "bad0-0000", "theme": ["Hospitals"], "modified": "2025-01-01"})
     site.publish()
     assert not run_daily(site, tmp_path)[0]
-    site.dataset("ds00-0000", "2025-06-01", {"F.csv": csv_bytes('"A"', ['"2"'])})             # changed again
+    site.dataset("ds00-0000", "2025-06-01", {"F.csv": csv_bytes('"A"', ['"2"'])})  # changed again
     before = files_in(tmp_path)
     log_before = query(tmp_path, "SELECT * FROM versions ORDER BY 1, 2, 3")
     server.clear()
 
     statuses = run_plan(site, tmp_path)
-    assert statuses == {"ds00-0000": "changed", "ds01-0000": "failed_last_time", "ds02-0000": "retired",
-                        "ds03-0000": "up_to_date", "new0-0000": "up_to_date", "bad0-0000": "invalid"}
+    assert statuses == {
+        "ds00-0000": "changed",
+        "ds01-0000": "failed_last_time",
+        "ds02-0000": "retired",
+        "ds03-0000": "up_to_date",
+        "new0-0000": "up_to_date",
+        "bad0-0000": "invalid",
+    }
     assert server.paths() == [CATALOG_PATH]
     assert files_in(tmp_path) == before
     assert query(tmp_path, "SELECT * FROM versions ORDER BY 1, 2, 3") == log_before
@@ -115,4 +124,7 @@ def test_the_files_that_were_biggest_last_time_start_first(site, server, tmp_pat
     order = [path.split("/")[-2] for path in server.paths() if path.startswith(FILES_PREFIX)]
     digest = {identifier: (identifier.encode().hex() * 8)[:32] for identifier in sizes}
     assert [next(i for i, d in digest.items() if part.startswith(d)) for part in order] == [
-        "big-0001", "mid-0001", "small-001"]
+        "big-0001",
+        "mid-0001",
+        "small-001",
+    ]

@@ -13,8 +13,12 @@ def test_added_removed_renamed_moved():
 
 def test_rename_at_the_same_position():
     change = diff_columns(["id", "rate", "footnote"], ["id", "rate_percent", "footnote"])
-    assert change == {"added": [], "removed": [], "renamed": [{"position": 2, "from": "rate", "to": "rate_percent"}],
-                      "moved": []}
+    assert change == {
+        "added": [],
+        "removed": [],
+        "renamed": [{"position": 2, "from": "rate", "to": "rate_percent"}],
+        "moved": [],
+    }
     assert describe(change) == "renamed rate -> rate_percent"
 
 
@@ -28,4 +32,6 @@ def test_the_end_of_a_shorter_header_is_no_evidence_of_a_rename():
     old = ["id", *(f"measure_{n}" for n in range(1, 15))]
     change = diff_columns(old, ["id", "score"])
     assert change["renamed"] == [] and change["added"] == ["score"] and len(change["removed"]) == 14
-    assert describe(change) == "added score; 14 removed (measure_1, measure_2, measure_3, measure_4, measure_5 and 9 more)"
+    assert (
+        describe(change) == "added score; 14 removed (measure_1, measure_2, measure_3, measure_4, measure_5 and 9 more)"
+    )

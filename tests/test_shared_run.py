@@ -25,12 +25,14 @@ def host_folder(root: Path, name: str, site: Site, data_dir: Path, luigid: Luigi
     folder) and deploy/central.cfg with only luigid's address changed."""
     folder = root / name
     folder.mkdir(parents=True)
-    (folder / "luigi.cfg").write_text("\n".join(project_cfg_lines(site, data_dir=str(data_dir))) + "\n",
-                                      encoding="utf-8")
+    (folder / "luigi.cfg").write_text(
+        "\n".join(project_cfg_lines(site, data_dir=str(data_dir))) + "\n", encoding="utf-8"
+    )
     central = (DEPLOY / "central.cfg").read_text(encoding="utf-8")
     assert "scheduler_port = 8082\n" in central
-    (folder / "central.cfg").write_text(central.replace("scheduler_port = 8082", f"scheduler_port = {luigid.port}"),
-                                        encoding="utf-8")
+    (folder / "central.cfg").write_text(
+        central.replace("scheduler_port = 8082", f"scheduler_port = {luigid.port}"), encoding="utf-8"
+    )
     return folder
 
 
@@ -44,17 +46,27 @@ def serve(site: Site, count: int, missing: int = 0) -> list[str]:
 
 @pytest.mark.parametrize("outcome", ["succeeded", "failed"])
 def test_a_shared_run_exits_with_the_runs_code_and_prints_its_summary(tmp_path, outcome):
-    with Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid, \
-            LoopbackServer(latency=0.3) as server:
+    with (
+        Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid,
+        LoopbackServer(latency=0.3) as server,
+    ):
         site = Site(server)
         paths = serve(site, 8, missing=2 if outcome == "failed" else 0)
         data_dir = tmp_path / "shared-data"
         job_folder = host_folder(tmp_path, "host-a", site, data_dir, luigid)
         helper_folder = host_folder(tmp_path, "host-b", site, data_dir, luigid)
-        job, job_log = start_client([sys.executable, "-m", "pipeline.shared_run", "--workers", "2",
-                                     "--run-id", "shared"], job_folder / "central.cfg", job_folder, "out.log")
-        assistant, _ = start_client([sys.executable, "-m", "pipeline.assistant", "--workers", "2"],
-                                    helper_folder / "central.cfg", helper_folder, "out.log")
+        job, job_log = start_client(
+            [sys.executable, "-m", "pipeline.shared_run", "--workers", "2", "--run-id", "shared"],
+            job_folder / "central.cfg",
+            job_folder,
+            "out.log",
+        )
+        assistant, _ = start_client(
+            [sys.executable, "-m", "pipeline.assistant", "--workers", "2"],
+            helper_folder / "central.cfg",
+            helper_folder,
+            "out.log",
+        )
         try:
             code = finish(job, timeout=120)
             ended = time.time()
@@ -86,14 +98,18 @@ def test_a_shared_run_exits_with_the_runs_code_and_prints_its_summary(tmp_path, 
     [wrapper] = [t for t in everything.values() if t["name"] == "HospitalsDaily"]
     failed = 2 if outcome == "failed" else 0
     assert (wrapper["status_message"], wrapper["progress_percentage"]) == (
-        f"{8 - failed} done, {failed} failed of 8 CSV versions", 100)
+        f"{8 - failed} done, {failed} failed of 8 CSV versions",
+        100,
+    )
     report = json.loads((data_dir / "reports" / "shared.json").read_text(encoding="utf-8"))
     assert report["status"] == outcome
 
 
 def test_a_second_copy_with_the_same_run_id_is_refused_at_once(tmp_path):
-    with Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid, \
-            LoopbackServer(latency=1.0) as server:
+    with (
+        Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid,
+        LoopbackServer(latency=1.0) as server,
+    ):
         site = Site(server)
         serve(site, 4)
         data_dir = tmp_path / "shared-data"
@@ -122,8 +138,11 @@ def query_runs(data_dir: Path) -> list:
 
 def test_the_shipped_cron_line_and_windows_file_run_the_tested_command():
     command = " ".join(COMMAND[1:])
-    [cron] = [line for line in (DEPLOY / "crontab").read_text(encoding="utf-8").splitlines()
-              if line and not line.startswith("#")]
+    [cron] = [
+        line
+        for line in (DEPLOY / "crontab").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
     assert f"cd /opt/cms-hospitals && .venv/bin/luigi {command} " in cron
     cmd = (DEPLOY / "run-daily.cmd").read_bytes().decode("utf-8")  # as is: cmd.exe wants CRLF
     assert "\r\n" in cmd and "cd /d C:\\cms-hospitals\r\n" in cmd
@@ -132,4 +151,5 @@ def test_the_shipped_cron_line_and_windows_file_run_the_tested_command():
         text = (DEPLOY / unit).read_text(encoding="utf-8")
         assert "WorkingDirectory=/opt/cms-hospitals" in text and "LUIGI_CONFIG_PATH=/opt/cms-hospitals/deploy/" in text
     assert "python -m pipeline.assistant --workers 4" in (DEPLOY / "cms-hospitals-assistant.service").read_text(
-        encoding="utf-8")
+        encoding="utf-8"
+    )

@@ -30,7 +30,7 @@ START_METHODS = [m for m in ("fork", "spawn") if m in multiprocessing.get_all_st
 
 # A file, not `python -c`: under spawn every worker process imports it again as __mp_main__, so it needs the guard
 # (as any script that calls luigi.build with workers > 1 on Windows does).
-BUILD_SCRIPT = '''\
+BUILD_SCRIPT = """\
 import json
 import multiprocessing
 import multiprocessing.spawn
@@ -56,9 +56,9 @@ if __name__ == "__main__":
     ok = luigi.build([task], local_scheduler=True, workers=3, log_level="WARNING")
     print("RESULT " + json.dumps({"ok": ok, "start_method": multiprocessing.get_start_method(),
                                   "spawned": len(spawned)}), flush=True)
-'''
+"""
 
-CLI_SCRIPT = textwrap.dedent('''\
+CLI_SCRIPT = textwrap.dedent("""\
     import multiprocessing
     import sys
 
@@ -67,7 +67,7 @@ CLI_SCRIPT = textwrap.dedent('''\
         from luigi.cmdline import luigi_run
 
         luigi_run(sys.argv[2:])  # what the `luigi` console script runs; exits with the [retcode] code
-''')
+""")
 
 
 def publish(site: Site) -> dict[str, bytes]:
@@ -86,18 +86,33 @@ def publish(site: Site) -> dict[str, bytes]:
 
 
 def run_python(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=180,
-                          stdin=subprocess.DEVNULL, env=env or loopback_env())
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
+        env=env or loopback_env(),
+    )
 
 
 # -- pickling ----------------------------------------------------------------------------------------------------
 
 
 def graph(data_dir: str = "/srv/cms/data"):
-    daily = HospitalsDaily(data_dir=data_dir, run_id="20250408-061500-000",
-                           metastore_url="http://127.0.0.1:9/provider-data/api/1/metastore/schemas/dataset/items")
-    normalize = NormalizeCsv(data_dir=data_dir, run_id=daily.run_id, identifier="48nr-hqxx", modified="2025-04-08",
-                             url="http://127.0.0.1:9/provider-data/sites/default/files/resources/ab_1/OAS.csv")
+    daily = HospitalsDaily(
+        data_dir=data_dir,
+        run_id="20250408-061500-000",
+        metastore_url="http://127.0.0.1:9/provider-data/api/1/metastore/schemas/dataset/items",
+    )
+    normalize = NormalizeCsv(
+        data_dir=data_dir,
+        run_id=daily.run_id,
+        identifier="48nr-hqxx",
+        modified="2025-04-08",
+        url="http://127.0.0.1:9/provider-data/sites/default/files/resources/ab_1/OAS.csv",
+    )
     return [daily, daily.requires(), normalize, normalize.requires()]
 
 
@@ -121,14 +136,14 @@ def test_a_task_pickled_here_keeps_its_run_id_in_a_fresh_interpreter(tmp_path):
     blob = tmp_path / "tasks.pickle"
     blob.write_bytes(pickle.dumps([daily, *graph(str(tmp_path))]))
     time.sleep(0.01)  # the default has millisecond resolution
-    code = textwrap.dedent('''\
+    code = textwrap.dedent("""\
         import json, pickle, sys
         from pipeline import HospitalsDaily
         tasks = pickle.loads(open(sys.argv[1], "rb").read())
         own_default = dict(HospitalsDaily.get_params())["run_id"]._default
         print(json.dumps({"run_id": tasks[0].run_id, "own_default": own_default, "ids": [t.task_id for t in tasks],
                           "fresh_equal": [t == type(t)(**t.param_kwargs) for t in tasks]}))
-    ''')
+    """)
     result = run_python(["-c", code, str(blob)], tmp_path)
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout)
@@ -165,18 +180,25 @@ def runlog_rows(data_dir: Path) -> dict:
 
     with sqlite3.connect(data_dir / "runlog.sqlite") as db:
         return {
-            "runs": db.execute("SELECT run_id, status, discovered, downloaded, up_to_date, failed, invalid FROM runs"
-                               ).fetchall(),
-            "versions": db.execute("SELECT identifier, modified, download_url, status, error, source_encoding, rows,"
-                                   " bytes, sha256 FROM versions ORDER BY 1, 2, 3").fetchall(),
-            "run_items": db.execute("SELECT run_id, identifier, modified, download_url, outcome, error FROM run_items"
-                                    " ORDER BY 2, 3, 4").fetchall(),
+            "runs": db.execute(
+                "SELECT run_id, status, discovered, downloaded, up_to_date, failed, invalid FROM runs"
+            ).fetchall(),
+            "versions": db.execute(
+                "SELECT identifier, modified, download_url, status, error, source_encoding, rows,"
+                " bytes, sha256 FROM versions ORDER BY 1, 2, 3"
+            ).fetchall(),
+            "run_items": db.execute(
+                "SELECT run_id, identifier, modified, download_url, outcome, error FROM run_items ORDER BY 2, 3, 4"
+            ).fetchall(),
         }
 
 
 def files_under(data_dir: Path) -> dict[str, bytes]:
-    return {p.relative_to(data_dir).as_posix(): p.read_bytes()
-            for p in sorted((data_dir / "datasets").rglob("*")) if p.is_file() and p.suffix == ".csv"}
+    return {
+        p.relative_to(data_dir).as_posix(): p.read_bytes()
+        for p in sorted((data_dir / "datasets").rglob("*"))
+        if p.is_file() and p.suffix == ".csv"
+    }
 
 
 @pytest.mark.skipif("fork" not in START_METHODS, reason="needs fork to compare with (not on Windows)")
@@ -222,9 +244,25 @@ def cli_runs(tmp_path_factory):
             script = folder / "luigi_main.py"
             script.write_text(CLI_SCRIPT, encoding="utf-8")
             server.clear()
-            result = run_python([str(script), method, "--module", "pipeline", "HospitalsDaily", "--workers", "3",
-                                 "--run-id", "cli", "--lock-pid-dir", str(folder / "lock"),
-                                 "--download-user-agent", "set-on-the-command-line"], folder, loopback_env(config))
+            result = run_python(
+                [
+                    str(script),
+                    method,
+                    "--module",
+                    "pipeline",
+                    "HospitalsDaily",
+                    "--workers",
+                    "3",
+                    "--run-id",
+                    "cli",
+                    "--lock-pid-dir",
+                    str(folder / "lock"),
+                    "--download-user-agent",
+                    "set-on-the-command-line",
+                ],
+                folder,
+                loopback_env(config),
+            )
             runs[method] = (result, data_dir, Counter(r.headers.get("User-Agent") for r in server.requests))
     return runs
 

@@ -21,15 +21,28 @@ pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Flags for a machine without network: no background connections, no sandbox as root, a fresh profile.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1400,1000", "--virtual-time-budget=4000"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+    "--virtual-time-budget=4000",
+]
 
 
 def counts(dom: str) -> dict[str, int]:
     """The numbers in the UI's status boxes (PENDING, RUNNING, DONE, FAILED, ...), as rendered."""
-    return {status: int(number) for status, number in re.findall(
-        r'data-category="(\w+)"[^>]*>.*?<span class="info-box-number">(\d+)</span>', dom, re.S)}
+    return {
+        status: int(number)
+        for status, number in re.findall(
+            r'data-category="(\w+)"[^>]*>.*?<span class="info-box-number">(\d+)</span>', dom, re.S
+        )
+    }
 
 
 def browse(url: str, profile: Path, screenshot: Path | None = None) -> str:
@@ -45,14 +58,20 @@ def browse(url: str, profile: Path, screenshot: Path | None = None) -> str:
 def test_the_ui_shows_the_run_as_it_goes_and_when_it_is_done(tmp_path):
     shots = Path(os.environ.get("UI_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
-    with Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid, \
-            LoopbackServer(latency=1.0) as server:
+    with (
+        Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid,
+        LoopbackServer(latency=1.0) as server,
+    ):
         site = Site(server)
         serve(site, 12)
         data_dir = tmp_path / "data"
         folder = host_folder(tmp_path, "host-a", site, data_dir, luigid)
-        job, log = start_client([sys.executable, "-m", "pipeline.shared_run", "--workers", "2", "--run-id", "ui"],
-                                folder / "central.cfg", folder, "out.log")
+        job, log = start_client(
+            [sys.executable, "-m", "pipeline.shared_run", "--workers", "2", "--run-id", "ui"],
+            folder / "central.cfg",
+            folder,
+            "out.log",
+        )
         tasks_page = f"{luigid.url}/static/visualiser/index.html#tab=tasks"
         workers_page = f"{luigid.url}/static/visualiser/index.html#tab=workers"
         try:

@@ -50,7 +50,7 @@ def test_latest_view_follows_the_current_version_and_survives_a_failed_one(site,
 
     [broken] = site.dataset("yv7e-xc69", "2025-02-01", {"Timely.csv": b""}, upload=1700000050, serve=False)
     assert not run_daily(site, tmp_path)[0]
-    assert (latest / "yv7e-xc69.csv").read_bytes().endswith(first[first.index(b"\n"):])  # still the good one
+    assert (latest / "yv7e-xc69.csv").read_bytes().endswith(first[first.index(b"\n") :])  # still the good one
 
     second = csv_bytes('"Facility ID","Score"', ['"1","9"'])
     site.server.add(broken, second)
@@ -71,7 +71,11 @@ def test_retention_keeps_the_newest_versions_and_drop_source_halves_disk(site, t
     assert [f.name[:10] for f in folders] == ["2025-03-01", "2025-04-01"]
     assert all(not (f / "source.csv").exists() and (f / "normalized.csv").exists() for f in folders)
     assert query(tmp_path, "SELECT modified, status FROM versions ORDER BY modified") == [
-        ("2025-01-01", "pruned"), ("2025-02-01", "pruned"), ("2025-03-01", "done"), ("2025-04-01", "done")]
+        ("2025-01-01", "pruned"),
+        ("2025-02-01", "pruned"),
+        ("2025-03-01", "done"),
+        ("2025-04-01", "done"),
+    ]
     assert (tmp_path / "latest" / "yv7e-xc69.csv").read_bytes().endswith(b'"3","x"\r\n')
     for folder in folders:  # nothing points at the deleted source
         assert json.loads((folder / "header_map.json").read_text(encoding="utf-8"))["source_path"] is None
@@ -97,13 +101,17 @@ def test_retention_marks_pruned_only_what_it_deleted(site, tmp_path, luigi_setti
     ok, report = run_daily(site, tmp_path)
     assert ok and old.exists()
     assert report["notes"] == [f"retention: {old} could not be deleted (Permission denied); retried next run"]
-    assert query(tmp_path, "SELECT modified, status FROM versions ORDER BY 1") == [("2025-01-01", "done"),
-                                                                                 ("2025-02-01", "done")]
+    assert query(tmp_path, "SELECT modified, status FROM versions ORDER BY 1") == [
+        ("2025-01-01", "done"),
+        ("2025-02-01", "done"),
+    ]
     monkeypatch.setattr(shutil, "rmtree", real_rmtree)
     ok, report = run_daily(site, tmp_path)
     assert ok and not old.exists() and report["notes"][0].startswith("retention: deleted 1 older version(s), ")
-    assert query(tmp_path, "SELECT modified, status FROM versions ORDER BY 1") == [("2025-01-01", "pruned"),
-                                                                                 ("2025-02-01", "done")]
+    assert query(tmp_path, "SELECT modified, status FROM versions ORDER BY 1") == [
+        ("2025-01-01", "pruned"),
+        ("2025-02-01", "done"),
+    ]
 
 
 def test_data_dictionary_link_and_released_date_are_kept(site, tmp_path):
@@ -113,7 +121,8 @@ def test_data_dictionary_link_and_released_date_are_kept(site, tmp_path):
     site.publish()
     _ok, report = run_daily(site, tmp_path)
     assert query(tmp_path, "SELECT released, described_by FROM versions") == [
-        ("2025-01-15", "https://example.invalid/dictionary.pdf")]
+        ("2025-01-15", "https://example.invalid/dictionary.pdf")
+    ]
     entry = by_identifier(report)["yv7e-xc69"][0]
     assert entry["released"] == "2025-01-15" and entry["described_by"].endswith("dictionary.pdf")
     [item] = json.loads((tmp_path / "latest" / "latest.json").read_text(encoding="utf-8"))["datasets"]
@@ -158,6 +167,7 @@ def test_retention_prunes_a_revision_superseded_in_place(site, tmp_path, luigi_s
     new_output = Path(by_identifier(report)["yv7e-xc69"][0]["paths"]["normalized"])
     assert ok and new_output.read_bytes() == b'"a"\r\n"new"\r\n'
     assert not old_output.parent.exists() and [p.name for p in new_output.parent.parent.iterdir()] == [
-        new_output.parent.name]
+        new_output.parent.name
+    ]
     assert query(tmp_path, "SELECT status FROM superseded") == [("pruned",)]
     assert query(tmp_path, "SELECT status, output_path FROM versions") == [("done", str(new_output))]
