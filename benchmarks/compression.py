@@ -25,16 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.fixtures import HEADER_HCAHPS  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
 
 MB = 1_000_000
-HEADER = (
-    '"Facility ID","Facility Name","Address","City/Town","State","ZIP Code","County/Parish","Telephone Number",'
-    '"HCAHPS Measure ID","HCAHPS Question","HCAHPS Answer Description","Patient Survey Star Rating",'
-    '"Patient Survey Star Rating Footnote","HCAHPS Answer Percent","HCAHPS Answer Percent Footnote",'
-    '"HCAHPS Linear Mean Value","Number of Completed Surveys","Number of Completed Surveys Footnote",'
-    '"Survey Response Rate Percent","Survey Response Rate Percent Footnote","Start Date","End Date"\r\n'
-)
+HEADER = HEADER_HCAHPS + "\r\n"
 TOPICS = [
     ("COMP_1", "nurses communicated well"),
     ("COMP_2", "doctors communicated well"),

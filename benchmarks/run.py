@@ -28,18 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline import header_rewrite  # noqa: E402
-from tests.fixtures import item, resource_path  # noqa: E402
+from tests.fixtures import HEADER_HCAHPS, item, resource_path  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
 
 LUIGI = str(Path(sys.executable).with_name("luigi"))
 MB = 1 << 20
-HEADER = (
-    '"Facility ID","Facility Name","Address","City/Town","State","ZIP Code","County/Parish","Telephone Number",'
-    '"HCAHPS Measure ID","HCAHPS Question","HCAHPS Answer Description","Patient Survey Star Rating",'
-    '"Patient Survey Star Rating Footnote","HCAHPS Answer Percent","HCAHPS Answer Percent Footnote",'
-    '"HCAHPS Linear Mean Value","Number of Completed Surveys","Number of Completed Surveys Footnote",'
-    '"Survey Response Rate Percent","Survey Response Rate Percent Footnote","Start Date","End Date"\r\n'
-)
+HEADER = HEADER_HCAHPS + "\r\n"
 HOSPITALS = [
     ("SOUTHEAST HEALTH MEDICAL CENTER", "1108 ROSS CLARK CIRCLE", "DOTHAN", "AL", "36301", "HOUSTON"),
     ("MARSHALL MEDICAL CENTERS", "2505 U S HIGHWAY 431 NORTH", "BOAZ", "AL", "35957", "MARSHALL"),

@@ -32,3 +32,16 @@ def luigi_setting():
             config.remove_option(section, key)
         else:
             config.set(section, key, value)
+
+
+@pytest.fixture
+def fast_http(luigi_setting):
+    """Short timeouts and backoff, so the faults a test serves resolve in well under a second."""
+    for key, value in {
+        "backoff_factor": "0.01",
+        "read_timeout": "0.5",
+        "connect_timeout": "2",
+        "retries": "3",
+        "body_attempts": "3",
+    }.items():
+        luigi_setting("download", key, value)

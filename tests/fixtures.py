@@ -7,6 +7,14 @@ HEADER_OAS_CAHPS = (
 )
 HEADER_WITH_COMMA = '"Facility ID","Facility Name","Measure ID","Footnote, if any","Start Date"'
 HEADER_UNQUOTED_LF = "name,addr,city,state,zip,lat,lon"
+# HCAHPS - Hospital, the biggest file (330-445k rows): the benchmarks' real-shaped large CSV.
+HEADER_HCAHPS = (
+    '"Facility ID","Facility Name","Address","City/Town","State","ZIP Code","County/Parish","Telephone Number",'
+    '"HCAHPS Measure ID","HCAHPS Question","HCAHPS Answer Description","Patient Survey Star Rating",'
+    '"Patient Survey Star Rating Footnote","HCAHPS Answer Percent","HCAHPS Answer Percent Footnote",'
+    '"HCAHPS Linear Mean Value","Number of Completed Surveys","Number of Completed Surveys Footnote",'
+    '"Survey Response Rate Percent","Survey Response Rate Percent Footnote","Start Date","End Date"'
+)
 HEADER_IPF = '"Facility ID","N READM-30-IPF # IPFs Better","FAPH-30 %","Rate (%)"'
 
 

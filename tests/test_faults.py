@@ -14,16 +14,8 @@ BODY = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(2000, 5))  # ~60 KB
 
 
 @pytest.fixture(autouse=True)
-def fast_http(luigi_setting):
-    """Short timeouts and backoff so faults resolve in well under a second."""
-    for key, value in {
-        "backoff_factor": "0.01",
-        "read_timeout": "0.5",
-        "connect_timeout": "2",
-        "retries": "3",
-        "body_attempts": "3",
-    }.items():
-        luigi_setting("download", key, value)
+def _fast(fast_http):
+    """Faults resolve in well under a second."""
 
 
 def one_dataset(site: Site, body: bytes = BODY) -> str:

@@ -4,6 +4,7 @@ soon after its last task settles, and the job's exit code and stdout are the run
 import json
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +19,16 @@ pytestmark = pytest.mark.integration
 
 DEPLOY = PROJECT_CFG.parent / "deploy"
 END_BOUND = 15.0  # seconds from the run's last task settling to the job's exit (wait_interval + wait_jitter + slack)
+
+
+@contextmanager
+def deployed(tmp_path: Path, latency: float):
+    """luigid started from deploy/luigid.cfg, and a loopback CMS site answering after `latency` seconds."""
+    with (
+        Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid,
+        LoopbackServer(latency=latency) as server,
+    ):
+        yield luigid, Site(server)
 
 
 def host_folder(root: Path, name: str, site: Site, data_dir: Path, luigid: Luigid) -> Path:
@@ -46,11 +57,7 @@ def serve(site: Site, count: int, missing: int = 0) -> list[str]:
 
 @pytest.mark.parametrize("outcome", ["succeeded", "failed"])
 def test_a_shared_run_exits_with_the_runs_code_and_prints_its_summary(tmp_path, outcome):
-    with (
-        Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid,
-        LoopbackServer(latency=0.3) as server,
-    ):
-        site = Site(server)
+    with deployed(tmp_path, latency=0.3) as (luigid, site):
         paths = serve(site, 8, missing=2 if outcome == "failed" else 0)
         data_dir = tmp_path / "shared-data"
         job_folder = host_folder(tmp_path, "host-a", site, data_dir, luigid)
@@ -106,11 +113,7 @@ def test_a_shared_run_exits_with_the_runs_code_and_prints_its_summary(tmp_path, 
 
 
 def test_a_second_copy_with_the_same_run_id_is_refused_at_once(tmp_path):
-    with (
-        Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid,
-        LoopbackServer(latency=1.0) as server,
-    ):
-        site = Site(server)
+    with deployed(tmp_path, latency=1.0) as (luigid, site):
         serve(site, 4)
         data_dir = tmp_path / "shared-data"
         folder = host_folder(tmp_path, "host-a", site, data_dir, luigid)

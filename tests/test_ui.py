@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Site
-from tests.loopback_server import LoopbackServer
-from tests.luigid_support import Luigid, finish, start_client, stop_client
-from tests.test_shared_run import DEPLOY, host_folder, serve
+from tests.luigid_support import finish, start_client, stop_client
+from tests.test_shared_run import deployed, host_folder, serve
 
 pytestmark = pytest.mark.integration
 
@@ -58,11 +56,7 @@ def browse(url: str, profile: Path, screenshot: Path | None = None) -> str:
 def test_the_ui_shows_the_run_as_it_goes_and_when_it_is_done(tmp_path):
     shots = Path(os.environ.get("UI_SCREENSHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
-    with (
-        Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid,
-        LoopbackServer(latency=1.0) as server,
-    ):
-        site = Site(server)
+    with deployed(tmp_path, latency=1.0) as (luigid, site):
         serve(site, 12)
         data_dir = tmp_path / "data"
         folder = host_folder(tmp_path, "host-a", site, data_dir, luigid)
