@@ -305,7 +305,8 @@ def _accepts(header: str | None, coding: str) -> bool:
 class LoopbackServer:
     """Threaded HTTP/1.1 server on 127.0.0.1:<free port>; use as a context manager or start()/stop()."""
 
-    def __init__(self, bandwidth: float | None = None, latency: float = 0.0) -> None:
+    def __init__(self, bandwidth: float | None = None, latency: float = 0.0, host: str = "127.0.0.1") -> None:
+        self.host = host  # loopback, or an address inside a network namespace a test made
         self.bandwidth = bandwidth  # bytes/s per response; None = unthrottled
         self.latency = latency  # seconds slept before every response's headers
         self._lock = threading.Lock()
@@ -322,7 +323,7 @@ class LoopbackServer:
         if self._server is not None:
             raise RuntimeError("LoopbackServer already started")
         self._stopping.clear()
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server((self.host, 0), _Handler)
         server.owner = self
         self._server = server
         self._thread = threading.Thread(
@@ -360,7 +361,7 @@ class LoopbackServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def url(self, path: str) -> str:
         return self.base_url + path
