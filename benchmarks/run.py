@@ -21,12 +21,12 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.plain_download import plain_download  # noqa: E402
 from pipeline import header_rewrite  # noqa: E402
 from tests.fixtures import HEADER_HCAHPS, item, resource_path  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
@@ -263,42 +263,6 @@ def run_empty_luigi(folder: Path, args) -> float:
     return wall
 
 
-def pure_download(metastore_url: str, dest: Path, threads: int) -> float:
-    """The limit: GET the metastore, then every CSV with `threads` threads and requests, straight to disk.
-
-    Runs in a child process (like the pipeline) and returns the time it measured from the first request."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--download-only", metastore_url, str(dest), str(threads)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return float(out.split()[-1])
-
-
-def _download_only(metastore_url: str, dest: str, threads: int) -> None:
-    import requests
-
-    local = threading.local()
-
-    def get(job):
-        index, url = job
-        if not hasattr(local, "session"):
-            local.session = requests.Session()
-        with local.session.get(url, stream=True, timeout=60) as response, open(f"{dest}/{index}.csv", "wb") as out:
-            response.raise_for_status()
-            for chunk in response.iter_content(MB):
-                out.write(chunk)
-
-    Path(dest).mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    items = requests.get(metastore_url, timeout=60).json()
-    urls = [d["downloadURL"] for i in items for d in i["distribution"]]
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(get, enumerate(urls)))
-    print(time.perf_counter() - start)
-
-
 # -- the figures ----------------------------------------------------------------------------------------------
 
 
@@ -410,7 +374,7 @@ def cold_and_noop(site: Site, work: Path, name: str, rows: list[int], args, repe
     """A cold run, the pure download of the same files, then no-op runs alternating with an empty Luigi."""
     url = site.catalog(name, rows)
     folder = work / name
-    pure = pure_download(url, work / f"{name}-download", args.workers)
+    pure = plain_download(url, work / f"{name}-download", args.workers)
     shutil.rmtree(work / f"{name}-download")
     cold, cpu, out, _ = run_luigi(folder, url, args)
     assert f" {len(rows)} downloaded" in out, out
@@ -449,10 +413,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="luigi --workers, and the download threads")
     parser.add_argument("--cms-http", type=int, help="override [resources] cms_http of luigi.cfg (shipped: 4)")
     parser.add_argument("--profile", type=int, metavar="N", help="also profile Luigi's scheduler on N datasets")
-    parser.add_argument("--download-only", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.download_only:
-        return _download_only(args.download_only[0], args.download_only[1], int(args.download_only[2]))
     if not sys.platform.startswith("linux"):
         sys.exit("benchmarks/run.py reads /proc: Linux only")
     big_mb = args.big_mb or (64 if args.quick else 1024)

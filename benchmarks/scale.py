@@ -40,12 +40,12 @@ import tempfile
 import threading
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.plain_download import plain_download  # noqa: E402
 from tests.fixtures import item, resource_path  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
 
@@ -171,33 +171,6 @@ def _run_one(folder: str, patch: str) -> None:
     )
 
 
-def _download_only(metastore_url: str, dest: str, threads: int) -> None:
-    """The plain download: metastore, then every CSV with `threads` threads, one requests.Session each."""
-    import requests
-
-    local = threading.local()
-
-    def get(job):
-        index, url = job
-        if not hasattr(local, "session"):
-            local.session = requests.Session()
-        with local.session.get(url, stream=True, timeout=60) as response:
-            if response.status_code == 404:  # --fail-every: a file that is not there
-                return
-            response.raise_for_status()
-            with open(f"{dest}/{index}.csv", "wb") as out:
-                for chunk in response.iter_content(1 << 20):
-                    out.write(chunk)
-
-    Path(dest).mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    items = requests.get(metastore_url, timeout=60).json()
-    urls = [d["downloadURL"] for i in items for d in i["distribution"]]
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(get, enumerate(urls)))
-    print(json.dumps({"wall": time.perf_counter() - start, "files": len(urls)}))
-
-
 # -- in the benchmark process ---------------------------------------------------------------------------------
 
 
@@ -272,15 +245,10 @@ def run_luigi(folder: Path, patch: str, expect: str, failing: bool = False) -> d
     return result
 
 
-def plain_download(metastore_url: str, dest: Path, threads: int) -> float:
-    out = subprocess.run(
-        [sys.executable, __file__, "--download-only", metastore_url, str(dest), str(threads)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+def timed_plain_download(metastore_url: str, dest: Path, threads: int) -> float:
+    wall = plain_download(metastore_url, dest, threads)
     shutil.rmtree(dest)
-    return json.loads(out.splitlines()[-1])["wall"]
+    return wall
 
 
 def machine() -> str:
@@ -356,12 +324,9 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--run-one", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--download-only", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
         return _run_one(*args.run_one)
-    if args.download_only:
-        return _download_only(args.download_only[0], args.download_only[1], int(args.download_only[2]))
     if not sys.platform.startswith("linux"):
         sys.exit("benchmarks/scale.py reads /proc: Linux only")
     sizes = [int(n) for n in args.sizes.split(",")]
@@ -382,7 +347,7 @@ def main() -> None:
         with LoopbackServer(bandwidth=args.bandwidth * 1e6, latency=args.latency) as server:
             for n in sizes:
                 url = publish(server, f"s{n}", n, body, args.fail_every)
-                plain = plain_download(url, work / f"plain{n}", args.threads)
+                plain = timed_plain_download(url, work / f"plain{n}", args.threads)
                 print(f"{n:5d} datasets: plain {args.threads}-connection download {plain:6.1f} s", flush=True)
                 for patch in patches:
                     row = measure(work / f"s{n}-{patch}", url, n, patch, args)

@@ -1,0 +1,51 @@
+"""The yardstick of the benchmarks: GET the metastore, then every CSV with N threads (one requests.Session
+each), straight to disk, in a child process of its own as the pipeline's are. A missing file (404) is skipped.
+
+    python benchmarks/plain_download.py METASTORE_URL DEST THREADS   prints {"wall": seconds, "files": n}
+"""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+
+def plain_download(metastore_url: str, dest: Path, threads: int) -> float:
+    """Seconds from the first request to the last byte, measured in the child."""
+    out = subprocess.run(
+        [sys.executable, __file__, metastore_url, str(dest), str(threads)], check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.splitlines()[-1])["wall"]
+
+
+def _download(metastore_url: str, dest: str, threads: int) -> None:
+    local = threading.local()
+
+    def get(job):
+        index, url = job
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        with local.session.get(url, stream=True, timeout=60) as response:
+            if response.status_code == 404:
+                return
+            response.raise_for_status()
+            with open(f"{dest}/{index}.csv", "wb") as out:
+                for chunk in response.iter_content(1 << 20):
+                    out.write(chunk)
+
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    items = requests.get(metastore_url, timeout=60).json()
+    urls = [d["downloadURL"] for i in items for d in i["distribution"]]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(get, enumerate(urls)))
+    print(json.dumps({"wall": time.perf_counter() - start, "files": len(urls)}))
+
+
+if __name__ == "__main__":
+    _download(sys.argv[1], sys.argv[2], int(sys.argv[3]))
