@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 
 import luigi
+from luigi.freezing import FrozenOrderedDict
 from luigi.parameter import ParameterVisibility
 
 from pipeline.http import HttpSettings
@@ -80,6 +81,8 @@ class SettingsParameter(luigi.DictParameter):
         )
 
     def normalize(self, value):
+        if isinstance(value, FrozenOrderedDict):  # already normalized: passed on by clone(), task after task
+            return value
         return super().normalize(value or current())
 
 

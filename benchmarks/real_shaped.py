@@ -1,0 +1,102 @@
+"""Benchmark: the job on a catalog shaped like the real one, next to a plain download of the same files.
+
+    python benchmarks/real_shaped.py              # 3 rounds, about 2 minutes
+    python benchmarks/real_shaped.py --rounds 1   # one round
+
+The catalog is benchmarks/run.py's realistic one: 80 HCAHPS-shaped CSVs, one of 450k rows (about 180 MB), five
+of 50k-170k rows, the rest small, in a shuffled order, served by tests.loopback_server on 127.0.0.1 with 50 ms
+before every response and 20 MB/s per connection. Each round measures, side by side:
+
+* plain: benchmarks/plain_download.py with 4 threads (4 = [resources] cms_http), timed from its first request;
+* cold: `luigi --module pipeline HospitalsDaily --workers 8` in an empty data folder (nothing is known of the
+  files, so they start in catalog order);
+* refresh: the next day's catalog, in which every file was re-uploaded (new download URLs, same bytes), run in
+  the same folder: the run log knows each file's last size, so the biggest starts first.
+
+Every figure is the median over the rounds; the ratios are against the plain download. Not a test.
+"""
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.plain_download import plain_download  # noqa: E402
+from benchmarks.run import Site, realistic_rows  # noqa: E402
+from benchmarks.scale import write_cfg  # noqa: E402
+from tests.fixtures import item, resource_path  # noqa: E402
+from tests.loopback_server import LoopbackServer  # noqa: E402
+
+LUIGI = str(Path(sys.executable).with_name("luigi"))
+
+
+def publish(site: Site, day: int, rows: list[int]) -> str:
+    """The catalog of `day`: the same datasets and bytes every day, each file uploaded anew (a new URL)."""
+    items = []
+    for i, count in enumerate(rows):
+        identifier = f"real-{i:04d}"
+        path = resource_path(identifier, 1700000000 + 86400 * day + i, f"File_{i}.csv")
+        site.server.add(path, site.body(count), last_modified=1700000000 + 86400 * day)
+        items.append(item(identifier, f"2025-04-{day:02d}", site.server.url(path)))
+    path = f"/day{day}/provider-data/api/1/metastore/schemas/dataset/items"
+    site.server.add(path, json.dumps(items).encode(), content_type="application/json")
+    return site.server.url(path)
+
+
+def run_job(folder: Path, metastore_url: str, expect: str) -> float:
+    write_cfg(folder, metastore_url, [])
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [LUIGI, "--module", "pipeline", "HospitalsDaily", "--workers", "8"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0 or expect not in proc.stdout:
+        raise RuntimeError(f"luigi exited {proc.returncode}, expected {expect!r}:\n{proc.stdout}\n{proc.stderr}")
+    return wall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of plain, cold and refresh (default 3)")
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds before each response (default 0.05)")
+    parser.add_argument("--bandwidth", type=float, default=20, help="MB/s per connection (default 20)")
+    args = parser.parse_args()
+    rows = realistic_rows(1.0)
+    work = Path(tempfile.mkdtemp(prefix="pipeline-real-", dir="/tmp"))
+    figures: dict[str, list[float]] = {"plain": [], "cold": [], "refresh": []}
+    try:
+        with LoopbackServer(bandwidth=args.bandwidth * 1e6, latency=args.latency) as server:
+            site = Site(server, work)
+            day1, day2 = publish(site, 1, rows), publish(site, 2, rows)
+            size = sum(site.body(r).stat().st_size for r in rows) / 1e6
+            print(f"{len(rows)} CSVs, {size:,.0f} MB, the largest {site.body(max(rows)).stat().st_size / 1e6:,.0f} MB")
+            for round_ in range(1, args.rounds + 1):
+                figures["plain"].append(plain_download(day1, work / "plain", 4))
+                shutil.rmtree(work / "plain")
+                folder = work / f"job-{round_}"
+                figures["cold"].append(run_job(folder, day1, f" {len(rows)} downloaded, 0 up to date"))
+                figures["refresh"].append(run_job(folder, day2, f" {len(rows)} downloaded, 0 up to date"))
+                shutil.rmtree(folder)
+                print(f"round {round_}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in figures.items()), flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    plain = statistics.median(figures["plain"])
+    for name in ("cold", "refresh"):
+        value = statistics.median(figures[name])
+        print(f"{name}: {value:.2f} s vs plain {plain:.2f} s = {value / plain:.2f}x (median of {args.rounds})")
+
+
+if __name__ == "__main__":
+    main()
