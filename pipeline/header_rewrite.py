@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.naming import normalize_header
@@ -245,12 +246,19 @@ def _header_record_end(buf: bytes | bytearray) -> int | None:
 class SourceScan:
     """Fed a download chunk by chunk (call `reset` when it starts over). `result()` says what the normalized
     file will be, or None when the file must go through `rewrite_csv` (no usable header, not UTF-8).
-    `feed` raises NotText as soon as the bytes show they are not text, so the download fails there."""
+    `feed` raises NotText as soon as the bytes show they are not text, so the download fails there.
 
-    def __init__(self):
+    With `out`, the normalized file is written there as the download streams (the new header, then the data
+    bytes): it is whole exactly when `result()` is not None, and then it is a copy Normalize need not make."""
+
+    def __init__(self, out: BinaryIO | None = None):
+        self._out = out
         self.reset()
 
     def reset(self) -> None:
+        if self._out:
+            self._out.seek(0)
+            self._out.truncate()
         self._head = bytearray()
         self._start = b""
         self._utf8 = _Utf8Check()
@@ -283,8 +291,7 @@ class SourceScan:
                 self.usable = False
                 return
             self.data_offset, chunk, self._head = end, bytes(self._head[end:]), bytearray()
-            self._hash.update(self.header)
-            self.bytes = len(self.header)
+            self._add(self.header)
         if not chunk:
             return
         if not self._utf8.valid(chunk):
@@ -292,8 +299,14 @@ class SourceScan:
             return
         self.line_breaks += chunk.count(b"\n")
         self._last = chunk[-1:]
-        self._hash.update(chunk)
-        self.bytes += len(chunk)
+        self._add(chunk)
+
+    def _add(self, data: bytes) -> None:
+        """Bytes of the normalized file, in order."""
+        self._hash.update(data)
+        self.bytes += len(data)
+        if self._out:
+            self._out.write(data)
 
     def result(self) -> dict | None:
         if not self.usable or self.header is None or self._utf8.pending:
@@ -321,6 +334,21 @@ def _copy_rest(src: BinaryIO, dst: BinaryIO) -> None:
         shutil.copyfileobj(src, dst, CHUNK)
 
 
+def scanned_result(scan: dict) -> RewriteResult:
+    """What the normalized file of a scan is (its columns, rows, size and hash), as `rewrite_csv` would say."""
+    return RewriteResult(
+        scan["original"], scan["normalized"], "utf-8", scan["line_ending"], scan["rows"], scan["bytes"], scan["sha256"]
+    )
+
+
+def staged_is_whole(staged: Path, source: Path, scan: dict) -> bool:
+    """Whether `staged` (a SourceScan's `out`) holds the normalized file of `source`: both sizes are the scan's."""
+    try:
+        return staged.stat().st_size == scan["bytes"] and source.stat().st_size == scan["source_bytes"]
+    except FileNotFoundError:
+        return False
+
+
 def copy_normalized(src: BinaryIO, dst: BinaryIO, scan: dict) -> RewriteResult:
     """The normalized file from a download's scan: the new header, then the source's data bytes as they are."""
     src.seek(0, os.SEEK_END)
@@ -333,6 +361,4 @@ def copy_normalized(src: BinaryIO, dst: BinaryIO, scan: dict) -> RewriteResult:
     dst.seek(0, os.SEEK_END)
     if dst.tell() != scan["bytes"]:
         raise ValueError(f"wrote {dst.tell()} bytes, the scan expected {scan['bytes']}")
-    return RewriteResult(
-        scan["original"], scan["normalized"], "utf-8", scan["line_ending"], scan["rows"], scan["bytes"], scan["sha256"]
-    )
+    return scanned_result(scan)

@@ -6,6 +6,7 @@
 <data>/reports/plan-<run_id>.json          a dry run's plan
 <data>/datasets/<identifier>/<modified>-<url fingerprint>/
     source.csv  source.scan.json  normalized.csv  header_map.json
+    (normalized.staged: the normalized file written during the download, until Normalize moves it in place)
 """
 
 import hashlib
@@ -43,6 +44,11 @@ def source_csv(version: Path) -> Path:
 def source_scan(version: Path) -> Path:
     """What the download's scan found: lets Normalize copy the data without reading it in Python."""
     return version / "source.scan.json"
+
+
+def normalized_staged(version: Path) -> Path:
+    """The normalized file as the download wrote it beside the source; Normalize renames it to normalized.csv."""
+    return version / "normalized.staged"
 
 
 def normalized_csv(version: Path) -> Path:

@@ -11,6 +11,7 @@ the run (latest/, the report, the run's status): pipeline/close_run.py holds tha
 
 import json
 import logging
+import os
 import time
 from dataclasses import replace
 from functools import cached_property
@@ -26,7 +27,14 @@ from pipeline import layout
 from pipeline.catalog import Catalog, CsvVersion
 from pipeline.close_run import close_failed, close_if_complete
 from pipeline.errors import DatasetError, RunClosed
-from pipeline.header_rewrite import NotText, SourceScan, copy_normalized, rewrite_csv
+from pipeline.header_rewrite import (
+    NotText,
+    SourceScan,
+    copy_normalized,
+    rewrite_csv,
+    scanned_result,
+    staged_is_whole,
+)
 from pipeline.http import DownloadError, changed_since, download
 from pipeline.metastore import load_catalog
 from pipeline.runlog import RunLog
@@ -243,15 +251,23 @@ class DownloadCsv(VersionTask):
             if self.output().exists():
                 return  # an overlapping run fetched it while we waited for the lock
             scan_target = luigi.LocalTarget(str(layout.source_scan(self.folder)))
+            staged = layout.normalized_staged(self.folder)
             remove_stale_temps(self.output(), scan_target)
-            scan = SourceScan()
+            # An earlier attempt's scan and staged copy: the scan goes first, since it vouches for the copy.
+            Path(scan_target.path).unlink(missing_ok=True)
             try:
                 with atomic_path(self.output()) as temp:
-                    fetched = download(self.url, temp, self.config.download, self._progress, scan)
-                    Path(scan_target.path).unlink(missing_ok=True)  # an earlier attempt's scan
+                    # The normalized copy is written while the bytes arrive, so Normalize does not copy the file
+                    # again afterwards (for the biggest file, that copy was the run's last half second).
+                    with open(staged, "wb") as out:
+                        scan = SourceScan(out)
+                        fetched = download(self.url, temp, self.config.download, self._progress, scan)
                     if scan.result():
                         write_json(scan_target, scan.result())
+                    else:
+                        staged.unlink()  # Normalize rewrites this file from the source
             except (DownloadError, NotText, OSError) as exc:  # anything else is a bug: keep its traceback
+                staged.unlink(missing_ok=True)
                 raise self.failure(f"download of {self.url} failed", exc) from exc
         self._report(fetched.bytes, fetched.bytes)
         self.runlog().record_download(self.version, fetched.last_modified)
@@ -317,11 +333,16 @@ class NormalizeCsv(VersionTask):
         previous, old_columns = self._previous()  # the slow, fallible reads come before the first write
         drop_source = self.config.retention.drop_source
         source = Path(self.input().path)
-        scan_path = layout.source_scan(self.folder)
+        scan_path, staged = layout.source_scan(self.folder), layout.normalized_staged(self.folder)
         scan = json.loads(scan_path.read_text(encoding="utf-8")) if scan_path.exists() else None
         try:
-            with atomic_path(outputs["csv"]) as temp, open(source, "rb") as src, open(temp, "w+b") as dst:
-                result = copy_normalized(src, dst, scan) if scan else rewrite_csv(src, dst)
+            if scan and staged_is_whole(staged, source, scan):
+                os.replace(staged, outputs["csv"].path)  # the download wrote it: moved in, not copied
+                result = scanned_result(scan)
+            else:
+                staged.unlink(missing_ok=True)  # cut short by a kill: made again from the source
+                with atomic_path(outputs["csv"]) as temp, open(source, "rb") as src, open(temp, "w+b") as dst:
+                    result = copy_normalized(src, dst, scan) if scan else rewrite_csv(src, dst)
             stats = {
                 "identifier": self.identifier,
                 "modified": self.modified,

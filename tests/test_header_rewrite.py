@@ -10,7 +10,16 @@ import zipfile
 
 import pytest
 
-from pipeline.header_rewrite import MAX_HEADER_BYTES, HeaderError, NotText, SourceScan, copy_normalized, rewrite_csv
+from pipeline.header_rewrite import (
+    MAX_HEADER_BYTES,
+    HeaderError,
+    NotText,
+    SourceScan,
+    copy_normalized,
+    rewrite_csv,
+    scanned_result,
+    staged_is_whole,
+)
 from tests.fixtures import HEADER_OAS_CAHPS, HEADER_UNQUOTED_LF, HEADER_WITH_COMMA, csv_bytes, quoted_rows
 
 
@@ -165,6 +174,42 @@ def test_scan_while_downloading_then_kernel_copy_equals_the_full_rewrite(data, c
         full.sha256,
         full.line_ending,
     )
+
+
+@pytest.mark.parametrize("data", SAMPLES)
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_scan_writes_the_normalized_file_as_it_streams_and_starts_over_on_reset(data, chunk, tmp_path):
+    with open(tmp_path / "staged", "wb") as out:
+        scan = SourceScan(out)
+        scan.feed(b'"Garbage","From"\r\n"an attempt that was restarted"\r\n')
+        scan.reset()
+        for start in range(0, len(data), chunk):
+            scan.feed(data[start : start + chunk])
+    (tmp_path / "src").write_bytes(data)
+    expected, full = rewrite(data)
+    assert (tmp_path / "staged").read_bytes() == expected
+    assert staged_is_whole(tmp_path / "staged", tmp_path / "src", scan.result())
+    fast = scanned_result(scan.result())
+    fields = ("original", "normalized", "encoding", "line_ending", "rows", "bytes", "sha256")
+    assert [getattr(fast, f) for f in fields] == [getattr(full, f) for f in fields]
+
+
+def test_a_staged_file_of_another_size_or_beside_another_source_is_not_whole(tmp_path):
+    data = csv_bytes('"A"', ['"1"', '"2"'])
+    with open(tmp_path / "staged", "wb") as out:
+        scan = SourceScan(out)
+        scan.feed(data)
+    (tmp_path / "src").write_bytes(data)
+    found = scan.result()
+    assert staged_is_whole(tmp_path / "staged", tmp_path / "src", found)
+    (tmp_path / "src").write_bytes(data + b'"3"\r\n')
+    assert not staged_is_whole(tmp_path / "staged", tmp_path / "src", found)
+    (tmp_path / "src").write_bytes(data)
+    with open(tmp_path / "staged", "r+b") as staged:
+        staged.truncate(found["bytes"] - 1)  # what a kill mid-write leaves
+    assert not staged_is_whole(tmp_path / "staged", tmp_path / "src", found)
+    (tmp_path / "staged").unlink()
+    assert not staged_is_whole(tmp_path / "staged", tmp_path / "src", found)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
 """Store exactly what the server meant, or fail loudly, and never lose what is already good."""
 
 import gzip
+import hashlib
+import io
 import json
 import logging
 import os
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import runlog
+from pipeline.header_rewrite import rewrite_csv
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, item, quoted_rows
 from tests.harness import CATALOG_PATH, by_identifier, query, run_daily
 from tests.old_schemas import BEFORE_USER_VERSION, FIRST_RELEASE
@@ -212,6 +215,44 @@ def test_a_version_missing_one_of_its_outputs_is_rebuilt(site, server, tmp_path,
     stored = json.loads((folder / "header_map.json").read_text(encoding="utf-8"))
     assert stored["sha256"] == first["datasets"][0]["sha256"]
     assert query(tmp_path, "SELECT status FROM versions") == [("done",)]
+
+
+def test_the_download_writes_the_normalized_file_and_normalize_moves_it_in(site, tmp_path):
+    site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
+    site.dataset("cp-1252", "2025-01-01", {"Old.csv": '"Café"\r\n"Zoë"\r\n'.encode("cp1252")})
+    ok, report = run_daily(site, tmp_path)
+    assert ok
+    for entry in report["datasets"]:
+        folder = Path(entry["paths"]["normalized"]).parent
+        assert not (folder / "normalized.staged").exists()
+        source, normalized = (folder / "source.csv").read_bytes(), (folder / "normalized.csv").read_bytes()
+        dst = io.BytesIO()
+        rewrite_csv(io.BytesIO(source), dst)
+        assert normalized == dst.getvalue()
+        assert hashlib.sha256(normalized).hexdigest() == entry["sha256"]
+        assert (folder / "source.scan.json").exists() == (entry["identifier"] == "48nr-hqxx")
+
+
+@pytest.mark.parametrize("staged", ["whole", "cut short"])
+def test_a_staged_normalized_file_is_used_only_when_whole(site, server, tmp_path, staged):
+    [path] = site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
+    ok, first = run_daily(site, tmp_path)
+    folder = Path(first["datasets"][0]["paths"]["normalized"]).parent
+    normalized = (folder / "normalized.csv").read_bytes()
+    # What a kill leaves between the download and Normalize: the outputs not yet there, the staged copy
+    # whole, or (a disk that lost its tail) shorter.
+    (folder / "normalized.staged").write_bytes(normalized if staged == "whole" else normalized[:-7])
+    os.link(folder / "normalized.staged", tmp_path / "staged-inode")  # its inode number cannot be reused
+    staged_inode = (folder / "normalized.staged").stat().st_ino
+    (folder / "normalized.csv").unlink()
+    (folder / "header_map.json").unlink()
+    server.clear()
+    ok, report = run_daily(site, tmp_path)
+    assert ok and report["datasets"][0]["status"] == "downloaded" and path not in server.paths()
+    assert (folder / "normalized.csv").read_bytes() == normalized
+    assert not (folder / "normalized.staged").exists()
+    assert ((folder / "normalized.csv").stat().st_ino == staged_inode) == (staged == "whole")  # moved, or made anew
+    assert report["datasets"][0]["sha256"] == first["datasets"][0]["sha256"]
 
 
 @pytest.mark.parametrize("schema", [FIRST_RELEASE, BEFORE_USER_VERSION], ids=["first release", "before user_version"])
