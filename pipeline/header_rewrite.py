@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.naming import normalize_header
@@ -341,12 +340,10 @@ def scanned_result(scan: dict) -> RewriteResult:
     )
 
 
-def staged_is_whole(staged: Path, source: Path, scan: dict) -> bool:
-    """Whether `staged` (a SourceScan's `out`) holds the normalized file of `source`: both sizes are the scan's."""
-    try:
-        return staged.stat().st_size == scan["bytes"] and source.stat().st_size == scan["source_bytes"]
-    except FileNotFoundError:
-        return False
+def is_scanned(scan: dict, source_bytes: int, normalized_bytes: int) -> bool:
+    """Whether files of these sizes are the source and the normalized file (a SourceScan's `out`) it scanned;
+    a copy a kill cut short is smaller."""
+    return source_bytes == scan["source_bytes"] and normalized_bytes == scan["bytes"]
 
 
 def copy_normalized(src: BinaryIO, dst: BinaryIO, scan: dict) -> RewriteResult:

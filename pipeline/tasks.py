@@ -27,14 +27,7 @@ from pipeline import layout
 from pipeline.catalog import Catalog, CsvVersion
 from pipeline.close_run import close_failed, close_if_complete
 from pipeline.errors import DatasetError, RunClosed
-from pipeline.header_rewrite import (
-    NotText,
-    SourceScan,
-    copy_normalized,
-    rewrite_csv,
-    scanned_result,
-    staged_is_whole,
-)
+from pipeline.header_rewrite import NotText, SourceScan, copy_normalized, is_scanned, rewrite_csv, scanned_result
 from pipeline.http import DownloadError, changed_since, download
 from pipeline.metastore import load_catalog
 from pipeline.runlog import RunLog
@@ -336,7 +329,7 @@ class NormalizeCsv(VersionTask):
         scan_path, staged = layout.source_scan(self.folder), layout.normalized_staged(self.folder)
         scan = json.loads(scan_path.read_text(encoding="utf-8")) if scan_path.exists() else None
         try:
-            if scan and staged_is_whole(staged, source, scan):
+            if scan and staged.exists() and is_scanned(scan, source.stat().st_size, staged.stat().st_size):
                 os.replace(staged, outputs["csv"].path)  # the download wrote it: moved in, not copied
                 result = scanned_result(scan)
             else:

@@ -16,9 +16,9 @@ from pipeline.header_rewrite import (
     NotText,
     SourceScan,
     copy_normalized,
+    is_scanned,
     rewrite_csv,
     scanned_result,
-    staged_is_whole,
 )
 from tests.fixtures import HEADER_OAS_CAHPS, HEADER_UNQUOTED_LF, HEADER_WITH_COMMA, csv_bytes, quoted_rows
 
@@ -188,28 +188,21 @@ def test_scan_writes_the_normalized_file_as_it_streams_and_starts_over_on_reset(
     (tmp_path / "src").write_bytes(data)
     expected, full = rewrite(data)
     assert (tmp_path / "staged").read_bytes() == expected
-    assert staged_is_whole(tmp_path / "staged", tmp_path / "src", scan.result())
+    assert is_scanned(scan.result(), len(data), len(expected))
     fast = scanned_result(scan.result())
     fields = ("original", "normalized", "encoding", "line_ending", "rows", "bytes", "sha256")
     assert [getattr(fast, f) for f in fields] == [getattr(full, f) for f in fields]
 
 
-def test_a_staged_file_of_another_size_or_beside_another_source_is_not_whole(tmp_path):
-    data = csv_bytes('"A"', ['"1"', '"2"'])
-    with open(tmp_path / "staged", "wb") as out:
-        scan = SourceScan(out)
-        scan.feed(data)
-    (tmp_path / "src").write_bytes(data)
+def test_only_the_scanned_sizes_are_the_scanned_files():
+    data = csv_bytes('"Facility ID"', ['"1"', '"2"'])
+    scan = SourceScan()
+    scan.feed(data)
     found = scan.result()
-    assert staged_is_whole(tmp_path / "staged", tmp_path / "src", found)
-    (tmp_path / "src").write_bytes(data + b'"3"\r\n')
-    assert not staged_is_whole(tmp_path / "staged", tmp_path / "src", found)
-    (tmp_path / "src").write_bytes(data)
-    with open(tmp_path / "staged", "r+b") as staged:
-        staged.truncate(found["bytes"] - 1)  # what a kill mid-write leaves
-    assert not staged_is_whole(tmp_path / "staged", tmp_path / "src", found)
-    (tmp_path / "staged").unlink()
-    assert not staged_is_whole(tmp_path / "staged", tmp_path / "src", found)
+    normalized = len(rewrite(data)[0])
+    assert is_scanned(found, len(data), normalized)
+    assert not is_scanned(found, len(data) + 4, normalized)  # the source changed
+    assert not is_scanned(found, len(data), normalized - 1)  # a copy a kill cut short
 
 
 @pytest.mark.parametrize(

@@ -201,17 +201,36 @@ def test_a_wholesale_header_change_reads_as_removed_and_added(site, tmp_path, ca
 # -- crash safety and upgrades ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("lost", ["header_map.json", "normalized.csv"])
-def test_a_version_missing_one_of_its_outputs_is_rebuilt(site, server, tmp_path, lost):
+# What a kill leaves: one output written and not the other; or neither, with the copy the download wrote whole,
+# or cut short (a disk that lost its tail).
+@pytest.mark.parametrize(
+    ("lost", "staged"),
+    [
+        (["header_map.json"], None),
+        (["normalized.csv"], None),
+        (["normalized.csv", "header_map.json"], "whole"),
+        (["normalized.csv", "header_map.json"], "cut short"),
+    ],
+    ids=["header map lost", "normalized lost", "staged copy whole", "staged copy cut short"],
+)
+def test_a_version_missing_its_outputs_is_rebuilt(site, server, tmp_path, lost, staged):
     [path] = site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
     ok, first = run_daily(site, tmp_path)
     folder = Path(first["datasets"][0]["paths"]["normalized"]).parent
     normalized = (folder / "normalized.csv").read_bytes()
-    (folder / lost).unlink()  # what a kill between the two writes leaves
+    if staged:
+        (folder / "normalized.staged").write_bytes(normalized if staged == "whole" else normalized[:-7])
+        os.link(folder / "normalized.staged", tmp_path / "staged-inode")  # keeps its inode number from reuse
+        staged_inode = (folder / "normalized.staged").stat().st_ino
+    for name in lost:
+        (folder / name).unlink()
     server.clear()
     ok, report = run_daily(site, tmp_path)
     assert ok and report["datasets"][0]["status"] == "downloaded" and path not in server.paths()
     assert (folder / "normalized.csv").read_bytes() == normalized
+    assert not (folder / "normalized.staged").exists()
+    if staged:  # moved in when whole, else made anew from the source
+        assert ((folder / "normalized.csv").stat().st_ino == staged_inode) == (staged == "whole")
     stored = json.loads((folder / "header_map.json").read_text(encoding="utf-8"))
     assert stored["sha256"] == first["datasets"][0]["sha256"]
     assert query(tmp_path, "SELECT status FROM versions") == [("done",)]
@@ -231,28 +250,6 @@ def test_the_download_writes_the_normalized_file_and_normalize_moves_it_in(site,
         assert normalized == dst.getvalue()
         assert hashlib.sha256(normalized).hexdigest() == entry["sha256"]
         assert (folder / "source.scan.json").exists() == (entry["identifier"] == "48nr-hqxx")
-
-
-@pytest.mark.parametrize("staged", ["whole", "cut short"])
-def test_a_staged_normalized_file_is_used_only_when_whole(site, server, tmp_path, staged):
-    [path] = site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
-    ok, first = run_daily(site, tmp_path)
-    folder = Path(first["datasets"][0]["paths"]["normalized"]).parent
-    normalized = (folder / "normalized.csv").read_bytes()
-    # What a kill leaves between the download and Normalize: the outputs not yet there, the staged copy
-    # whole, or (a disk that lost its tail) shorter.
-    (folder / "normalized.staged").write_bytes(normalized if staged == "whole" else normalized[:-7])
-    os.link(folder / "normalized.staged", tmp_path / "staged-inode")  # its inode number cannot be reused
-    staged_inode = (folder / "normalized.staged").stat().st_ino
-    (folder / "normalized.csv").unlink()
-    (folder / "header_map.json").unlink()
-    server.clear()
-    ok, report = run_daily(site, tmp_path)
-    assert ok and report["datasets"][0]["status"] == "downloaded" and path not in server.paths()
-    assert (folder / "normalized.csv").read_bytes() == normalized
-    assert not (folder / "normalized.staged").exists()
-    assert ((folder / "normalized.csv").stat().st_ino == staged_inode) == (staged == "whole")  # moved, or made anew
-    assert report["datasets"][0]["sha256"] == first["datasets"][0]["sha256"]
 
 
 @pytest.mark.parametrize("schema", [FIRST_RELEASE, BEFORE_USER_VERSION], ids=["first release", "before user_version"])
