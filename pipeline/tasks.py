@@ -333,7 +333,7 @@ class NormalizeCsv(VersionTask):
                 os.replace(staged, outputs["csv"].path)  # the download wrote it: moved in, not copied
                 result = scanned_result(scan)
             else:
-                staged.unlink(missing_ok=True)  # cut short by a kill: made again from the source
+                staged.unlink(missing_ok=True)  # none, or cut short by a kill: made from the source
                 with atomic_path(outputs["csv"]) as temp, open(source, "rb") as src, open(temp, "w+b") as dst:
                     result = copy_normalized(src, dst, scan) if scan else rewrite_csv(src, dst)
             stats = {
