@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bytecode import compile_pipeline  # noqa: E402
 from benchmarks.plain_download import plain_download  # noqa: E402
 from benchmarks.run import Site, realistic_rows  # noqa: E402
 from benchmarks.scale import write_cfg  # noqa: E402
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="seconds before each response (default 0.05)")
     parser.add_argument("--bandwidth", type=float, default=20, help="MB/s per connection (default 20)")
     args = parser.parse_args()
+    compile_pipeline()
     rows = realistic_rows(1.0)
     work = Path(tempfile.mkdtemp(prefix="pipeline-real-", dir="/tmp"))
     figures: dict[str, list[float]] = {"plain": [], "cold": [], "refresh": []}

@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bytecode import compile_pipeline  # noqa: E402
 from benchmarks.plain_download import plain_download  # noqa: E402
 from pipeline import header_rewrite  # noqa: E402
 from tests.fixtures import HEADER_HCAHPS, item, resource_path  # noqa: E402
@@ -414,6 +415,7 @@ def main() -> None:
     parser.add_argument("--cms-http", type=int, help="override [resources] cms_http of luigi.cfg (shipped: 4)")
     parser.add_argument("--profile", type=int, metavar="N", help="also profile Luigi's scheduler on N datasets")
     args = parser.parse_args()
+    compile_pipeline()
     if not sys.platform.startswith("linux"):
         sys.exit("benchmarks/run.py reads /proc: Linux only")
     big_mb = args.big_mb or (64 if args.quick else 1024)

@@ -45,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bytecode import compile_pipeline  # noqa: E402
 from benchmarks.plain_download import plain_download  # noqa: E402
 from tests.fixtures import item, resource_path  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
@@ -327,6 +328,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.run_one:
         return _run_one(*args.run_one)
+    compile_pipeline()
     if not sys.platform.startswith("linux"):
         sys.exit("benchmarks/scale.py reads /proc: Linux only")
     sizes = [int(n) for n in args.sizes.split(",")]
