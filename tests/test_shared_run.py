@@ -2,6 +2,7 @@
 soon after its last task settles, and the job's exit code and stdout are the run's, whoever ran what."""
 
 import json
+import sqlite3
 import sys
 import time
 from contextlib import contextmanager
@@ -136,7 +137,12 @@ def test_a_second_copy_with_the_same_run_id_is_refused_at_once(tmp_path):
 
 
 def query_runs(data_dir: Path) -> list:
-    return query(data_dir, "SELECT run_id FROM runs") if (data_dir / "runlog.sqlite").exists() else []
+    if not (data_dir / "runlog.sqlite").exists():  # connecting would create it
+        return []
+    try:
+        return query(data_dir, "SELECT run_id FROM runs")
+    except sqlite3.OperationalError:  # the job has created the file but not yet its tables
+        return []
 
 
 def test_the_shipped_cron_line_and_windows_file_run_the_tested_command():
