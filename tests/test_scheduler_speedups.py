@@ -421,27 +421,28 @@ def first_difference(a: list, b: list):
     return len(min(a, b, key=len)), None, None
 
 
+def assert_same_as_luigi(seed: int, clock, restart: Path | None = None) -> None:
+    """One seeded call sequence, with and without the patch: every answer and the final state are Luigi's."""
+    original, original_state, _ = drive(seed, False, clock, restart=restart and restart / "luigi.pickle")
+    patched, patched_state, sch = drive(
+        seed, True, clock, check=check_index, restart=restart and restart / "patch.pickle"
+    )
+    assert scheduler_speedups._live_index(sch._state) is not None, f"seed {seed}: the patch gave up"
+    if patched != original:
+        at, want, got = first_difference(original, patched)
+        pytest.fail(f"seed {seed}, call {at}:\nLuigi:   {want}\npatched: {got}")
+    assert patched_state == original_state, f"seed {seed}"
+
+
 @pytest.mark.parametrize("block", range(10))
 def test_same_answers_and_state_as_luigi(block, clock):
     for seed in range(block * 50, block * 50 + 50):
-        original, original_state, _ = drive(seed, False, clock)
-        patched, patched_state, sch = drive(seed, True, clock, check=check_index)
-        assert scheduler_speedups._live_index(sch._state) is not None, f"seed {seed}: the patch gave up"
-        if patched != original:
-            at, want, got = first_difference(original, patched)
-            pytest.fail(f"seed {seed}, call {at}:\nLuigi:   {want}\npatched: {got}")
-        assert patched_state == original_state, f"seed {seed}"
+        assert_same_as_luigi(seed, clock)
 
 
 def test_same_answers_and_state_as_luigi_across_a_luigid_restart(clock, tmp_path):
     for seed in range(1000, 1060):
-        original, original_state, _ = drive(seed, False, clock, restart=tmp_path / "luigi.pickle")
-        patched, patched_state, sch = drive(seed, True, clock, check=check_index, restart=tmp_path / "patch.pickle")
-        assert scheduler_speedups._live_index(sch._state) is not None, f"seed {seed}: the patch gave up"
-        if patched != original:
-            at, want, got = first_difference(original, patched)
-            pytest.fail(f"seed {seed}, call {at}:\nLuigi:   {want}\npatched: {got}")
-        assert patched_state == original_state, f"seed {seed}"
+        assert_same_as_luigi(seed, clock, restart=tmp_path)
 
 
 def test_the_driver_reaches_the_cases_that_matter(clock, monkeypatch):

@@ -48,6 +48,12 @@ def host_folder(root: Path, name: str, site: Site, data_dir: Path, luigid: Luigi
     return folder
 
 
+def start_shared_run(folder: Path, run_id: str, workers: int, log_name: str = "out.log"):
+    """`python -m pipeline.shared_run` as a host folder's cron line runs it, with its central.cfg."""
+    args = [sys.executable, "-m", "pipeline.shared_run", "--workers", str(workers), "--run-id", run_id]
+    return start_client(args, folder / "central.cfg", folder, log_name)
+
+
 def serve(site: Site, count: int, missing: int = 0) -> list[str]:
     paths = []
     for n in range(count):
@@ -63,12 +69,7 @@ def test_a_shared_run_exits_with_the_runs_code_and_prints_its_summary(tmp_path, 
         data_dir = tmp_path / "shared-data"
         job_folder = host_folder(tmp_path, "host-a", site, data_dir, luigid)
         helper_folder = host_folder(tmp_path, "host-b", site, data_dir, luigid)
-        job, job_log = start_client(
-            [sys.executable, "-m", "pipeline.shared_run", "--workers", "2", "--run-id", "shared"],
-            job_folder / "central.cfg",
-            job_folder,
-            "out.log",
-        )
+        job, job_log = start_shared_run(job_folder, "shared", workers=2)
         assistant, _ = start_client(
             [sys.executable, "-m", "pipeline.assistant", "--workers", "2"],
             helper_folder / "central.cfg",
@@ -118,14 +119,13 @@ def test_a_second_copy_with_the_same_run_id_is_refused_at_once(tmp_path):
         serve(site, 4)
         data_dir = tmp_path / "shared-data"
         folder = host_folder(tmp_path, "host-a", site, data_dir, luigid)
-        args = [sys.executable, "-m", "pipeline.shared_run", "--workers", "1", "--run-id", "twice"]
-        first, first_log = start_client(args, folder / "central.cfg", folder, "first.log")
+        first, first_log = start_shared_run(folder, "twice", workers=1, log_name="first.log")
         deadline = time.monotonic() + 30
         while not query_runs(data_dir):
             assert time.monotonic() < deadline and first.poll() is None, first_log.read_text(encoding="utf-8")
             time.sleep(0.1)
         started = time.monotonic()
-        second, second_log = start_client(args, folder / "central.cfg", folder, "second.log")
+        second, second_log = start_shared_run(folder, "twice", workers=1, log_name="second.log")
         second_code = finish(second, timeout=60)
         refused_in = time.monotonic() - started
         first_code = finish(first, timeout=120)

@@ -6,14 +6,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.luigid_support import finish, start_client, stop_client
-from tests.test_shared_run import deployed, host_folder, serve
+from tests.luigid_support import finish, stop_client
+from tests.test_shared_run import deployed, host_folder, serve, start_shared_run
 
 pytestmark = pytest.mark.integration
 
@@ -60,12 +59,7 @@ def test_the_ui_shows_the_run_as_it_goes_and_when_it_is_done(tmp_path):
         serve(site, 12)
         data_dir = tmp_path / "data"
         folder = host_folder(tmp_path, "host-a", site, data_dir, luigid)
-        job, log = start_client(
-            [sys.executable, "-m", "pipeline.shared_run", "--workers", "2", "--run-id", "ui"],
-            folder / "central.cfg",
-            folder,
-            "out.log",
-        )
+        job, log = start_shared_run(folder, "ui", workers=2)
         tasks_page = f"{luigid.url}/static/visualiser/index.html#tab=tasks"
         workers_page = f"{luigid.url}/static/visualiser/index.html#tab=workers"
         try:
