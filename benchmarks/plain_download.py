@@ -1,10 +1,12 @@
 """The yardstick of the benchmarks: GET the metastore, then every CSV with N threads (one requests.Session
-each), straight to disk, in a child process of its own as the pipeline's are. A missing file (404) is skipped.
+each), straight to disk, in a child process of its own as the pipeline's are. A missing file (404) is skipped;
+DEST is deleted afterwards.
 
     python benchmarks/plain_download.py METASTORE_URL DEST THREADS   prints {"wall": seconds, "files": n}
 """
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -44,7 +46,9 @@ def _download(metastore_url: str, dest: str, threads: int) -> None:
     urls = [d["downloadURL"] for i in items for d in i["distribution"]]
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(get, enumerate(urls)))
-    print(json.dumps({"wall": time.perf_counter() - start, "files": len(urls)}))
+    wall = time.perf_counter() - start
+    shutil.rmtree(dest)
+    print(json.dumps({"wall": wall, "files": len(urls)}))
 
 
 if __name__ == "__main__":

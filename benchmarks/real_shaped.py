@@ -17,55 +17,26 @@ Every figure is the median over the rounds; the ratios are against the plain dow
 """
 
 import argparse
-import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bytecode import compile_pipeline  # noqa: E402
+from benchmarks.job import write_cfg  # noqa: E402
 from benchmarks.plain_download import plain_download  # noqa: E402
 from benchmarks.run import Site, realistic_rows  # noqa: E402
-from benchmarks.scale import write_cfg  # noqa: E402
-from tests.fixtures import item, resource_path  # noqa: E402
+from benchmarks.scale import run_luigi  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
-
-LUIGI = str(Path(sys.executable).with_name("luigi"))
-
-
-def publish(site: Site, day: int, rows: list[int]) -> str:
-    """The catalog of `day`: the same datasets and bytes every day, each file uploaded anew (a new URL)."""
-    items = []
-    for i, count in enumerate(rows):
-        identifier = f"real-{i:04d}"
-        path = resource_path(identifier, 1700000000 + 86400 * day + i, f"File_{i}.csv")
-        site.server.add(path, site.body(count), last_modified=1700000000 + 86400 * day)
-        items.append(item(identifier, f"2025-04-{day:02d}", site.server.url(path)))
-    path = f"/day{day}/provider-data/api/1/metastore/schemas/dataset/items"
-    site.server.add(path, json.dumps(items).encode(), content_type="application/json")
-    return site.server.url(path)
 
 
 def run_job(folder: Path, metastore_url: str, expect: str) -> float:
-    write_cfg(folder, metastore_url, [])
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [LUIGI, "--module", "pipeline", "HospitalsDaily", "--workers", "8"],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    )
-    wall = time.perf_counter() - start
-    if proc.returncode != 0 or expect not in proc.stdout:
-        raise RuntimeError(f"luigi exited {proc.returncode}, expected {expect!r}:\n{proc.stdout}\n{proc.stderr}")
-    return wall
+    write_cfg(folder, metastore_url)
+    return run_luigi(folder, "on", expect)["wall"]
 
 
 def main() -> None:
@@ -81,12 +52,11 @@ def main() -> None:
     try:
         with LoopbackServer(bandwidth=args.bandwidth * 1e6, latency=args.latency) as server:
             site = Site(server, work)
-            day1, day2 = publish(site, 1, rows), publish(site, 2, rows)
+            day1, day2 = site.catalog("real", rows, day=1), site.catalog("real", rows, day=2)
             size = sum(site.body(r).stat().st_size for r in rows) / 1e6
             print(f"{len(rows)} CSVs, {size:,.0f} MB, the largest {site.body(max(rows)).stat().st_size / 1e6:,.0f} MB")
             for round_ in range(1, args.rounds + 1):
                 figures["plain"].append(plain_download(day1, work / "plain", 4))
-                shutil.rmtree(work / "plain")
                 folder = work / f"job-{round_}"
                 figures["cold"].append(run_job(folder, day1, f" {len(rows)} downloaded, 0 up to date"))
                 figures["refresh"].append(run_job(folder, day2, f" {len(rows)} downloaded, 0 up to date"))

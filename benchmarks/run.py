@@ -21,18 +21,19 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import date, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bytecode import compile_pipeline  # noqa: E402
+from benchmarks.job import CONFIG, LUIGI, job_env, write_cfg  # noqa: E402
 from benchmarks.plain_download import plain_download  # noqa: E402
 from pipeline import header_rewrite  # noqa: E402
 from tests.fixtures import HEADER_HCAHPS, item, resource_path  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
 
-LUIGI = str(Path(sys.executable).with_name("luigi"))
 MB = 1 << 20
 HEADER = HEADER_HCAHPS + "\r\n"
 HOSPITALS = [
@@ -59,7 +60,6 @@ MEASURES = [
         '""NO"", patients would not recommend the hospital',
     ),
 ]
-CONFIG = ROOT / "luigi.cfg"
 
 
 # -- synthetic data -------------------------------------------------------------------------------------------
@@ -135,14 +135,16 @@ class Site:
             self.bodies[rows] = write_csv(self.folder / f"body-{rows}.csv", rows)
         return self.bodies[rows]
 
-    def catalog(self, name: str, rows: list[int]) -> str:
-        items = []
+    def catalog(self, name: str, rows: list[int], day: int = 0) -> str:
+        """The catalog `name` as on `day`: the same datasets and bytes every day, each file uploaded anew (a new
+        download URL) and modified that day."""
+        items, upload = [], 1700000000 + 86400 * day
         for i, count in enumerate(rows):
             identifier = f"{name}-{i:04d}"
-            path = resource_path(identifier, 1700000000 + i, f"File_{i}.csv")
-            self.server.add(path, self.body(count), last_modified=1700000000)
-            items.append(item(identifier, "2025-04-08", self.server.url(path)))
-        path = f"/{name}/provider-data/api/1/metastore/schemas/dataset/items"
+            path = resource_path(identifier, upload + i, f"File_{i}.csv")
+            self.server.add(path, self.body(count), last_modified=upload)
+            items.append(item(identifier, (date(2025, 4, 8) + timedelta(days=day)).isoformat(), self.server.url(path)))
+        path = f"/{name}/day{day}/provider-data/api/1/metastore/schemas/dataset/items"
         self.server.add(path, json.dumps(items).encode(), content_type="application/json")
         return self.server.url(path)
 
@@ -197,18 +199,8 @@ def run_luigi(folder: Path, metastore_url: str, args, memory: bool = False, pref
     """The README command in `folder`, with the shipped luigi.cfg pointed at the loopback catalog.
 
     Returns (wall seconds, CPU seconds of the whole process tree, stdout, TreeMemory or None)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for line in CONFIG.read_text().splitlines():
-        if line.startswith("metastore_url"):
-            line = f"metastore_url = {metastore_url}"
-        elif line.startswith("data_dir"):
-            line = f"data_dir = {folder / 'data'}"
-        elif line.startswith("cms_http") and args.cms_http:
-            line = f"cms_http = {args.cms_http}"
-        lines.append(line)
-    (folder / "luigi.cfg").write_text("\n".join(lines) + "\n")
-    env = {k: v for k, v in os.environ.items() if k != "LUIGI_CONFIG_PATH"}
+    write_cfg(folder, metastore_url, cms_http=args.cms_http)
+    env = job_env()
     cpu, start = _children_cpu(), time.perf_counter()
     proc = subprocess.Popen(
         [*prefix, LUIGI, "--module", "pipeline", "HospitalsDaily", "--workers", str(args.workers)],
@@ -248,8 +240,7 @@ def run_empty_luigi(folder: Path, args) -> float:
             "    def run(self):\n        open(self.path, 'w').close()\n"
         )
         shutil.copy(CONFIG, folder / "luigi.cfg")
-    env = {**os.environ, "PYTHONPATH": str(folder)}
-    env.pop("LUIGI_CONFIG_PATH", None)
+    env = job_env(PYTHONPATH=str(folder))
     target = folder / f"out-{time.time_ns()}"
     start = time.perf_counter()
     subprocess.run(
@@ -376,7 +367,6 @@ def cold_and_noop(site: Site, work: Path, name: str, rows: list[int], args, repe
     url = site.catalog(name, rows)
     folder = work / name
     pure = plain_download(url, work / f"{name}-download", args.workers)
-    shutil.rmtree(work / f"{name}-download")
     cold, cpu, out, _ = run_luigi(folder, url, args)
     assert f" {len(rows)} downloaded" in out, out
     noop, empty, requests = float("inf"), float("inf"), set()

@@ -46,12 +46,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bytecode import compile_pipeline  # noqa: E402
+from benchmarks.job import LUIGI, job_env, write_cfg  # noqa: E402
 from benchmarks.plain_download import plain_download  # noqa: E402
 from tests.fixtures import item, resource_path  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
 
-LUIGI = str(Path(sys.executable).with_name("luigi"))
-CONFIG = ROOT / "luigi.cfg"
 SWITCH = "PIPELINE_SCHEDULER_SPEEDUPS"
 HEADER = (
     '"Facility ID","Facility Name","City/Town","State","HCAHPS Measure ID","HCAHPS Answer Percent",'
@@ -91,38 +90,12 @@ def publish(server: LoopbackServer, name: str, count: int, body: bytes, fail_eve
     return server.url(path)
 
 
-def write_cfg(folder: Path, metastore_url: str, worker_cfg: list[str], central_port: int | None = None) -> None:
-    """The shipped luigi.cfg pointed at the loopback catalog, with --worker-cfg lines added to its [worker].
-
-    Its own lock_pid_dir: Luigi's pid lock is keyed by the command line, the same for anyone running the job.
-    With central_port, the client of a luigid on 127.0.0.1 instead of the in-process scheduler."""
-    lines = []
-    for line in CONFIG.read_text(encoding="utf-8").splitlines():
-        if line.startswith("metastore_url = "):
-            line = f"metastore_url = {metastore_url}"
-        elif line.startswith("data_dir = "):
-            line = f"data_dir = {folder / 'data'}"
-        elif line.startswith("local_scheduler = ") and central_port:
-            line = "local_scheduler = false"
-        lines.append(line)
-        if line == "[core]":
-            lines.append(f"lock_pid_dir = {folder / 'locks'}")
-            if central_port:
-                lines += ["scheduler_host = 127.0.0.1", f"scheduler_port = {central_port}"]
-        if line == "[worker]":
-            lines += [setting.replace("=", " = ", 1) for setting in worker_cfg]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "luigi.cfg").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
 # -- in the intermediate process ------------------------------------------------------------------------------
 
 
 def _run_one(folder: str, patch: str) -> None:
     """Run the command once in `folder`, print one JSON line of what it cost."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LUIGI_CONFIG_PATH", SWITCH)}
-    env[SWITCH] = "1" if patch == "on" else "0"
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env = job_env(**{SWITCH: "1" if patch == "on" else "0"})
     start = time.perf_counter()
     proc = subprocess.Popen(
         [LUIGI, "--module", "pipeline", "HospitalsDaily", "--workers", "8"],
@@ -246,12 +219,6 @@ def run_luigi(folder: Path, patch: str, expect: str, failing: bool = False) -> d
     return result
 
 
-def timed_plain_download(metastore_url: str, dest: Path, threads: int) -> float:
-    wall = plain_download(metastore_url, dest, threads)
-    shutil.rmtree(dest)
-    return wall
-
-
 def machine() -> str:
     import luigi
 
@@ -349,7 +316,7 @@ def main() -> None:
         with LoopbackServer(bandwidth=args.bandwidth * 1e6, latency=args.latency) as server:
             for n in sizes:
                 url = publish(server, f"s{n}", n, body, args.fail_every)
-                plain = timed_plain_download(url, work / f"plain{n}", args.threads)
+                plain = plain_download(url, work / f"plain{n}", args.threads)
                 print(f"{n:5d} datasets: plain {args.threads}-connection download {plain:6.1f} s", flush=True)
                 for patch in patches:
                     row = measure(work / f"s{n}-{patch}", url, n, patch, args)
