@@ -46,9 +46,12 @@ def source_scan(version: Path) -> Path:
     return version / "source.scan.json"
 
 
+NORMALIZED_STAGED = "normalized.staged"
+
+
 def normalized_staged(version: Path) -> Path:
     """The normalized file as the download wrote it beside the source; Normalize renames it to normalized.csv."""
-    return version / "normalized.staged"
+    return version / NORMALIZED_STAGED
 
 
 def normalized_csv(version: Path) -> Path:

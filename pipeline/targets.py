@@ -7,6 +7,8 @@ from pathlib import Path
 import luigi
 from filelock import FileLock, Timeout
 
+from pipeline import layout
+
 LOCK_NAME = ".lock"
 
 
@@ -20,12 +22,17 @@ def folder_lock(folder: Path):
 
 
 def sweep_stale_temps(datasets: Path) -> None:
-    """Delete temp files left by killed writers: those in version folders nobody holds the lock of."""
-    for folder in {temp.parent for temp in datasets.glob("*/*/*-luigi-tmp-*")}:
+    """Delete what killed writers left in version folders nobody holds the lock of: temp files, and a staged
+    normalized copy without its source.csv (a download cut short; the copy is only ever used beside it)."""
+    temps = {temp.parent for temp in datasets.glob("*/*/*-luigi-tmp-*")}
+    staged = {copy.parent for copy in datasets.glob(f"*/*/{layout.NORMALIZED_STAGED}")}
+    for folder in temps | staged:
         try:
             with FileLock(folder / LOCK_NAME, timeout=0):
                 for temp in folder.glob("*-luigi-tmp-*"):
                     temp.unlink(missing_ok=True)
+                if not layout.source_csv(folder).exists():
+                    layout.normalized_staged(folder).unlink(missing_ok=True)
         except Timeout:
             continue  # a live writer
 

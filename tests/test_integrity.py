@@ -236,6 +236,22 @@ def test_a_version_missing_its_outputs_is_rebuilt(site, server, tmp_path, lost, 
     assert query(tmp_path, "SELECT status FROM versions") == [("done",)]
 
 
+def test_a_staged_copy_without_its_source_is_swept_and_one_beside_it_kept(site, tmp_path):
+    site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
+    # A download killed mid-way, of a version no catalog lists any more; and one killed before its Normalize.
+    cut = tmp_path / "datasets" / "gone-1" / "2024-12-01-0123abcd"
+    waiting = tmp_path / "datasets" / "kept-1" / "2024-12-01-4567cdef"
+    for folder in (cut, waiting):
+        folder.mkdir(parents=True)
+        (folder / "normalized.staged").write_bytes(b"facility_id\r\n")
+    (cut / "source.csv-luigi-tmp-1234").write_bytes(b'"Facility ID"\r\n')
+    (waiting / "source.csv").write_bytes(b'"Facility ID"\r\n')
+    ok, _ = run_daily(site, tmp_path)
+    assert ok
+    assert sorted(p.name for p in cut.iterdir()) == [".lock"]  # the sweep's lock file
+    assert sorted(p.name for p in waiting.iterdir()) == [".lock", "normalized.staged", "source.csv"]
+
+
 def test_the_download_writes_the_normalized_file_and_normalize_moves_it_in(site, tmp_path):
     site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
     site.dataset("cp-1252", "2025-01-01", {"Old.csv": '"Café"\r\n"Zoë"\r\n'.encode("cp1252")})
