@@ -8,6 +8,11 @@ from pipeline.schema_drift import describe
 COUNTS = ("discovered", "downloaded", "up_to_date", "failed", "invalid", "retired")
 
 
+def progress_line(done: int, failed: int, total: int) -> tuple[str, int]:
+    """The wrapper's status message and percentage in luigid's UI."""
+    return f"{done} done, {failed} failed of {total} CSV versions", 100 * (done + failed) // max(1, total)
+
+
 def tally(items: list[dict]) -> tuple[dict, str]:
     """(counts, status) of a run from its items' outcomes: any failed version fails the run."""
     counts = {name: sum(item["outcome"] == name for item in items) for name in COUNTS}

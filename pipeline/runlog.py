@@ -291,8 +291,8 @@ class RunLog:
         schema_change: str | None = None,
         previous: tuple[str, str] | None = None,
         outcome: str = "downloaded",
-    ) -> tuple[int, int]:
-        """Returns (settled, total) versions of the run, for a progress line."""
+    ) -> tuple[int, int, int]:
+        """Returns the run's progress after this version: (done, failed, total)."""
         with self.transaction() as db:
             self._store_done(db, version, stats, run_id)
             if schema_change and previous:
@@ -302,11 +302,7 @@ class RunLog:
                     (*_key(version), *previous, schema_change, run_id),
                 )
             self._set_outcome(db, run_id, version, outcome, None)
-            return db.execute(
-                "SELECT sum(outcome NOT IN ('queued')), count(*) FROM run_items WHERE run_id=?"
-                " AND outcome NOT IN ('invalid', 'retired')",
-                (run_id,),
-            ).fetchone()
+            return self._progress(db, run_id)
 
     @staticmethod
     def _store_done(db: sqlite3.Connection, version: CsvVersion, stats: dict, run_id, only_if_not_done=False) -> None:
@@ -371,7 +367,8 @@ class RunLog:
         with self.transaction() as db:
             self._set_outcome(db, run_id, version, "up_to_date", text)
 
-    def record_failed(self, run_id: str, version: CsvVersion, error: str) -> None:
+    def record_failed(self, run_id: str, version: CsvVersion, error: str) -> tuple[int, int, int]:
+        """Returns the run's progress after this version: (done, failed, total)."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE versions SET status='failed', error=?, run_id=?, updated_at=?"
@@ -379,6 +376,7 @@ class RunLog:
                 (error, run_id, now(), *_key(version)),
             )
             self._set_outcome(db, run_id, version, "failed", error)
+            return self._progress(db, run_id)
 
     @staticmethod
     def _set_outcome(db: sqlite3.Connection, run_id: str, version: CsvVersion, outcome: str, error) -> None:
@@ -390,12 +388,16 @@ class RunLog:
     def progress(self, run_id: str) -> tuple[int, int, int]:
         """(done, failed, total) CSV versions of the run so far."""
         with self._connect() as db:
-            return db.execute(
-                "SELECT coalesce(sum(outcome IN ('downloaded', 'up_to_date')), 0),"
-                " coalesce(sum(outcome='failed'), 0), count(*) FROM run_items WHERE run_id=?"
-                " AND outcome NOT IN ('invalid', 'retired')",
-                (run_id,),
-            ).fetchone()
+            return self._progress(db, run_id)
+
+    @staticmethod
+    def _progress(db: sqlite3.Connection, run_id: str) -> tuple[int, int, int]:
+        return db.execute(
+            "SELECT coalesce(sum(outcome IN ('downloaded', 'up_to_date')), 0),"
+            " coalesce(sum(outcome='failed'), 0), count(*) FROM run_items WHERE run_id=?"
+            " AND outcome NOT IN ('invalid', 'retired')",
+            (run_id,),
+        ).fetchone()
 
     def settle_queued(self, run_id: str) -> None:
         """Once every task of the run is complete, versions still queued were finished by someone else."""

@@ -30,6 +30,7 @@ from pipeline.errors import DatasetError, RunClosed
 from pipeline.header_rewrite import NotText, SourceScan, copy_normalized, is_scanned, rewrite_csv, scanned_result
 from pipeline.http import DownloadError, changed_since, download
 from pipeline.metastore import load_catalog
+from pipeline.report import progress_line
 from pipeline.runlog import RunLog
 from pipeline.schema_drift import diff_columns, previous_version
 from pipeline.settings import FolderParameter, RunIdParameter, Settings, SettingsParameter
@@ -195,29 +196,26 @@ class VersionTask(RunTask):
             cause = str(exc)
         return DatasetError(self.identifier, f"{stage}: {cause}")
 
-    def show_run_progress(self) -> None:
-        """The wrapper's line in luigid's UI: done, failed and total so far, updated by each settled version
-        (a local scheduler has no UI to show it)."""
+    def show_run_progress(self, done: int, failed: int, total: int) -> None:
+        """The wrapper's line in luigid's UI, updated by each settled version with the run's (done, failed,
+        total) as its run-log write returned them (a local scheduler has no UI to show it)."""
         core = luigi.interface.core()
         if not self.wrapper_task_id or core.local_scheduler:
             return
-        done, failed, total = self.runlog().progress(self.run_id)
+        message, percent = progress_line(done, failed, total)
         # The address as Luigi's own worker finds it (luigi.interface builds it the same way).
         url = core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"
         try:
             scheduler: Any = luigi.rpc.RemoteScheduler(url)  # its RPC methods are made at run time
-            scheduler.set_task_status_message(
-                self.wrapper_task_id, f"{done} done, {failed} failed of {total} CSV versions"
-            )
-            scheduler.set_task_progress_percentage(self.wrapper_task_id, 100 * (done + failed) // max(1, total))
+            scheduler.set_task_status_message(self.wrapper_task_id, message)
+            scheduler.set_task_progress_percentage(self.wrapper_task_id, percent)
         except luigi.rpc.RPCError as exc:  # the UI line is not worth failing a version for
             logger.warning("%s: could not update the run's progress in luigid: %s", self.identifier, exc)
 
     def on_failure(self, exception):
         cause = exception.cause if isinstance(exception, DatasetError) else repr(exception)
         try:
-            self.runlog().record_failed(self.run_id, self.version, cause)
-            self.show_run_progress()
+            self.show_run_progress(*self.runlog().record_failed(self.run_id, self.version, cause))
             self.close_run_if_complete()
         except Exception:  # Luigi swallows errors here; say so loudly (one line if the disk is full)
             logger.exception("%s: could not record the failure in the run log", self.identifier)
@@ -363,10 +361,10 @@ class NormalizeCsv(VersionTask):
             self.set_progress_percentage(100)
         change = diff_columns(old_columns, result.normalized) if old_columns is not None else None
         drift = json.dumps(change) if change else None
-        settled, total = self.runlog().record_done(self.run_id, self.version, stats, drift, previous)
-        self.show_run_progress()
+        done, failed, total = self.runlog().record_done(self.run_id, self.version, stats, drift, previous)
+        self.show_run_progress(done, failed, total)
         print(
-            f"[{settled}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "
+            f"[{done + failed}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "
             f"{result.bytes / 1e6:,.1f} MB" + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
             flush=True,
         )
@@ -399,9 +397,9 @@ class HospitalsDaily(RunTask):
             NormalizeCsv.for_version(self, version, wrapper_task_id=self.task_id) for version in catalog.versions
         ]
         if self.set_status_message:  # the run log knows what is done: no second pass over the children's files
-            done, failed, total = self.runlog().progress(self.run_id)
-            self.set_status_message(f"{done} done, {failed} failed of {total} CSV versions")
-            self.set_progress_percentage(100 * (done + failed) // max(1, total))
+            message, percent = progress_line(*self.runlog().progress(self.run_id))
+            self.set_status_message(message)
+            self.set_progress_percentage(percent)
         yield children
         self.runlog().settle_queued(self.run_id)
         self.close_run_if_complete()
