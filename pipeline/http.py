@@ -62,11 +62,25 @@ class Downloaded:
 
 
 class _CappedRetry(Retry):
-    """urllib3's Retry, but a server asking us to wait an hour does not stall the morning run."""
+    """urllib3's Retry, but a server asking us to wait an hour does not stall the morning run, and no wait
+    between retries ends past the run's deadline (`bounds`, given by _new_session)."""
+
+    bounds: "_Bounds | None" = None
+
+    def new(self, **kw):
+        retry = super().new(**kw)  # a new Retry per attempt, made from urllib3's own parameters only
+        retry.bounds = self.bounds
+        return retry
 
     def get_retry_after(self, response):
         wait = super().get_retry_after(response)
         return None if wait is None else min(wait, MAX_RETRY_AFTER)
+
+    def sleep(self, response=None):
+        if self.bounds:
+            wait = self.get_retry_after(response) if response and self.respect_retry_after_header else None
+            self.bounds.check_deadline(time.monotonic() + (self.get_backoff_time() if wait is None else wait))
+        super().sleep(response)
 
 
 _sessions: dict[tuple[int, HttpSettings], requests.Session] = {}
@@ -76,7 +90,7 @@ _sessions_lock = threading.Lock()
 def session_for(settings: HttpSettings) -> requests.Session:
     """The process's Session (keyed by pid too: a forked child must not share its parent's sockets)."""
     key = (os.getpid(), settings)
-    with _sessions_lock:  # verify mode asks from several threads at once
+    with _sessions_lock:  # one per process and settings, whichever thread asks first
         if key not in _sessions:
             _sessions[key] = _new_session(settings)
         return _sessions[key]
@@ -94,6 +108,7 @@ def _new_session(settings: HttpSettings) -> requests.Session:
         respect_retry_after_header=True,
         raise_on_status=False,
     )
+    retry.bounds = _Bounds(settings)
     session = requests.Session()
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)

@@ -155,6 +155,15 @@ def test_the_deadline_is_checked_before_the_request_and_while_reading(server, tm
         get(server, tmp_path, HttpSettings(read_timeout=5, run_minutes=0.01, deadline=time.time() + 0.6))
 
 
+def test_no_wait_between_retries_ends_past_the_deadline(server, tmp_path):
+    server.add("/f.csv", BODY)
+    server.fault("/f.csv", status=503, retry_after=30)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"^the run's deadline passed \(run_minutes = 0.01\)$"):
+        get(server, tmp_path, HttpSettings(run_minutes=0.01, deadline=time.time() + 0.6))
+    assert time.monotonic() - started < 10 and server.count() == 1
+
+
 def test_session_for_makes_one_session_however_many_threads_ask():
     settings = HttpSettings(user_agent=f"test-{time.time_ns()}")
     barrier = threading.Barrier(8)
