@@ -186,7 +186,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header(name, value)
         if chunked:
             self.send_header("Transfer-Encoding", "chunked")
-        else:
+        elif status != 304:  # a 304 has no body, and real servers send no length for it
             self.send_header("Content-Length", str(length))  # the full length, even when truncating
         self.end_headers()
         if self.command == "HEAD":
