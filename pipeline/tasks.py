@@ -54,7 +54,7 @@ class RunTask(luigi.Task):
             cls._params = super().get_params()
         return list(cls._params)
 
-    @property
+    @cached_property
     def config(self) -> Settings:
         return Settings.from_dict(self.settings)
 
