@@ -40,6 +40,15 @@ def test_encoded_bodies_are_written_decoded(server, tmp_path, encoding, chunked)
     assert seen[-1] == (len(BODY), None)  # decoded bytes; Content-Length counts other bytes
 
 
+def test_a_redirect_to_a_cdn_copy_is_followed(server, tmp_path):
+    server.add("/cdn/f.csv", BODY, encoding="gzip", chunked=True, last_modified=1700000000)
+    server.add("/f.csv", b"", status=302, headers={"Location": server.url("/cdn/f.csv")})
+    got = get(server, tmp_path)
+    assert (tmp_path / "f.csv").read_bytes() == BODY
+    assert (got.bytes, got.content_encoding) == (len(BODY), "gzip") and got.last_modified
+    assert server.paths() == ["/f.csv", "/cdn/f.csv"]
+
+
 def test_plain_bodies_report_identity_and_their_length(server, tmp_path):
     server.add("/p.csv", BODY, chunked=True)
     got = get(server, tmp_path, path="/p.csv")
