@@ -16,14 +16,13 @@ publishes the whole catalog, its publish brings latest/ up to date.
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from pipeline import latest, layout
 from pipeline.catalog import Catalog
+from pipeline.durable import remove_tree, write_json
 from pipeline.report import COUNTS, build_report, summary_lines, tally
 from pipeline.runlog import RunLog, now
-from pipeline.targets import write_json_file
 
 logger = logging.getLogger("luigi-interface")
 SUMMARY_BY_WRAPPER = "CMS_PIPELINE_SUMMARY_BY_WRAPPER"
@@ -39,12 +38,13 @@ def close_if_complete(data_dir: Path, run_id: str, keep_versions: int) -> dict |
     counts, status = tally(items)
     catalog = Catalog.from_json(json.loads(layout.catalog_snapshot(data_dir, run_id).read_text(encoding="utf-8")))
     done = [item for item in items if item["outcome"] in ("downloaded", "up_to_date")]
-    notes = latest.publish(data_dir / "latest", latest.latest_names(catalog.versions), done, retired, run_id, now())
+    notes = json.loads(run["notes"] or "[]")  # what the catalog task repaired
+    notes += latest.publish(data_dir / "latest", latest.latest_names(catalog.versions), done, retired, run_id, now())
     if keep_versions > 0:
         notes += _prune(log, run_id, keep_versions)
     finished = now()
     report = build_report(run, items, counts, status, finished, notes)
-    _finish(log, data_dir, run_id, report, lambda path: log.finish_run(run_id, status, counts, finished, path))
+    _finish(log, data_dir, run_id, report, lambda path: log.finish_run(run_id, status, counts, finished, path, notes))
     return report
 
 
@@ -54,14 +54,15 @@ def close_failed(data_dir: Path, run_id: str, error: str) -> None:
     row = log.run(run_id)
     run = dict(row) if row else {"run_id": run_id, "started_at": None, "metastore_url": None, "theme": None}
     finished = now()
-    report = build_report(run, [], dict.fromkeys(COUNTS, 0), "failed", finished, error=error)
+    notes = json.loads(run.get("notes") or "[]")
+    report = build_report(run, [], dict.fromkeys(COUNTS, 0), "failed", finished, notes, error=error)
     _finish(log, data_dir, run_id, report, lambda path: log.fail_run(run_id, error, finished, path))
 
 
 def _finish(log: RunLog, data_dir: Path, run_id: str, report: dict, record) -> None:
     path = layout.report(data_dir, run_id)
     try:
-        write_json_file(path, report)
+        write_json(path, report)
     except OSError as exc:
         logger.error("Run %s: could not write its report %s: %s", run_id, path, exc.strerror or exc)
         record(None)
@@ -78,7 +79,7 @@ def _prune(log: RunLog, run_id: str, keep: int) -> list[str]:
         folder = Path(output_path).parent
         size = sum(p.stat().st_size for p in folder.glob("*") if p.is_file()) if folder.exists() else 0
         try:
-            shutil.rmtree(folder)
+            remove_tree(folder)
         except FileNotFoundError:
             pass
         except OSError as exc:

@@ -6,11 +6,11 @@ from pathlib import Path
 import luigi
 
 from pipeline import layout
+from pipeline.durable import write_json
 from pipeline.metastore import load_catalog
 from pipeline.plan import format_table, plan
 from pipeline.runlog import read_state
 from pipeline.settings import FolderParameter, RunIdParameter, SettingsParameter
-from pipeline.targets import write_json
 from pipeline.tasks import NormalizeCsv
 
 # Luigi calls a config_path fallback "deprecated"; here it is the point: one [HospitalsDaily] section for both tasks.
@@ -42,7 +42,7 @@ class HospitalsPlan(luigi.Task):
         known, failed, retired = read_state(layout.runlog_db(Path(self.data_dir)), self.theme)
         rows = plan(catalog, lambda v: NormalizeCsv.for_version(self, v).complete(), known, failed, retired)
         write_json(
-            self.output(),
+            Path(self.output().path),
             {"run_id": self.run_id, "metastore_url": self.metastore_url, "theme": self.theme, "versions": rows},
         )
         print(format_table(rows) + f"\nPlan: {self.output().path}", flush=True)

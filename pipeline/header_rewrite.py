@@ -307,6 +307,11 @@ class SourceScan:
         if self._out:
             self._out.write(data)
 
+    def record(self) -> dict:
+        """What source.scan.json keeps: the result, or at least the source's size (by which later runs know the
+        source is whole) when the file must go through rewrite_csv."""
+        return self.result() or {"source_bytes": self.source_bytes}
+
     def result(self) -> dict | None:
         if not self.usable or self.header is None or self._utf8.pending:
             return None
@@ -321,6 +326,14 @@ class SourceScan:
             "bytes": self.bytes,
             "sha256": self._hash.hexdigest(),
         }
+
+
+def scan_record(src: BinaryIO) -> dict:
+    """A whole file's SourceScan record, for a source whose scan was lost."""
+    scan = SourceScan()
+    while chunk := src.read(CHUNK):
+        scan.feed(chunk)
+    return scan.record()
 
 
 def _copy_rest(src: BinaryIO, dst: BinaryIO) -> None:

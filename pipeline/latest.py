@@ -1,10 +1,11 @@
 """A stable view for consumers: <data>/latest/<name>.csv always holds a dataset's current normalized file,
 latest/latest.json lists them and latest/index.csv lists them for a spreadsheet. Hard links (no admin rights
-needed on NTFS), or copies where links fail; each file is replaced atomically and on its own, so a file held
-open (Excel on Windows) delays only itself, until the next run."""
+needed on NTFS), or copies where links fail, read-only like the versioned file, so an edit in place cannot
+change the archive; each file is replaced atomically and on its own, so a file held open (Excel on Windows)
+delays only itself, until the next run. What a crash can leave (a file of the wrong size, a list that does not
+parse) is put right, with a note."""
 
 import csv
-import json
 import os
 import shutil
 from collections import Counter, defaultdict
@@ -13,12 +14,13 @@ from pathlib import Path, PurePosixPath
 from filelock import FileLock
 
 from pipeline.catalog import CsvVersion, VersionKey, file_name
+from pipeline.durable import TEMP_MARK, atomic_path, json_text, remove
 from pipeline.layout import safe_component
+from pipeline.version_check import file_sha256, read_json
 
 MANIFEST = "latest.json"
 INDEX = "index.csv"
 INDEX_COLUMNS = ("identifier", "title", "file", "rows", "modified", "released", "data_dictionary", "retired")
-_TEMP = ".tmp"
 
 
 def latest_names(versions: list[CsvVersion]) -> dict[VersionKey, str]:
@@ -41,25 +43,27 @@ def latest_names(versions: list[CsvVersion]) -> dict[VersionKey, str]:
     return names
 
 
-def _replace(dest: Path, write) -> None:
-    """Write via a temp file beside `dest`, then rename over it; the temp never outlives a failure."""
-    temp = dest.with_name(f"{dest.name}.{os.getpid()}{_TEMP}")
-    try:
+def _replace(dest: Path, write, read_only: bool = False) -> None:
+    """Write via a temp file beside `dest`, then rename over it durably; the temp never outlives a failure."""
+    with atomic_path(dest, read_only) as temp:
         write(temp)
-        os.replace(temp, dest)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def _link_or_copy(source: Path):
     def write(temp: Path) -> None:
-        temp.unlink(missing_ok=True)
         try:
             os.link(source, temp)
         except OSError:
             shutil.copyfile(source, temp)
 
     return write
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def _cannot(path: str, exc: OSError, holds: str) -> str:
@@ -80,25 +84,30 @@ def publish(
     Returns a note for each file that could not be updated."""
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(folder / ".lock"):  # one publisher at a time, whichever run it closes
-        for stale in folder.glob(f"*{_TEMP}"):  # left by a killed publisher
-            stale.unlink(missing_ok=True)
+        for stale in [*folder.glob(f"*{TEMP_MARK}*"), *folder.glob("*.tmp")]:  # a killed publisher's (.tmp: of
+            remove(stale)  # earlier releases)
         return _publish(folder, names, entries, retired, run_id, now)
 
 
 def _publish(folder, names, entries, retired, run_id, now) -> list[str]:
-    manifest_path = folder / MANIFEST
-    old = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {"datasets": []}
-    datasets = {d["path"]: d for d in old["datasets"]}
-    notes = []
+    old, problem = read_json(folder / MANIFEST)
+    notes = [f"latest/{MANIFEST} {problem}; rebuilt from this run's catalog"] if problem else []
+    datasets = {d["path"]: d for d in (old or {"datasets": []})["datasets"]}
+    if old is not None and (problem := _index_problem(folder / INDEX, len(datasets))):
+        notes.append(f"latest/{INDEX} {problem}; written again")
     for entry in entries:
         name = names[VersionKey(entry["identifier"], entry["modified"], entry["download_url"])]
         dest, current = folder / name, datasets.get(name)
-        if not (current and current["sha256"] == entry["sha256"] and dest.exists()):
+        size = _size(dest)
+        whole = size is not None and entry["bytes"] in (None, size)  # no size: logged by an early release
+        if not (current and current["sha256"] == entry["sha256"] and whole):
             try:
-                _replace(dest, _link_or_copy(Path(entry["output_path"])))
+                _replace(dest, _link_or_copy(Path(entry["output_path"])), read_only=True)
             except OSError as exc:
                 notes.append(_cannot(name, exc, _holds(current)))
                 continue
+            if current and current["sha256"] == entry["sha256"] and size is not None:
+                notes.append(f"latest/{name} had {size:,} bytes, its version {entry['bytes']:,}; put back")
         datasets[name] = {
             "identifier": entry["identifier"],
             "title": entry["title"],
@@ -116,7 +125,7 @@ def _publish(folder, names, entries, retired, run_id, now) -> list[str]:
     for name, item in list(datasets.items()):
         if item["identifier"] in in_catalog and name not in names.values():  # the catalog no longer lists it
             try:
-                (folder / name).unlink(missing_ok=True)
+                remove(folder / name)
                 del datasets[name]
             except OSError as exc:
                 notes.append(
@@ -137,9 +146,43 @@ def _publish(folder, names, entries, retired, run_id, now) -> list[str]:
 
 def _json_writer(data: dict):
     def write(temp: Path) -> None:
-        temp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8", newline="")
+        temp.write_text(json_text(data), encoding="utf-8", newline="")
 
     return write
+
+
+def _index_problem(path: Path, listed: int) -> str | None:
+    """What is wrong with an index.csv that should list `listed` files (it is written again in any case)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as file:
+            rows = list(csv.reader(file))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeError, csv.Error) as exc:
+        return f"does not parse ({exc})"
+    if not rows or tuple(rows[0]) != INDEX_COLUMNS:
+        return "has no header row" if not rows else "does not start with its header row"
+    if len(rows) - 1 != listed:
+        return f"lists {len(rows) - 1} files, latest.json {listed}"
+    if any(len(row) != len(INDEX_COLUMNS) for row in rows):
+        return "has a row cut short"
+    return None
+
+
+def check_hashes(folder: Path) -> list[str]:
+    """The deep check of latest/: a file whose bytes differ from latest.json's sha256 is deleted, so the run's
+    publish puts its version back; a note each."""
+    manifest, _ = read_json(folder / MANIFEST)
+    notes = []
+    for item in (manifest or {}).get("datasets", []):
+        path = folder / item["path"]
+        if path.exists() and file_sha256(path) != item["sha256"]:
+            try:
+                remove(path)
+                notes.append(f"latest/{item['path']} does not match latest.json's sha256; put back")
+            except OSError as exc:
+                notes.append(_cannot(item["path"], exc, "bytes that differ from its version"))
+    return notes
 
 
 def _index_writer(rows: list[dict]):

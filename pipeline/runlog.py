@@ -2,8 +2,12 @@
 
 Several Luigi worker processes write at once, so every connection waits on locks (busy timeout) and
 the database runs in WAL mode; each change is one short transaction.
+
+Durability is stated, not left to the default: synchronous=FULL syncs the WAL at every commit, so a committed
+outcome survives a power cut like the files it describes (which are synced before their row is written).
 """
 
+import json
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -92,6 +96,10 @@ MIGRATIONS = [
     """
     ALTER TABLE versions ADD COLUMN position INTEGER;  -- place among the dataset's CSV distributions, from 1
     """,
+    """
+    ALTER TABLE runs ADD COLUMN notes TEXT;    -- JSON list: the run's NOTE lines (repairs, retention, latest/)
+    ALTER TABLE runs ADD COLUMN catalog TEXT;  -- JSON: the run's catalog snapshot, so a damaged copy is rebuilt
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 _COMMENT = re.compile(r"--[^\n]*")
@@ -143,6 +151,7 @@ class RunLog:
         with closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)) as db:
             db.row_factory = sqlite3.Row
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            db.execute("PRAGMA synchronous=FULL")  # per connection: see the module's docstring
             yield db
 
     @contextmanager
@@ -192,9 +201,12 @@ class RunLog:
         queued: list[CsvVersion],
         up_to_date: list[tuple[CsvVersion, dict]],
         invalid: list[InvalidItem],
+        snapshot: str | None = None,
     ) -> None:
-        """Record what this run will do: `up_to_date` pairs each finished version with its stored stats."""
+        """Record what this run will do: `up_to_date` pairs each finished version with its stored stats;
+        `snapshot` is the catalog file's text, kept to rebuild that file if it is ever damaged."""
         with self.transaction() as db:
+            db.execute("UPDATE runs SET catalog=? WHERE run_id=?", (snapshot, run_id))
             planned = [*((v, "queued") for v in queued), *((v, "up_to_date") for v, _ in up_to_date)]
             for version, outcome in planned:
                 db.execute(
@@ -301,7 +313,10 @@ class RunLog:
                     " previous_modified, previous_url, change, run_id) VALUES (?,?,?,?,?,?,?)",
                     (*_key(version), *previous, schema_change, run_id),
                 )
-            self._set_outcome(db, run_id, version, outcome, None)
+            db.execute(  # keeps a note the plan made (a repair)
+                "UPDATE run_items SET outcome=? WHERE run_id=? AND identifier=? AND modified=? AND download_url=?",
+                (outcome, run_id, *_key(version)),
+            )
             return self._progress(db, run_id)
 
     @staticmethod
@@ -364,8 +379,21 @@ class RunLog:
         return {(r[0], r[1]): r[2] for r in rows}  # later rows, newer versions, win
 
     def note(self, run_id: str, version: CsvVersion, text: str) -> None:
+        """A NOTE about one version of the run (verify, a repair); its outcome stays as it is."""
         with self.transaction() as db:
-            self._set_outcome(db, run_id, version, "up_to_date", text)
+            db.execute(
+                "UPDATE run_items SET error=? WHERE run_id=? AND identifier=? AND modified=? AND download_url=?",
+                (text, run_id, *_key(version)),
+            )
+
+    def add_notes(self, run_id: str, notes: list[str]) -> None:
+        """NOTE lines about the run as a whole, for its report."""
+        if not notes:
+            return
+        with self.transaction() as db:
+            row = db.execute("SELECT notes FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            kept = json.loads(row[0]) if row and row[0] else []
+            db.execute("UPDATE runs SET notes=? WHERE run_id=?", (json.dumps(kept + notes), run_id))
 
     def record_failed(self, run_id: str, version: CsvVersion, error: str) -> tuple[int, int, int]:
         """Returns the run's progress after this version: (done, failed, total)."""
@@ -416,26 +444,45 @@ class RunLog:
                 return None
             if db.execute("SELECT 1 FROM run_items WHERE run_id=? AND outcome='queued' LIMIT 1", (run_id,)).fetchone():
                 return None  # the common case, answered without reading the whole run
-            items = db.execute(
-                "SELECT i.*, v.status AS version_status, v.source_path, v.output_path, v.header_map_path,"
-                " v.rows, v.bytes, v.sha256, v.source_encoding, v.released, v.described_by, v.revision,"
-                " s.change AS schema_change, s.previous_modified, s.previous_url FROM run_items i"
-                " LEFT JOIN versions v"
-                " ON v.identifier=i.identifier AND v.modified=i.modified AND v.download_url=i.download_url"
-                " LEFT JOIN schema_changes s ON s.run_id=i.run_id"
-                " AND s.identifier=i.identifier AND s.modified=i.modified AND s.download_url=i.download_url"
-                " WHERE i.run_id=? ORDER BY i.identifier, i.modified, i.download_url",
-                (run_id,),
-            ).fetchall()
+            items = self._report_items(db, run_id)
             retired = {row[0] for row in db.execute("SELECT identifier FROM retired")}
             db.execute("UPDATE runs SET status='closing' WHERE run_id=?", (run_id,))
-            return dict(run), [dict(item) for item in items], retired
+            return dict(run), items, retired
 
-    def finish_run(self, run_id: str, status: str, counts: dict, finished_at: str, report_path: str | None) -> None:
+    @staticmethod
+    def _report_items(db: sqlite3.Connection, run_id: str) -> list[dict]:
+        """A run's items with what the report says of each (paths, sizes, schema change)."""
+        items = db.execute(
+            "SELECT i.*, v.status AS version_status, v.source_path, v.output_path, v.header_map_path,"
+            " v.rows, v.bytes, v.sha256, v.source_encoding, v.released, v.described_by, v.revision,"
+            " s.change AS schema_change, s.previous_modified, s.previous_url FROM run_items i"
+            " LEFT JOIN versions v"
+            " ON v.identifier=i.identifier AND v.modified=i.modified AND v.download_url=i.download_url"
+            " LEFT JOIN schema_changes s ON s.run_id=i.run_id"
+            " AND s.identifier=i.identifier AND s.modified=i.modified AND s.download_url=i.download_url"
+            " WHERE i.run_id=? ORDER BY i.identifier, i.modified, i.download_url",
+            (run_id,),
+        ).fetchall()
+        return [dict(item) for item in items]
+
+    def closed_runs(self, before: str, every: bool) -> list[tuple[dict, list[dict]]]:
+        """(run, items) of the finished runs other than `before` whose files a crash may have damaged: the
+        newest one, or `every` one (the deep check)."""
+        with self._connect() as db:
+            runs = db.execute(
+                "SELECT * FROM runs WHERE run_id<>? AND status IN ('succeeded', 'failed')"
+                " ORDER BY started_at DESC, rowid DESC" + ("" if every else " LIMIT 1"),
+                (before,),
+            ).fetchall()
+            return [(dict(run), self._report_items(db, run["run_id"])) for run in runs]
+
+    def finish_run(
+        self, run_id: str, status: str, counts: dict, finished_at: str, report_path: str | None, notes: list[str]
+    ) -> None:
         with self.transaction() as db:
             db.execute(
                 "UPDATE runs SET status=?, finished_at=?, discovered=?, downloaded=?, up_to_date=?,"
-                " failed=?, invalid=?, retired=?, report_path=? WHERE run_id=?",
+                " failed=?, invalid=?, retired=?, report_path=?, notes=? WHERE run_id=?",
                 (
                     status,
                     finished_at,
@@ -446,6 +493,7 @@ class RunLog:
                     counts["invalid"],
                     counts["retired"],
                     report_path,
+                    json.dumps(notes),
                     run_id,
                 ),
             )

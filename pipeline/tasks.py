@@ -11,7 +11,6 @@ the run (latest/, the report, the run's status): pipeline/close_run.py holds tha
 
 import json
 import logging
-import os
 import time
 from dataclasses import replace
 from functools import cached_property
@@ -23,18 +22,29 @@ import luigi.interface
 import luigi.rpc
 from luigi.parameter import ParameterVisibility
 
-from pipeline import layout
+from pipeline import latest, layout
 from pipeline.catalog import Catalog, CsvVersion
 from pipeline.close_run import close_failed, close_if_complete
+from pipeline.durable import atomic_path, json_text, put_in_place, remove, sync_file, write_json
 from pipeline.errors import DatasetError, RunClosed
-from pipeline.header_rewrite import NotText, SourceScan, copy_normalized, is_scanned, rewrite_csv, scanned_result
+from pipeline.header_rewrite import (
+    NotText,
+    SourceScan,
+    copy_normalized,
+    is_scanned,
+    rewrite_csv,
+    scan_record,
+    scanned_result,
+)
 from pipeline.http import DownloadError, changed_since, download
 from pipeline.metastore import load_catalog
 from pipeline.report import progress_line
+from pipeline.run_files import repair_closed_runs
 from pipeline.runlog import RunLog
 from pipeline.schema_drift import diff_columns, previous_version
 from pipeline.settings import FolderParameter, RunIdParameter, Settings, SettingsParameter
-from pipeline.targets import atomic_path, folder_lock, remove_stale_temps, sweep_stale_temps, write_json
+from pipeline.targets import folder_lock, remove_stale_temps, sweep_stale_temps
+from pipeline.version_check import VersionCheck, check_version, deep_check, read_json
 
 logger = logging.getLogger("luigi-interface")
 
@@ -72,6 +82,7 @@ class FetchCatalog(RunTask):
     metastore_url = luigi.Parameter()
     theme = luigi.Parameter()
     verify = luigi.BoolParameter(default=False)
+    deep_check = luigi.BoolParameter(default=False)
 
     @property
     def resources(self):
@@ -80,33 +91,45 @@ class FetchCatalog(RunTask):
     def output(self):
         return luigi.LocalTarget(str(layout.catalog_snapshot(Path(self.data_dir), self.run_id)))
 
+    def complete(self):
+        return read_json(Path(self.output().path))[0] is not None  # a snapshot a crash cut short is made again
+
     def run(self):
         log = self.runlog()
         earlier = log.run(self.run_id)
         if earlier and earlier["status"] in ("succeeded", "failed"):
             raise RunClosed(self.run_id, earlier["status"], earlier["report_path"])
         log.start_run(self.run_id, self.metastore_url, self.theme)
-        sweep_stale_temps(Path(self.data_dir) / "datasets")
+        data_dir = Path(self.data_dir)
+        sweep_stale_temps(data_dir / "datasets")
+        # Files a crash may have damaged that no version task looks at: earlier runs' reports and snapshots.
+        log.add_notes(self.run_id, repair_closed_runs(data_dir, log, self.run_id, every=self.deep_check))
+        if self.deep_check:
+            log.add_notes(self.run_id, latest.check_hashes(data_dir / "latest"))
         catalog = load_catalog(self.metastore_url, self.theme, self.settings)
         known, sizes = log.known_versions(), log.last_sizes()
-        queued, up_to_date = [], []
+        queued, up_to_date, notes = [], [], {}
         for version in catalog.versions:
             revision, _ = known.get(version.key, ("", ""))
             expected = sizes.get((version.identifier, version.position), sizes.get((version.identifier, None), 0))
             version = replace(version, revision=revision, expected_bytes=expected)
             done = NormalizeCsv.for_version(self, version)
-            if done.complete():
-                up_to_date.append((version, done.stored_stats()))
+            check, problems = done.inspect(deep=self.deep_check)
+            if check.complete:
+                up_to_date.append((version, stored_stats(check.header_map)))
             else:
                 queued.append(version)
-        notes = {}
+                if problems:  # damaged, not merely unfinished: say what, and what this run does about it
+                    notes[version] = f"{done.folder_label}: {'; '.join(problems)}; {check.repair}"
         if self.verify:
-            up_to_date, replaced, notes = self._verify(up_to_date, known)
+            up_to_date, replaced, verify_notes = self._verify(up_to_date, known)
             queued += replaced
-        log.plan_run(self.run_id, queued, up_to_date, catalog.invalid)
+            notes.update(verify_notes)
+        snapshot = replace(catalog, versions=queued + [v for v, _ in up_to_date]).to_json()
+        log.plan_run(self.run_id, queued, up_to_date, catalog.invalid, json_text(snapshot))
         for version, note in notes.items():
             log.note(self.run_id, version, note)
-        write_json(self.output(), replace(catalog, versions=queued + [v for v, _ in up_to_date]).to_json())
+        write_json(Path(self.output().path), snapshot)
 
     def _verify(self, up_to_date, known):
         """Conditional GETs for finished versions, one at a time in this task's slot: a file replaced under
@@ -188,6 +211,24 @@ class VersionTask(RunTask):
     def folder(self) -> Path:
         return layout.version_dir(Path(self.data_dir), self.identifier, self.modified, self.url, self.revision)
 
+    @property
+    def folder_label(self) -> str:
+        """The folder as a NOTE names it: relative to the data folder."""
+        return self.folder.relative_to(Path(self.data_dir)).as_posix()
+
+    def inspect(self, deep: bool = False) -> tuple[VersionCheck, list[str]]:
+        """The version's files as a crash may have left them, and what is damaged. `deep` also hashes, and
+        deletes a file whose bytes differ from its recorded sha256, so the run makes it again."""
+        check = check_version(self.folder)
+        if not (deep and check.complete):
+            return check, check.problems
+        damaged = deep_check(self.folder, check)
+        for path in damaged:
+            remove(path)
+        if not damaged:
+            return check, []
+        return check_version(self.folder), [f"{path.name} does not match header_map.json's sha256" for path in damaged]
+
     def failure(self, stage: str, exc: BaseException) -> DatasetError:
         """A data, network or disk problem of this version: one line naming the cause (no traceback)."""
         if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
@@ -237,9 +278,12 @@ class DownloadCsv(VersionTask):
     def output(self):
         return luigi.LocalTarget(str(layout.source_csv(self.folder)), format=luigi.format.Nop)
 
+    def complete(self):
+        return check_version(self.folder).source_whole  # not merely there: the size its scan recorded
+
     def run(self):
         with folder_lock(self.folder):
-            if self.output().exists():
+            if self.complete():
                 return  # an overlapping run fetched it while we waited for the lock
             scan_target = luigi.LocalTarget(str(layout.source_scan(self.folder)))
             staged = layout.normalized_staged(self.folder)
@@ -247,16 +291,17 @@ class DownloadCsv(VersionTask):
             # An earlier attempt's scan and staged copy: the scan goes first, since it vouches for the copy.
             Path(scan_target.path).unlink(missing_ok=True)
             try:
-                with atomic_path(self.output()) as temp:
+                with atomic_path(Path(self.output().path)) as temp:
                     # The normalized copy is written while the bytes arrive, so Normalize does not copy the file
                     # again afterwards (for the biggest file, that copy was the run's last half second).
                     with open(staged, "wb") as out:
                         scan = SourceScan(out)
                         fetched = download(self.url, temp, self.config.download, self._progress, scan)
                     if scan.result():
-                        write_json(scan_target, scan.result())
+                        sync_file(staged)  # on disk before the scan that vouches for it
                     else:
                         staged.unlink()  # Normalize rewrites this file from the source
+                    write_json(Path(scan_target.path), scan.record())
             except (DownloadError, NotText, OSError) as exc:  # anything else is a bug: keep its traceback
                 staged.unlink(missing_ok=True)
                 raise self.failure(f"download of {self.url} failed", exc) from exc
@@ -289,18 +334,15 @@ class NormalizeCsv(VersionTask):
             "header_map": luigi.LocalTarget(str(layout.header_map(self.folder))),
         }
 
-    def stored_stats(self) -> dict:
-        """What the run log keeps about a finished version, read back from its header map."""
-        stats = json.loads(Path(self.output()["header_map"].path).read_text(encoding="utf-8"))
-        return {
-            key: stats[key]
-            for key in ("source_path", "output_path", "header_map_path", "source_encoding", "rows", "bytes", "sha256")
-        }
+    def complete(self):
+        return check_version(self.folder).complete  # parsed and sized as recorded, not merely there
 
     def run(self):
         with folder_lock(self.folder):
-            if self.complete():  # an overlapping run normalized it while we waited for the lock
-                self.runlog().record_done(self.run_id, self.version, self.stored_stats(), outcome="up_to_date")
+            check = check_version(self.folder)
+            if check.complete:  # an overlapping run normalized it while we waited for the lock
+                stats = stored_stats(check.header_map)
+                self.runlog().record_done(self.run_id, self.version, stats, outcome="up_to_date")
             else:
                 self._normalize()
         self.close_run_if_complete()
@@ -308,11 +350,12 @@ class NormalizeCsv(VersionTask):
     def _previous(self) -> tuple[tuple[str, str] | None, list[str] | None]:
         """The (modified, url) and normalized columns of the version this one replaces, if any."""
         position, siblings, candidates = self.runlog().drift_context(self.run_id, self.version)
-        readable = [c for c in candidates if c["header_map_path"] and Path(c["header_map_path"]).exists()]
+        header_maps = {c["header_map_path"]: read_json(Path(c["header_map_path"]))[0] for c in candidates}
+        readable = [c for c in candidates if header_maps[c["header_map_path"]]]  # a damaged one is left out
         previous = previous_version(self.url, position, siblings, readable)
         if not previous:
             return None, None
-        columns = json.loads(Path(previous["header_map_path"]).read_text(encoding="utf-8"))["columns"]
+        columns = header_maps[previous["header_map_path"]]["columns"]  # type: ignore[index]
         return (previous["modified"], previous["download_url"]), [c["normalized"] for c in columns]
 
     def _normalize(self) -> None:
@@ -320,20 +363,30 @@ class NormalizeCsv(VersionTask):
         # The outputs appear together: whatever is here now was left by a killed attempt, and is rebuilt.
         for target in outputs.values():
             remove_stale_temps(target)
-            Path(target.path).unlink(missing_ok=True)
+            remove(Path(target.path))
         previous, old_columns = self._previous()  # the slow, fallible reads come before the first write
         drop_source = self.config.retention.drop_source
         source = Path(self.input().path)
         scan_path, staged = layout.source_scan(self.folder), layout.normalized_staged(self.folder)
-        scan = json.loads(scan_path.read_text(encoding="utf-8")) if scan_path.exists() else None
+        normalized = Path(outputs["csv"].path)
         try:
-            if scan and staged.exists() and is_scanned(scan, source.stat().st_size, staged.stat().st_size):
-                os.replace(staged, outputs["csv"].path)  # the download wrote it: moved in, not copied
+            scan = check_version(self.folder).scan
+            if scan is None:  # damaged, or a download of an earlier release: the source is whole, scan it again
+                with open(source, "rb") as src:
+                    scan = scan_record(src)
+                write_json(scan_path, scan)
+            usable = "sha256" in scan  # else not UTF-8, or no usable header: rewritten from the source
+            if usable and staged.exists() and is_scanned(scan, source.stat().st_size, staged.stat().st_size):
+                put_in_place(staged, normalized, read_only=True)  # the download wrote it: moved in, not copied
                 result = scanned_result(scan)
             else:
                 staged.unlink(missing_ok=True)  # none, or cut short by a kill: made from the source
-                with atomic_path(outputs["csv"]) as temp, open(source, "rb") as src, open(temp, "w+b") as dst:
-                    result = copy_normalized(src, dst, scan) if scan else rewrite_csv(src, dst)
+                with (
+                    atomic_path(normalized, read_only=True) as temp,
+                    open(source, "rb") as src,
+                    open(temp, "w+b") as dst,
+                ):
+                    result = copy_normalized(src, dst, scan) if usable else rewrite_csv(src, dst)
             stats = {
                 "identifier": self.identifier,
                 "modified": self.modified,
@@ -341,6 +394,7 @@ class NormalizeCsv(VersionTask):
                 "source_path": None if drop_source else str(source),
                 "output_path": outputs["csv"].path,
                 "header_map_path": outputs["header_map"].path,
+                "source_bytes": source.stat().st_size,
                 "source_encoding": result.encoding,
                 "line_ending": result.line_ending,
                 "rows": result.rows,
@@ -348,14 +402,14 @@ class NormalizeCsv(VersionTask):
                 "sha256": result.sha256,
                 "columns": result.header_map(),
             }
-            write_json(outputs["header_map"], stats)
+            write_json(Path(outputs["header_map"].path), stats)
         except (ValueError, UnicodeError) as exc:  # HeaderError, NotText, a changed download
             raise self.failure("cannot normalize the download", exc) from exc
         except OSError as exc:
             raise self.failure("cannot write the normalized file", exc) from exc
         if drop_source:
-            source.unlink()
-            scan_path.unlink(missing_ok=True)
+            remove(source)
+            remove(scan_path)
         if self.set_status_message:
             self.set_status_message(f"{result.rows:,} rows")
             self.set_progress_percentage(100)
@@ -376,6 +430,9 @@ class HospitalsDaily(RunTask):
     metastore_url = luigi.Parameter(description="DKAN metastore items endpoint (set in luigi.cfg)")
     theme = luigi.Parameter(default="Hospitals", description="exact theme to select")
     verify = luigi.BoolParameter(default=False, description="ask the server whether finished files changed in place")
+    deep_check = luigi.BoolParameter(
+        default=False, description="hash every kept file against its recorded sha256 and repair what differs"
+    )
 
     def requires(self):
         return self.clone(FetchCatalog)
@@ -406,7 +463,12 @@ class HospitalsDaily(RunTask):
 
 
 def _report_status(path: Path) -> str | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["status"]
-    except FileNotFoundError:
-        return None
+    report, _ = read_json(path)  # one a crash cut short counts as none: the run is closed again
+    return report.get("status") if report else None
+
+
+def stored_stats(header_map: dict | None) -> dict:
+    """What the run log keeps about a finished version, from its header map."""
+    assert header_map is not None
+    keys = ("source_path", "output_path", "header_map_path", "source_encoding", "rows", "bytes", "sha256")
+    return {key: header_map[key] for key in keys}

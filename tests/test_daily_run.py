@@ -210,6 +210,7 @@ def test_non_utf8_source_is_converted_and_reported(site, server, tmp_path):
     assert ok
     [entry] = report["datasets"]
     assert entry["source_encoding"] == "cp1252"
-    assert not (Path(entry["paths"]["source"]).parent / "source.scan.json").exists()  # the full rewrite
+    scan = json.loads((Path(entry["paths"]["source"]).parent / "source.scan.json").read_text(encoding="utf-8"))
+    assert scan == {"source_bytes": len(source)}  # only the size, by which later runs know it is whole: rewritten
     expected = '"hopital","score"\r\n"Saint-Étienne","1"\r\n'
     assert Path(entry["paths"]["normalized"]).read_bytes().decode("utf-8") == expected

@@ -265,7 +265,9 @@ def test_the_download_writes_the_normalized_file_and_normalize_moves_it_in(site,
         rewrite_csv(io.BytesIO(source), dst)
         assert normalized == dst.getvalue()
         assert hashlib.sha256(normalized).hexdigest() == entry["sha256"]
-        assert (folder / "source.scan.json").exists() == (entry["identifier"] == "48nr-hqxx")
+        scan = json.loads((folder / "source.scan.json").read_text(encoding="utf-8"))
+        assert ("sha256" in scan) == (entry["identifier"] == "48nr-hqxx")  # cp1252: only the source's size
+        assert scan["source_bytes"] == len(source)
 
 
 @pytest.mark.parametrize("schema", [FIRST_RELEASE, BEFORE_USER_VERSION], ids=["first release", "before user_version"])
@@ -381,7 +383,8 @@ def test_an_impossible_modified_date_is_invalid_and_named(site, tmp_path):
 def test_temp_files_a_killed_publisher_left_in_latest_are_swept(site, tmp_path):
     site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
     (tmp_path / "latest").mkdir(parents=True)
-    (tmp_path / "latest" / "48nr-hqxx.csv.4242.tmp").write_bytes(b"partial")
+    (tmp_path / "latest" / "48nr-hqxx.csv.4242.tmp").write_bytes(b"partial")  # as earlier releases named them
+    (tmp_path / "latest" / "48nr-hqxx.csv-luigi-tmp-000004242").write_bytes(b"partial")
     assert run_daily(site, tmp_path)[0]
     assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == [
         ".lock",
