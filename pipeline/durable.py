@@ -96,6 +96,8 @@ def put_in_place(temp: Path, dest: Path, read_only: bool = False) -> None:
             raise
     else:
         os.replace(temp, dest)
+    # POSIX rename does nothing when both names are hard links to one file (latest/ re-linking its own file).
+    temp.unlink(missing_ok=True)
     sync_folder(dest.parent)
 
 

@@ -93,7 +93,7 @@ def _publish(folder, names, entries, retired, run_id, now) -> list[str]:
     old, problem = read_json(folder / MANIFEST)
     notes = [f"latest/{MANIFEST} {problem}; rebuilt from this run's catalog"] if problem else []
     datasets = {d["path"]: d for d in (old or {"datasets": []})["datasets"]}
-    if old is not None and (problem := _index_problem(folder / INDEX, len(datasets))):
+    if problem := _index_problem(folder / INDEX, len(datasets) if old else None):
         notes.append(f"latest/{INDEX} {problem}; written again")
     for entry in entries:
         name = names[VersionKey(entry["identifier"], entry["modified"], entry["download_url"])]
@@ -151,8 +151,8 @@ def _json_writer(data: dict):
     return write
 
 
-def _index_problem(path: Path, listed: int) -> str | None:
-    """What is wrong with an index.csv that should list `listed` files (it is written again in any case)."""
+def _index_problem(path: Path, listed: int | None) -> str | None:
+    """What is wrong with an index.csv that should list `listed` files, if known (it is written again anyway)."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as file:
             rows = list(csv.reader(file))
@@ -162,7 +162,7 @@ def _index_problem(path: Path, listed: int) -> str | None:
         return f"does not parse ({exc})"
     if not rows or tuple(rows[0]) != INDEX_COLUMNS:
         return "has no header row" if not rows else "does not start with its header row"
-    if len(rows) - 1 != listed:
+    if listed is not None and len(rows) - 1 != listed:
         return f"lists {len(rows) - 1} files, latest.json {listed}"
     if any(len(row) != len(INDEX_COLUMNS) for row in rows):
         return "has a row cut short"

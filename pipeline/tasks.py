@@ -340,7 +340,8 @@ class NormalizeCsv(VersionTask):
     def run(self):
         with folder_lock(self.folder):
             check = check_version(self.folder)
-            if check.complete:  # an overlapping run normalized it while we waited for the lock
+            if check.complete:  # an overlapping run normalized it, or only its source needed downloading again
+                layout.normalized_staged(self.folder).unlink(missing_ok=True)  # a copy of what is already here
                 stats = stored_stats(check.header_map)
                 self.runlog().record_done(self.run_id, self.version, stats, outcome="up_to_date")
             else:

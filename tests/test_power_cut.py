@@ -1,0 +1,235 @@
+"""What a power cut leaves when a file was renamed into place before its data reached the disk (zero-length or
+cut short under its final name): the next run repairs it with one NOTE, downloads only what it must, and ends
+with every file as a clean run leaves it. The deep check does the same for bytes that differ at the same size."""
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, quoted_rows
+from tests.harness import Site, run_command, run_daily, write_project_cfg
+
+pytestmark = pytest.mark.integration
+
+
+def zero(path: Path) -> None:
+    path.write_bytes(b"")  # in place: a hard link to the same file sees it too, as after a real power cut
+
+
+def halve(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def new_empty(path: Path) -> None:
+    path.unlink()
+    path.write_bytes(b"")  # a file of its own: latest/ copies (no hard links) are damaged alone
+
+
+def version(data: Path, identifier: str) -> Path:
+    [folder] = (data / "datasets" / identifier).iterdir()
+    return folder
+
+
+# state -> (dataset it damages, which file, how, the NOTEs the next run must print, what it downloads again)
+STATES = {
+    "normalized.csv zero-length": ("ds-norm0", "normalized.csv", zero, ["normalized.csv has 0 bytes", "@latest"], 0),
+    "normalized.csv half-written": ("ds-norm2", "normalized.csv", halve, ["normalized.csv has", "@latest"], 0),
+    "source.csv zero-length": ("ds-src0", "source.csv", zero, ["source.csv has 0 bytes, source.scan.json says"], 1),
+    "source.csv half-written": ("ds-src2", "source.csv", halve, ["source.csv has"], 1),
+    "header_map.json zero-length": ("ds-map0", "header_map.json", zero, ["header_map.json does not parse"], 0),
+    "header_map.json cut mid-JSON": ("ds-map2", "header_map.json", halve, ["header_map.json does not parse"], 0),
+    "source.scan.json zero-length": ("ds-scan0", "source.scan.json", zero, ["source.scan.json does not parse"], 0),
+    "source.scan.json half-written": ("ds-scan2", "source.scan.json", halve, ["source.scan.json does not parse"], 0),
+    "latest/ file zero-length": ("ds-latest", "latest", new_empty, ["@latest"], 0),
+    "latest.json zero-length": (None, "latest/latest.json", zero, ["latest/latest.json does not parse"], 0),
+    "index.csv zero-length": (None, "latest/index.csv", zero, ["latest/index.csv has no header row"], 0),
+    "last report zero-length": (None, "report", zero, ["reports/first.json does not parse"], 0),
+    "catalog snapshot zero-length": (
+        None,
+        "runs/first/catalog.json",
+        zero,
+        ["runs/first/catalog.json does not parse"],
+        0,
+    ),
+}
+DATASETS = sorted({state[0] for state in STATES.values() if state[0]})
+
+
+def publish(site: Site) -> None:
+    for n, identifier in enumerate(DATASETS):
+        site.dataset(identifier, "2025-04-08", {"Data.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(40 + n, 5, n))})
+
+
+def damage(data: Path, state: str) -> list[str]:
+    """Applies a state; returns the NOTE fragments the next run must print for it."""
+    identifier, name, how, notes, _ = STATES[state]
+    if name == "latest":
+        path = data / "latest" / f"{identifier}.csv"
+    elif name == "report":
+        path = data / "reports" / "first.json"
+    elif identifier:
+        path = version(data, identifier) / name
+    else:
+        path = data / name
+    how(path)
+    latest_note = f"latest/{identifier}.csv had 0 bytes" if how is not halve else f"latest/{identifier}.csv had"
+    return [latest_note if note == "@latest" else note for note in notes]
+
+
+def kept_files(data: Path) -> dict[str, bytes]:
+    """Every file a run keeps, by path; latest.json without the fields that name the run that wrote it."""
+    files = {}
+    for path in sorted(data.rglob("*")):
+        if not path.is_file() or path.name in (".lock", "runlog.sqlite") or path.name.startswith("runlog.sqlite-"):
+            continue
+        relative = path.relative_to(data).as_posix()
+        if relative.startswith(("reports/", "runs/")) and "first" not in relative:
+            continue  # the second run's own
+        if path.name == "latest.json":
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            files[relative] = json.dumps(manifest["datasets"], sort_keys=True).encode()
+        else:
+            files[relative] = path.read_bytes()
+    return files
+
+
+def downloads(site: Site) -> set[str]:
+    return {path.split("/")[-2] for path in site.server.paths() if path.endswith(".csv")}
+
+
+def notes_of(report: dict) -> list[str]:
+    done = ("downloaded", "up_to_date")
+    return report["notes"] + [
+        f"{e['identifier']}: {e['error']}" for e in report["datasets"] if e["status"] in done and e["error"]
+    ]
+
+
+@pytest.fixture
+def first_run(site, tmp_path):
+    publish(site)
+    ok, _ = run_daily(site, tmp_path, run_id="first")
+    assert ok
+    clean = kept_files(tmp_path)
+    site.server.clear()
+    return clean
+
+
+@pytest.mark.parametrize("state", sorted(STATES))
+def test_each_power_cut_state_is_repaired_by_the_next_run_with_one_note(site, tmp_path, first_run, state):
+    expected = damage(tmp_path, state)
+    ok, report = run_daily(site, tmp_path, run_id="second")
+    assert ok and report["status"] == "succeeded"
+    notes = notes_of(report)
+    assert len(notes) == len(expected), notes
+    for fragment in expected:
+        assert any(fragment in note for note in notes), (fragment, notes)
+    identifier, _, _, _, fetched = STATES[state]
+    assert downloads(site) == ({_upload_folder(identifier)} if fetched else set())
+    after = kept_files(tmp_path)
+    if state == "latest.json zero-length":  # rebuilt: every file counts as published by this run
+        first_run["latest/latest.json"] = after["latest/latest.json"] = b""
+    assert after == first_run
+    assert notes_of(run_daily(site, tmp_path, run_id="third")[1]) == []  # repaired for good
+
+
+def _upload_folder(identifier: str) -> str:
+    return f"{(identifier.encode().hex() * 8)[:32]}_1700000000"
+
+
+def test_every_power_cut_state_at_once_then_the_real_command_repairs_all_without_a_traceback(site, tmp_path):
+    publish(site)
+    write_project_cfg(site, tmp_path)
+    data = tmp_path / "data"
+    first = run_command(tmp_path, "--run-id", "first")
+    assert first.returncode == 0, first.stderr
+    clean = kept_files(data)
+    site.server.clear()
+    expected = []
+    for state in STATES:
+        expected += damage(data, state)
+    # With latest.json gone no file of latest/ is known to have been published: they are put back unremarked.
+    expected = [note for note in expected if not note.startswith("latest/ds-")]
+    second = run_command(tmp_path, "--run-id", "second")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Traceback" not in second.stdout + second.stderr
+    printed = [line.strip() for line in second.stdout.splitlines() if line.strip().startswith("NOTE ")]
+    assert len(printed) == len(expected), printed
+    for fragment in expected:
+        assert any(fragment in line for line in printed), (fragment, printed)
+    assert downloads(site) == {_upload_folder(STATES[s][0]) for s in STATES if STATES[s][4]}
+    after = kept_files(data)
+    clean["latest/latest.json"] = after["latest/latest.json"] = b""
+    assert after == clean
+
+
+def flip(path: Path, offset: int = -3) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_the_deep_check_finds_and_repairs_flipped_bytes_in_version_and_latest_files(site, tmp_path, first_run):
+    flip(version(tmp_path, "ds-norm0") / "normalized.csv")  # in place: its latest/ link changes too
+    latest = tmp_path / "latest" / "ds-latest.csv"
+    copy = latest.read_bytes()
+    latest.unlink()
+    latest.write_bytes(copy)
+    flip(latest)  # a latest/ file of its own
+    flip(version(tmp_path, "ds-src0") / "source.csv")
+    ok, report = run_daily(site, tmp_path, run_id="quick")
+    assert ok and notes_of(report) == []  # sizes are right: the daily check cannot see it
+    site.server.clear()
+    ok, report = run_daily(site, tmp_path, run_id="deep", deep_check=True)
+    assert ok
+    notes = notes_of(report)
+    assert sorted(notes) == sorted(
+        [
+            f"ds-norm0: {version(tmp_path, 'ds-norm0').relative_to(tmp_path).as_posix()}: normalized.csv does not"
+            " match header_map.json's sha256; made again from source.csv",
+            f"ds-src0: {version(tmp_path, 'ds-src0').relative_to(tmp_path).as_posix()}: source.csv does not"
+            " match header_map.json's sha256; downloaded again",
+            "latest/ds-latest.csv does not match latest.json's sha256; put back",
+            "latest/ds-norm0.csv does not match latest.json's sha256; put back",
+        ]
+    ), notes
+    assert downloads(site) == {_upload_folder("ds-src0")}  # nothing whole is downloaded
+    assert kept_files(tmp_path) == first_run
+
+
+def test_latest_files_are_read_only_so_an_edit_in_place_cannot_change_the_archive(site):
+    data = Path(tempfile.mkdtemp())
+    data.chmod(0o755)  # another user may reach it
+    publish(site)
+    assert run_daily(site, data / "data")[0]
+    latest = data / "data" / "latest" / "ds-norm0.csv"
+    archived = version(data / "data", "ds-norm0") / "normalized.csv"
+    assert os.path.samefile(latest, archived)
+    assert stat.S_IMODE(latest.stat().st_mode) & 0o222 == 0
+    before = archived.read_bytes()
+    edit = subprocess.run(  # an analyst's script writing into the file in place, as an ordinary user
+        ["/bin/sh", "-c", 'printf x >> "$1"', "sh", str(latest)],
+        capture_output=True,
+        text=True,
+        user=65534 if os.geteuid() == 0 else None,
+    )
+    assert edit.returncode != 0 and "Permission denied" in edit.stderr
+    assert (
+        archived.read_bytes() == before
+        and hashlib.sha256(before).hexdigest() in (data / "data" / "latest" / "latest.json").read_text()
+    )
+    site.dataset("ds-norm0", "2025-05-01", {"Data.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(3, 5, "new"))})
+    ok, report = run_daily(site, data / "data")
+    assert ok and report["notes"] == []  # the publisher still replaces a read-only file
+    assert latest.read_bytes() == (version_of(data / "data", "ds-norm0", "2025-05-01") / "normalized.csv").read_bytes()
+    assert archived.read_bytes() == before
+
+
+def version_of(data: Path, identifier: str, modified: str) -> Path:
+    [folder] = (data / "datasets" / identifier).glob(f"{modified}-*")
+    return folder
