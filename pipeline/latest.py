@@ -169,20 +169,23 @@ def _index_problem(path: Path, listed: int | None) -> str | None:
     return None
 
 
-def check_hashes(folder: Path) -> list[str]:
+def check_hashes(folder: Path) -> tuple[list[str], int]:
     """The deep check of latest/: a file whose bytes differ from latest.json's sha256 is deleted, so the run's
-    publish puts its version back; a note each."""
+    publish puts its version back. Returns a note for each, and how many files were hashed."""
     manifest, _ = read_json(folder / MANIFEST)
-    notes = []
+    notes, hashed = [], 0
     for item in (manifest or {}).get("datasets", []):
         path = folder / item["path"]
-        if path.exists() and file_sha256(path) != item["sha256"]:
+        if not path.exists():
+            continue
+        hashed += 1
+        if file_sha256(path) != item["sha256"]:
             try:
                 remove(path)
                 notes.append(f"latest/{item['path']} does not match latest.json's sha256; put back")
             except OSError as exc:
                 notes.append(_cannot(item["path"], exc, "bytes that differ from its version"))
-    return notes
+    return notes, hashed
 
 
 def _index_writer(rows: list[dict]):

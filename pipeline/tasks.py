@@ -25,26 +25,19 @@ from luigi.parameter import ParameterVisibility
 from pipeline import latest, layout
 from pipeline.catalog import Catalog, CsvVersion
 from pipeline.close_run import close_failed, close_if_complete
-from pipeline.durable import atomic_path, json_text, put_in_place, remove, sync_file, write_json
+from pipeline.durable import atomic_path, json_text, remove, sync_file, write_json
 from pipeline.errors import DatasetError, RunClosed
-from pipeline.header_rewrite import (
-    NotText,
-    SourceScan,
-    copy_normalized,
-    is_scanned,
-    rewrite_csv,
-    scan_record,
-    scanned_result,
-)
+from pipeline.header_rewrite import NotText, SourceScan
 from pipeline.http import DownloadError, changed_since, download
 from pipeline.metastore import load_catalog
+from pipeline.normalized_file import make_normalized
 from pipeline.report import progress_line
 from pipeline.run_files import repair_closed_runs
 from pipeline.runlog import RunLog
 from pipeline.schema_drift import diff_columns, previous_version
 from pipeline.settings import FolderParameter, RunIdParameter, Settings, SettingsParameter
 from pipeline.targets import folder_lock, remove_stale_temps, sweep_stale_temps
-from pipeline.version_check import VersionCheck, check_version, deep_check, read_json
+from pipeline.version_check import VersionCheck, check_version, deep_check, hash_problem, read_json
 
 logger = logging.getLogger("luigi-interface")
 
@@ -104,8 +97,6 @@ class FetchCatalog(RunTask):
         sweep_stale_temps(data_dir / "datasets")
         # Files a crash may have damaged that no version task looks at: earlier runs' reports and snapshots.
         log.add_notes(self.run_id, repair_closed_runs(data_dir, log, self.run_id, every=self.deep_check))
-        if self.deep_check:
-            log.add_notes(self.run_id, latest.check_hashes(data_dir / "latest"))
         catalog = load_catalog(self.metastore_url, self.theme, self.settings)
         known, sizes = log.known_versions(), log.last_sizes()
         queued, up_to_date, notes = [], [], {}
@@ -121,6 +112,8 @@ class FetchCatalog(RunTask):
                 queued.append(version)
                 if problems:  # damaged, not merely unfinished: say what, and what this run does about it
                     notes[version] = f"{done.folder_label}: {'; '.join(problems)}; {check.repair}"
+        if self.deep_check:
+            log.add_notes(self.run_id, self._deep_check_the_rest(catalog, known, len(notes)))
         if self.verify:
             up_to_date, replaced, verify_notes = self._verify(up_to_date, known)
             queued += replaced
@@ -130,6 +123,45 @@ class FetchCatalog(RunTask):
         for version, note in notes.items():
             log.note(self.run_id, version, note)
         write_json(Path(self.output().path), snapshot)
+
+    def _deep_check_the_rest(self, catalog: Catalog, known, damaged_in_catalog: int) -> list[str]:
+        """After the catalog's versions: latest/, and the versions no longer in the catalog; then what was found."""
+        notes, files = latest.check_hashes(Path(self.data_dir) / "latest")
+        in_catalog = {NormalizeCsv.for_version(self, v).folder for v in catalog.versions}
+        archived = [
+            folder
+            for key, (revision, _) in sorted(known.items())
+            if (folder := layout.version_dir(Path(self.data_dir), key.identifier, key.modified, key.url, revision))
+            not in in_catalog
+            and folder.exists()
+        ]
+        notes += self._deep_check_archive(archived)
+        return [
+            *notes,
+            f"deep check: the files of {len(in_catalog) + len(archived)} versions and {files} in latest/ hashed; "
+            f"{damaged_in_catalog + len(notes)} damaged",
+        ]
+
+    def _deep_check_archive(self, folders: list[Path]) -> list[str]:
+        """Versions no longer in the catalog: a damaged normalized file is made again from a whole source; what
+        would need a download is left as it is, with a note."""
+        notes = []
+        for folder in folders:
+            check = check_version(folder)
+            damaged = deep_check(folder, check) if check.complete else []
+            problems = check.problems + [hash_problem(path) for path in damaged]
+            if not problems:
+                continue
+            action = "not in the catalog now: left as it is"
+            if check.header_map and check.source_whole and layout.source_csv(folder) not in damaged:
+                remove(layout.normalized_csv(folder))
+                try:
+                    if make_normalized(folder).sha256 == check.header_map["sha256"]:
+                        action = "made again from source.csv"
+                except (ValueError, UnicodeError, OSError) as exc:
+                    problems.append(f"cannot be made again ({exc})")
+            notes.append(f"{label(self.data_dir, folder)}: {'; '.join(problems)}; {action}")
+        return notes
 
     def _verify(self, up_to_date, known):
         """Conditional GETs for finished versions, one at a time in this task's slot: a file replaced under
@@ -213,8 +245,7 @@ class VersionTask(RunTask):
 
     @property
     def folder_label(self) -> str:
-        """The folder as a NOTE names it: relative to the data folder."""
-        return self.folder.relative_to(Path(self.data_dir)).as_posix()
+        return label(self.data_dir, self.folder)
 
     def inspect(self, deep: bool = False) -> tuple[VersionCheck, list[str]]:
         """The version's files as a crash may have left them, and what is damaged. `deep` also hashes, and
@@ -227,7 +258,7 @@ class VersionTask(RunTask):
             remove(path)
         if not damaged:
             return check, []
-        return check_version(self.folder), [f"{path.name} does not match header_map.json's sha256" for path in damaged]
+        return check_version(self.folder), [hash_problem(path) for path in damaged]
 
     def failure(self, stage: str, exc: BaseException) -> DatasetError:
         """A data, network or disk problem of this version: one line naming the cause (no traceback)."""
@@ -367,27 +398,9 @@ class NormalizeCsv(VersionTask):
             remove(Path(target.path))
         previous, old_columns = self._previous()  # the slow, fallible reads come before the first write
         drop_source = self.config.retention.drop_source
-        source = Path(self.input().path)
-        scan_path, staged = layout.source_scan(self.folder), layout.normalized_staged(self.folder)
-        normalized = Path(outputs["csv"].path)
+        source, scan_path = Path(self.input().path), layout.source_scan(self.folder)
         try:
-            scan = check_version(self.folder).scan
-            if scan is None:  # damaged, or a download of an earlier release: the source is whole, scan it again
-                with open(source, "rb") as src:
-                    scan = scan_record(src)
-                write_json(scan_path, scan)
-            usable = "sha256" in scan  # else not UTF-8, or no usable header: rewritten from the source
-            if usable and staged.exists() and is_scanned(scan, source.stat().st_size, staged.stat().st_size):
-                put_in_place(staged, normalized, read_only=True)  # the download wrote it: moved in, not copied
-                result = scanned_result(scan)
-            else:
-                staged.unlink(missing_ok=True)  # none, or cut short by a kill: made from the source
-                with (
-                    atomic_path(normalized, read_only=True) as temp,
-                    open(source, "rb") as src,
-                    open(temp, "w+b") as dst,
-                ):
-                    result = copy_normalized(src, dst, scan) if usable else rewrite_csv(src, dst)
+            result = make_normalized(self.folder)
             stats = {
                 "identifier": self.identifier,
                 "modified": self.modified,
@@ -466,6 +479,11 @@ class HospitalsDaily(RunTask):
 def _report_status(path: Path) -> str | None:
     report, _ = read_json(path)  # one a crash cut short counts as none: the run is closed again
     return report.get("status") if report else None
+
+
+def label(data_dir: str, folder: Path) -> str:
+    """A version folder as a NOTE names it: relative to the data folder."""
+    return folder.relative_to(Path(data_dir)).as_posix()
 
 
 def stored_stats(header_map: dict | None) -> dict:

@@ -139,3 +139,7 @@ def deep_check(folder: Path, check: VersionCheck) -> list[Path]:
         if not matches:
             damaged.append(source)
     return damaged
+
+
+def hash_problem(path: Path) -> str:
+    return f"{path.name} does not match header_map.json's sha256"

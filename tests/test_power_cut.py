@@ -175,6 +175,11 @@ def flip(path: Path, offset: int = -3) -> None:
 
 
 def test_the_deep_check_finds_and_repairs_flipped_bytes_in_version_and_latest_files(site, tmp_path, first_run):
+    site.dataset("ds-scan0", "2025-05-01", {"Data.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(7, 5, "new"))})
+    assert run_daily(site, tmp_path, run_id="update")[0]
+    clean = kept_files(tmp_path)
+    archived = version_of(tmp_path, "ds-scan0", "2025-04-08")
+    flip(archived / "normalized.csv")  # a version no longer in the catalog
     flip(version(tmp_path, "ds-norm0") / "normalized.csv")  # in place: its latest/ link changes too
     latest = tmp_path / "latest" / "ds-latest.csv"
     copy = latest.read_bytes()
@@ -196,10 +201,13 @@ def test_the_deep_check_finds_and_repairs_flipped_bytes_in_version_and_latest_fi
             " match header_map.json's sha256; downloaded again",
             "latest/ds-latest.csv does not match latest.json's sha256; put back",
             "latest/ds-norm0.csv does not match latest.json's sha256; put back",
+            f"{archived.relative_to(tmp_path).as_posix()}: normalized.csv does not match header_map.json's sha256;"
+            " made again from source.csv",
+            "deep check: the files of 10 versions and 9 in latest/ hashed; 5 damaged",
         ]
     ), notes
     assert downloads(site) == {_upload_folder("ds-src0")}  # nothing whole is downloaded
-    assert kept_files(tmp_path) == first_run
+    assert kept_files(tmp_path) == clean
 
 
 def test_latest_files_are_read_only_so_an_edit_in_place_cannot_change_the_archive(site):
