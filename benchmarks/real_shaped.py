@@ -13,10 +13,14 @@ before every response and 20 MB/s per connection. Each round measures, side by s
 * refresh: the next day's catalog, in which every file was re-uploaded (new download URLs, same bytes), run in
   the same folder: the run log knows each file's last size, so the biggest starts first.
 
+With --fsync-cost, each round also runs cold and refresh with the job's fsyncs switched off (the test-only
+CMS_PIPELINE_NO_FSYNC; SQLite still syncs as configured), so their cost is measured side by side.
+
 Every figure is the median over the rounds; the ratios are against the plain download. Not a test.
 """
 
 import argparse
+import os
 import shutil
 import statistics
 import sys
@@ -31,12 +35,18 @@ from benchmarks.job import write_cfg  # noqa: E402
 from benchmarks.plain_download import plain_download  # noqa: E402
 from benchmarks.run import Site, realistic_rows  # noqa: E402
 from benchmarks.scale import run_luigi  # noqa: E402
+from pipeline.durable import NO_SYNC_ENV  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
 
 
-def run_job(folder: Path, metastore_url: str, expect: str) -> float:
+def run_job(folder: Path, metastore_url: str, expect: str, syncs: bool = True) -> float:
     write_cfg(folder, metastore_url)
-    return run_luigi(folder, "on", expect)["wall"]
+    if not syncs:
+        os.environ[NO_SYNC_ENV] = "1"  # the job's environment is this one's
+    try:
+        return run_luigi(folder, "on", expect)["wall"]
+    finally:
+        os.environ.pop(NO_SYNC_ENV, None)
 
 
 def main() -> None:
@@ -44,11 +54,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of plain, cold and refresh (default 3)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds before each response (default 0.05)")
     parser.add_argument("--bandwidth", type=float, default=20, help="MB/s per connection (default 20)")
+    parser.add_argument("--fsync-cost", action="store_true", help="also run cold and refresh without the fsyncs")
     args = parser.parse_args()
     compile_pipeline()
     rows = realistic_rows(1.0)
     work = Path(tempfile.mkdtemp(prefix="pipeline-real-", dir="/tmp"))
     figures: dict[str, list[float]] = {"plain": [], "cold": [], "refresh": []}
+    if args.fsync_cost:
+        figures |= {"cold-nosync": [], "refresh-nosync": []}
     try:
         with LoopbackServer(bandwidth=args.bandwidth * 1e6, latency=args.latency) as server:
             site = Site(server, work)
@@ -61,6 +74,11 @@ def main() -> None:
                 figures["cold"].append(run_job(folder, day1, f" {len(rows)} downloaded, 0 up to date"))
                 figures["refresh"].append(run_job(folder, day2, f" {len(rows)} downloaded, 0 up to date"))
                 shutil.rmtree(folder)
+                if args.fsync_cost:
+                    expect = f" {len(rows)} downloaded, 0 up to date"
+                    figures["cold-nosync"].append(run_job(folder, day1, expect, syncs=False))
+                    figures["refresh-nosync"].append(run_job(folder, day2, expect, syncs=False))
+                    shutil.rmtree(folder)
                 print(f"round {round_}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in figures.items()), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -68,6 +86,9 @@ def main() -> None:
     for name in ("cold", "refresh"):
         value = statistics.median(figures[name])
         print(f"{name}: {value:.2f} s vs plain {plain:.2f} s = {value / plain:.2f}x (median of {args.rounds})")
+        if args.fsync_cost:
+            without = statistics.median(figures[f"{name}-nosync"])
+            print(f"{name} without fsyncs: {without:.2f} s; the fsyncs cost {value / without - 1:+.1%}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 import luigi
 
 from pipeline import layout
-from pipeline.durable import write_json
+from pipeline.durable import read_json, write_json
 from pipeline.metastore import load_catalog
 from pipeline.plan import format_table, plan
 from pipeline.runlog import read_state
@@ -36,6 +36,9 @@ class HospitalsPlan(luigi.Task):
 
     def output(self):
         return luigi.LocalTarget(str(layout.plan_report(Path(self.data_dir), self.run_id)))
+
+    def complete(self):
+        return read_json(Path(self.output().path))[0] is not None  # a plan a crash cut short is made again
 
     def run(self):
         catalog = load_catalog(self.metastore_url, self.theme, self.settings)

@@ -129,6 +129,20 @@ def write_json(dest: Path, data) -> None:
     write_text(dest, json_text(data))
 
 
+def read_json(path: Path) -> tuple[dict | None, str | None]:
+    """A JSON object as a crash may have left it: (the object, None), (None, None) when there is no file, or
+    (None, why it cannot be used)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None, None
+    except (ValueError, OSError) as exc:  # JSONDecodeError, cut-off UTF-8, unreadable
+        return None, f"does not parse ({exc})"
+    if not isinstance(data, dict):
+        return None, "does not parse (not a JSON object)"
+    return data, None
+
+
 def remove(path: Path) -> None:
     """Delete a file if it is there, read-only or not (Windows refuses to delete a read-only file)."""
     try:

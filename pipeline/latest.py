@@ -14,9 +14,9 @@ from pathlib import Path, PurePosixPath
 from filelock import FileLock
 
 from pipeline.catalog import CsvVersion, VersionKey, file_name
-from pipeline.durable import TEMP_MARK, atomic_path, json_text, remove
+from pipeline.durable import TEMP_MARK, atomic_path, json_text, read_json, remove
 from pipeline.layout import safe_component
-from pipeline.version_check import file_sha256, read_json
+from pipeline.version_check import file_sha256
 
 MANIFEST = "latest.json"
 INDEX = "index.csv"

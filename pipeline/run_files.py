@@ -5,10 +5,9 @@ import json
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.durable import write_json, write_text
+from pipeline.durable import read_json, write_json, write_text
 from pipeline.report import COUNTS, build_report, tally
 from pipeline.runlog import RunLog
-from pipeline.version_check import read_json
 
 
 def repair_closed_runs(data_dir: Path, log: RunLog, run_id: str, every: bool) -> list[str]:

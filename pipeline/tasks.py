@@ -25,7 +25,7 @@ from luigi.parameter import ParameterVisibility
 from pipeline import latest, layout
 from pipeline.catalog import Catalog, CsvVersion
 from pipeline.close_run import close_failed, close_if_complete
-from pipeline.durable import atomic_path, json_text, remove, sync_file, write_json
+from pipeline.durable import atomic_path, json_text, read_json, remove, sync_file, write_json
 from pipeline.errors import DatasetError, RunClosed
 from pipeline.header_rewrite import NotText, SourceScan
 from pipeline.http import DownloadError, changed_since, download
@@ -37,7 +37,7 @@ from pipeline.runlog import RunLog
 from pipeline.schema_drift import diff_columns, previous_version
 from pipeline.settings import FolderParameter, RunIdParameter, Settings, SettingsParameter
 from pipeline.targets import folder_lock, remove_stale_temps, sweep_stale_temps
-from pipeline.version_check import VersionCheck, check_version, deep_check, hash_problem, read_json
+from pipeline.version_check import VersionCheck, check_version, deep_check, hash_problem
 
 logger = logging.getLogger("luigi-interface")
 

@@ -3,11 +3,11 @@ before its data reached the disk is zero-length or cut short under its final nam
 stats and parses; the deep check (on demand) also hashes. Neither writes anything."""
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import layout
+from pipeline.durable import read_json
 from pipeline.header_rewrite import CHUNK, rewrite_csv
 
 
@@ -32,19 +32,6 @@ class VersionCheck:
     def repair(self) -> str:
         """What the run does about it: the same as for a version never finished, from what is still whole."""
         return "made again from source.csv" if self.source_whole else "downloaded again"
-
-
-def read_json(path: Path) -> tuple[dict | None, str | None]:
-    """(the object, None), (None, None) when there is no file, or (None, why it is unusable)."""
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None, None
-    except (ValueError, OSError) as exc:  # JSONDecodeError, cut-off UTF-8, unreadable
-        return None, f"does not parse ({exc})"
-    if not isinstance(data, dict):
-        return None, "does not parse (not a JSON object)"
-    return data, None
 
 
 def _size(path: Path) -> int | None:
