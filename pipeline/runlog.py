@@ -274,11 +274,15 @@ class RunLog:
 
     def drift_context(self, run_id: str, version: CsvVersion) -> tuple[int | None, set[str], list[dict]]:
         """For schema drift: the version's position, the other CSV URLs of its dataset in this run, and the
-        dataset's other finished versions, newest first."""
+        dataset's other finished versions, newest first. None of them for a version made again after a crash
+        damaged it: its drift was reported when it was first stored."""
         with self._connect() as db:
             row = db.execute(
-                "SELECT position FROM versions WHERE identifier=? AND modified=? AND download_url=?", _key(version)
+                "SELECT position, status, revision FROM versions WHERE identifier=? AND modified=? AND download_url=?",
+                _key(version),
             ).fetchone()
+            if row and row["status"] == "done" and row["revision"] == version.revision:
+                return row["position"], set(), []
             siblings = {
                 r[0]
                 for r in db.execute(

@@ -241,3 +241,16 @@ def test_latest_files_are_read_only_so_an_edit_in_place_cannot_change_the_archiv
 def version_of(data: Path, identifier: str, modified: str) -> Path:
     [folder] = (data / "datasets" / identifier).glob(f"{modified}-*")
     return folder
+
+
+def test_a_repaired_version_does_not_report_its_schema_change_again(site, tmp_path):
+    site.dataset("ds-drift", "2025-04-08", {"Data.csv": csv_bytes('"Facility ID","Score"', ['"1","2"'])})
+    assert run_daily(site, tmp_path)[0]
+    site.dataset("ds-drift", "2025-05-01", {"Data.csv": csv_bytes('"Facility ID","Rate"', ['"1","2"'])}, upload=2)
+    ok, changed = run_daily(site, tmp_path)
+    assert ok and changed["datasets"][0]["schema_change"]["renamed"]
+    zero(version_of(tmp_path, "ds-drift", "2025-05-01") / "normalized.csv")
+    ok, repaired = run_daily(site, tmp_path)
+    assert ok
+    [entry] = repaired["datasets"]
+    assert "normalized.csv has 0 bytes" in entry["error"] and entry["schema_change"] is None
