@@ -612,59 +612,56 @@ def _notes(output: str) -> set[str]:
     return {_without_folder_hashes(line) for line in output.splitlines() if line.startswith("  NOTE ")}
 
 
-def _three_datasets(site: Site) -> None:
-    for n, identifier in enumerate(("48nr-hqxx", "wue8-3vwe", "xubh-q36u")):
-        site.dataset(identifier, "2025-04-08", {f"F{n}.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(30 + n, 5))})
+@pytest.fixture
+def three_datasets_run(tmp_path):
+    """(server, project) after a first daily run of three datasets."""
+    with LoopbackServer() as server:
+        site = Site(server)
+        for n, identifier in enumerate(("48nr-hqxx", "wue8-3vwe", "xubh-q36u")):
+            site.dataset(identifier, "2025-04-08", {f"F{n}.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(30 + n, 5))})
+        project = Project(tmp_path / "project", site)
+        assert project.run(daily()).returncode == 0
+        yield server, project
 
 
 @covers("repair-notes")
-def test_the_repair_notes_are_the_ones_a_run_after_a_power_cut_prints(tmp_path):
-    with LoopbackServer() as server:
-        site = Site(server)
-        _three_datasets(site)
-        project = Project(tmp_path / "project", site)
-        assert project.run(daily()).returncode == 0
-        [report] = project.data.glob("reports/*.json")
-        for path in (
-            report,
-            project.data / "latest" / "index.csv",
-            *project.data.glob("datasets/48nr-hqxx/*/normalized.csv"),
-        ):
-            path.write_bytes(b"")  # as a power cut leaves a file renamed into place before its data was on disk
-        [header_map] = project.data.glob("datasets/xubh-q36u/*/header_map.json")
-        header_map.write_bytes(b"")
-        [source] = project.data.glob("datasets/wue8-3vwe/*/source.csv")
-        source.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
-        repaired = project.run(daily())
-        assert repaired.returncode == 0, repaired.stderr
-        assert _notes(repaired.stdout) == {
-            _without_folder_hashes(line) for line in block("repair-notes").text.splitlines()
-        }
-        assert "Traceback" not in repaired.stderr
+def test_the_repair_notes_are_the_ones_a_run_after_a_power_cut_prints(three_datasets_run):
+    _, project = three_datasets_run
+    [report] = project.data.glob("reports/*.json")
+    for path in (
+        report,
+        project.data / "latest" / "index.csv",
+        *project.data.glob("datasets/48nr-hqxx/*/normalized.csv"),
+    ):
+        path.write_bytes(b"")  # as a power cut leaves a file renamed into place before its data was on disk
+    [header_map] = project.data.glob("datasets/xubh-q36u/*/header_map.json")
+    header_map.write_bytes(b"")
+    [source] = project.data.glob("datasets/wue8-3vwe/*/source.csv")
+    source.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    repaired = project.run(daily())
+    assert repaired.returncode == 0, repaired.stderr
+    assert _notes(repaired.stdout) == {_without_folder_hashes(line) for line in block("repair-notes").text.splitlines()}
+    assert "Traceback" not in repaired.stderr
 
 
 @covers("deep-check")
-def test_the_deep_check_puts_back_a_latest_file_with_a_flipped_byte(tmp_path):
-    with LoopbackServer() as server:
-        site = Site(server)
-        _three_datasets(site)
-        project = Project(tmp_path / "project", site)
-        assert project.run(daily()).returncode == 0
-        latest_file = project.data / "latest" / "48nr-hqxx.csv"
-        good = latest_file.read_bytes()
-        latest_file.unlink()
-        latest_file.write_bytes(good[:-3] + b"X" + good[-2:])
-        assert project.run(daily()).returncode == 0 and latest_file.read_bytes() != good  # same size: not seen
-        server.clear()
-        [deep] = commands(block("deep-check").text)
-        checked = project.run(deep)
-        assert checked.returncode == 0, checked.stderr
-        assert [line for line in checked.stdout.splitlines() if line.startswith("  NOTE ")] == [
-            "  NOTE latest/48nr-hqxx.csv does not match latest.json's sha256; put back",
-            "  NOTE deep check: the files of 3 versions and 3 in latest/ hashed; 1 damaged",
-        ]
-        assert latest_file.read_bytes() == good
-        assert [path for path in server.paths() if path.endswith(".csv")] == []
+def test_the_deep_check_puts_back_a_latest_file_with_a_flipped_byte(three_datasets_run):
+    server, project = three_datasets_run
+    latest_file = project.data / "latest" / "48nr-hqxx.csv"
+    good = latest_file.read_bytes()
+    latest_file.unlink()
+    latest_file.write_bytes(good[:-3] + b"X" + good[-2:])
+    assert project.run(daily()).returncode == 0 and latest_file.read_bytes() != good  # same size: not seen
+    server.clear()
+    [deep] = commands(block("deep-check").text)
+    checked = project.run(deep)
+    assert checked.returncode == 0, checked.stderr
+    assert [line for line in checked.stdout.splitlines() if line.startswith("  NOTE ")] == [
+        "  NOTE latest/48nr-hqxx.csv does not match latest.json's sha256; put back",
+        "  NOTE deep check: the files of 3 versions and 3 in latest/ hashed; 1 damaged",
+    ]
+    assert latest_file.read_bytes() == good
+    assert [path for path in server.paths() if path.endswith(".csv")] == []
 
 
 # -- the central scheduler -----------------------------------------------------------------------------------
