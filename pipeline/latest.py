@@ -84,8 +84,9 @@ def publish(
     Returns a note for each file that could not be updated."""
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(folder / ".lock"):  # one publisher at a time, whichever run it closes
-        for stale in [*folder.glob(f"*{TEMP_MARK}*"), *folder.glob("*.tmp")]:  # a killed publisher's (.tmp: of
-            remove(stale)  # earlier releases)
+        # A killed publisher's temp files (named *.tmp by earlier releases).
+        for stale in [*folder.glob(f"*{TEMP_MARK}*"), *folder.glob("*.tmp")]:
+            remove(stale)
         return _publish(folder, names, entries, retired, run_id, now)
 
 
