@@ -475,7 +475,7 @@ class RunLog:
         with self._connect() as db:
             runs = db.execute(
                 "SELECT * FROM runs WHERE run_id<>? AND status IN ('succeeded', 'failed')"
-                " ORDER BY started_at DESC, rowid DESC" + ("" if every else " LIMIT 1"),
+                " ORDER BY started_at DESC, run_id DESC" + ("" if every else " LIMIT 1"),
                 (before,),
             ).fetchall()
             return [(dict(run), self._report_items(db, run["run_id"])) for run in runs]
