@@ -147,19 +147,20 @@ class FetchCatalog(RunTask):
         would need a download is left as it is, with a note."""
         notes = []
         for folder in folders:
-            check = check_version(folder)
-            damaged = deep_check(folder, check) if check.complete else []
-            problems = check.problems + [hash_problem(path) for path in damaged]
-            if not problems:
-                continue
-            action = "not in the catalog now: left as it is"
-            if check.header_map and check.source_whole and layout.source_csv(folder) not in damaged:
-                remove(layout.normalized_csv(folder))
-                try:
-                    if make_normalized(folder).sha256 == check.header_map["sha256"]:
-                        action = "made again from source.csv"
-                except (ValueError, UnicodeError, OSError) as exc:
-                    problems.append(f"cannot be made again ({exc})")
+            with folder_lock(folder):
+                check = check_version(folder)
+                damaged = deep_check(folder, check) if check.complete else []
+                problems = check.problems + [hash_problem(path) for path in damaged]
+                if not problems:
+                    continue
+                action = "not in the catalog now: left as it is"
+                if check.header_map and check.source_whole and layout.source_csv(folder) not in damaged:
+                    remove(layout.normalized_csv(folder))
+                    try:
+                        if make_normalized(folder).sha256 == check.header_map["sha256"]:
+                            action = "made again from source.csv"
+                    except (ValueError, UnicodeError, OSError) as exc:
+                        problems.append(f"cannot be made again ({exc})")
             notes.append(f"{label(self.data_dir, folder)}: {'; '.join(problems)}; {action}")
         return notes
 
@@ -253,12 +254,14 @@ class VersionTask(RunTask):
         check = check_version(self.folder)
         if not (deep and check.complete):
             return check, check.problems
-        damaged = deep_check(self.folder, check)
-        for path in damaged:
-            remove(path)
-        if not damaged:
-            return check, []
-        return check_version(self.folder), [hash_problem(path) for path in damaged]
+        with folder_lock(self.folder):  # an overlapping run may be writing this version
+            check = check_version(self.folder)
+            damaged = deep_check(self.folder, check)
+            for path in damaged:
+                remove(path)
+            if not damaged:
+                return check, check.problems
+            return check_version(self.folder), [hash_problem(path) for path in damaged]
 
     def failure(self, stage: str, exc: BaseException) -> DatasetError:
         """A data, network or disk problem of this version: one line naming the cause (no traceback)."""
