@@ -274,18 +274,31 @@ class VersionTask(RunTask):
     def show_run_progress(self, done: int, failed: int, total: int) -> None:
         """The wrapper's line in luigid's UI, updated by each settled version with the run's (done, failed,
         total) as its run-log write returned them (a local scheduler has no UI to show it)."""
-        core = luigi.interface.core()
-        if not self.wrapper_task_id or core.local_scheduler:
+        if not self.wrapper_task_id or not (scheduler := self._luigid()):
             return
         message, percent = progress_line(done, failed, total)
-        # The address as Luigi's own worker finds it (luigi.interface builds it the same way).
-        url = core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/"
         try:
-            scheduler: Any = luigi.rpc.RemoteScheduler(url)  # its RPC methods are made at run time
             scheduler.set_task_status_message(self.wrapper_task_id, message)
             scheduler.set_task_progress_percentage(self.wrapper_task_id, percent)
         except luigi.rpc.RPCError as exc:  # the UI line is not worth failing a version for
             logger.warning("%s: could not update the run's progress in luigid: %s", self.identifier, exc)
+
+    def _luigid(self) -> Any:
+        """The luigid the worker running this task reports to, or None with a local scheduler. Called first in
+        run(), so on_failure, which Luigi calls after run()'s status reporter is gone, knows it too."""
+        reporter = getattr(self.set_status_message, "__self__", None)  # set by Luigi's worker while run() runs
+        if reporter is not None:
+            # Luigi 3.8.1 (pinned): the worker's own scheduler, also where luigi.build(local_scheduler=True) runs
+            # with a luigi.cfg (or none) that names a luigid which is not there.
+            scheduler = reporter._scheduler
+            self._reports_to = scheduler if isinstance(scheduler, luigi.rpc.RemoteScheduler) else None
+        if hasattr(self, "_reports_to"):
+            return self._reports_to
+        core = luigi.interface.core()  # never ran here (a lost worker's event handler): as the command has it
+        if core.local_scheduler:
+            return None
+        # The address as Luigi's own worker finds it (luigi.interface builds it the same way).
+        return luigi.rpc.RemoteScheduler(core.scheduler_url or f"http://{core.scheduler_host}:{core.scheduler_port}/")
 
     def on_failure(self, exception):
         cause = exception.cause if isinstance(exception, DatasetError) else repr(exception)
@@ -316,6 +329,7 @@ class DownloadCsv(VersionTask):
         return check_version(self.folder).source_whole  # not merely there: the size its scan recorded
 
     def run(self):
+        self._luigid()
         with folder_lock(self.folder):
             if self.complete():
                 return  # an overlapping run fetched it while we waited for the lock
@@ -372,6 +386,7 @@ class NormalizeCsv(VersionTask):
         return check_version(self.folder).complete  # parsed and sized as recorded, not merely there
 
     def run(self):
+        self._luigid()
         with folder_lock(self.folder):
             check = check_version(self.folder)
             if check.complete:  # an overlapping run normalized it, or only its source needed downloading again

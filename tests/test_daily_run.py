@@ -2,8 +2,10 @@
 
 import csv
 import hashlib
+import http.server
 import io
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -214,3 +216,29 @@ def test_non_utf8_source_is_converted_and_reported(site, server, tmp_path):
     assert scan == {"source_bytes": len(source)}  # only the size, by which later runs know it is whole: rewritten
     expected = '"hopital","score"\r\n"Saint-Étienne","1"\r\n'
     assert Path(entry["paths"]["normalized"]).read_bytes().decode("utf-8") == expected
+
+
+def test_a_run_built_with_a_local_scheduler_sends_nothing_to_the_luigid_its_config_names(site, tmp_path, luigi_setting):
+    """luigi.build(local_scheduler=True) where luigi.cfg still names a luigid: the progress line goes nowhere, and
+    no version waits on RPC retries to a scheduler the run does not use (with failures too)."""
+    seen: list[str] = []
+
+    class Luigid(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # luigid's RPCs are POSTs to /api/<method>
+            seen.append(self.path)
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *_) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Luigid) as elsewhere:
+        threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+        luigi_setting("core", "local_scheduler", "false")
+        luigi_setting("core", "scheduler_url", f"http://127.0.0.1:{elsewhere.server_address[1]}/")
+        site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(5, 5))})
+        site.dataset("gone-0001", "2025-01-01", {"Gone.csv": b""}, serve=False)
+        ok, report = run_daily(site, tmp_path)
+        elsewhere.shutdown()
+    assert not ok and report["counts"]["downloaded"] == 1 and report["counts"]["failed"] == 1
+    assert seen == []
