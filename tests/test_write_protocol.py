@@ -20,7 +20,7 @@ pytestmark = [
     ),
 ]
 
-_CALL = re.compile(r"^(\d+) (fsync|fdatasync|rename|renameat|renameat2)\((.*?)(?:\) += |\s*<unfinished)")
+_CALL = re.compile(r"^(\d+) +(fsync|fdatasync|rename|renameat|renameat2)\((.*?)(?:\) += |\s*<unfinished)")
 _FD_PATH = re.compile(r"^\d+<(.*)>$")
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
