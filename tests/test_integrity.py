@@ -15,6 +15,7 @@ import pytest
 
 from pipeline import runlog
 from pipeline.header_rewrite import rewrite_csv
+from pipeline.runlog_engines import SchemaTooNew
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, item, quoted_rows
 from tests.harness import CATALOG_PATH, by_identifier, query, run_daily
 from tests.old_schemas import BEFORE_USER_VERSION, FIRST_RELEASE
@@ -312,7 +313,7 @@ def test_a_run_log_from_an_earlier_release_is_upgraded_in_place(site, server, tm
 def test_a_run_log_from_a_newer_release_is_refused(tmp_path):
     with sqlite3.connect(tmp_path / "runlog.sqlite") as db:
         db.execute(f"PRAGMA user_version={runlog.SCHEMA_VERSION + 1}")
-    with pytest.raises(sqlite3.DatabaseError, match="newer than this release knows"):
+    with pytest.raises(SchemaTooNew, match="newer than this release knows"):
         runlog.RunLog(tmp_path / "runlog.sqlite")
 
 
