@@ -40,16 +40,21 @@ def unavailable(reason: str) -> None:
 class Postgres:
     """One cluster; `url()` makes a fresh database for a test and gives its URL (with the password)."""
 
-    def __init__(self, bin_dir: Path):
-        self.bin = bin_dir
-        self.port = free_port()
+    def __init__(self, bin_dir: Path, address: str = "127.0.0.1", prefix: tuple[str, ...] = ()):
+        """`prefix`: how to start its processes elsewhere, e.g. in a network namespace (`ip netns exec NAME`)."""
+        self.bin, self.address, self.prefix = bin_dir, address, prefix
+        self.port = free_port() if address == "127.0.0.1" else 5432
         self.root = Path(tempfile.mkdtemp(prefix="runlog-pg-"))
         self.data = self.root / "cluster"
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [*self.as_postgres, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            [*self.prefix, *self.as_postgres, *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
 
     def start(self) -> "Postgres":
@@ -73,12 +78,16 @@ class Postgres:
         )
         assert done.returncode == 0, done.stderr
         pwfile.unlink()
+        if self.address != "127.0.0.1":  # initdb lets in only the loopback addresses
+            with open(self.data / "pg_hba.conf", "a", encoding="utf-8") as hba:
+                hba.write(f"host all all {self.address}/24 scram-sha-256\n")
         self.start_server()
         self.admin(f"CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}' CREATEDB")
         return self
 
     def start_server(self) -> None:
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c full_page_writes=off"
+        options = f"-c listen_addresses={self.address} -p {self.port} -k {self.root}"
+        options += " -c fsync=off -c full_page_writes=off"  # a test cluster: nothing to keep across a crash
         done = self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start"
         )
@@ -91,17 +100,30 @@ class Postgres:
         path = self.root / "log"
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
-    def admin(self, sql: str, database: str = "postgres") -> None:
+    def _superuser(self, database: str = "postgres"):
+        """Through the server's Unix socket: reachable from here whatever network it listens on."""
         import psycopg
 
-        with psycopg.connect(self.url_for(SUPERUSER, SUPERPASSWORD, database), autocommit=True) as conn:
+        return psycopg.connect(
+            host=str(self.root),
+            port=self.port,
+            user=SUPERUSER,
+            password=SUPERPASSWORD,
+            dbname=database,
+            autocommit=True,
+        )
+
+    def admin(self, sql: str, database: str = "postgres") -> None:
+        with self._superuser(database) as conn:
             conn.execute(sql)
+
+    def rows(self, database: str, sql: str) -> list[tuple]:
+        with self._superuser(database) as conn:
+            return conn.execute(sql).fetchall()
 
     def terminate(self, database: str) -> None:
         """Drop every connection to `database`, as a server restart does, and wait until they are gone."""
-        import psycopg
-
-        with psycopg.connect(self.url_for(SUPERUSER, SUPERPASSWORD, "postgres"), autocommit=True) as conn:
+        with self._superuser() as conn:
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname=%s", (database,))
             deadline = time.monotonic() + 10
             while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname=%s", (database,)).fetchone()[0]:
@@ -110,7 +132,7 @@ class Postgres:
 
     def url_for(self, user: str, password: str | None, database: str) -> str:
         secret = f":{password}" if password is not None else ""
-        return f"postgresql://{user}{secret}@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://{user}{secret}@{self.address}:{self.port}/{database}"
 
     def new_database(self) -> str:
         name = f"runlog_{uuid.uuid4().hex[:10]}"
@@ -126,7 +148,7 @@ class Postgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def start_postgres() -> Postgres:
+def start_postgres(address: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> Postgres:
     bin_dir = binaries()
     if bin_dir is None:
         unavailable("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); .ci/run installs it")
@@ -136,4 +158,4 @@ def start_postgres() -> Postgres:
         unavailable("psycopg is not installed: pip install -r requirements-dev.txt")
     if os.geteuid() == 0 and not shutil.which("runuser"):
         unavailable("PostgreSQL refuses root and runuser is missing")
-    return Postgres(bin_dir).start()  # type: ignore[arg-type]
+    return Postgres(bin_dir, address, prefix).start()  # type: ignore[arg-type]

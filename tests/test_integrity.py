@@ -20,7 +20,9 @@ from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, item, quoted_rows
 from tests.harness import CATALOG_PATH, by_identifier, query, run_daily
 from tests.old_schemas import BEFORE_USER_VERSION, FIRST_RELEASE
 
-pytestmark = pytest.mark.integration
+# Every test runs once per run-log engine (tests/conftest.py: runlog_engine), but those about SQLite's file.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("runlog_engine")]
+sqlite_only = pytest.mark.parametrize("runlog_engine", ["sqlite"], indirect=True)
 
 GOOD = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(50, 5))
 
@@ -269,6 +271,7 @@ def test_the_download_writes_the_normalized_file_and_normalize_moves_it_in(site,
         assert (folder / "source.scan.json").exists() == (entry["identifier"] == "48nr-hqxx")
 
 
+@sqlite_only
 @pytest.mark.parametrize("schema", [FIRST_RELEASE, BEFORE_USER_VERSION], ids=["first release", "before user_version"])
 def test_a_run_log_from_an_earlier_release_is_upgraded_in_place(site, server, tmp_path, schema):
     site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
@@ -310,6 +313,7 @@ def test_a_run_log_from_an_earlier_release_is_upgraded_in_place(site, server, tm
         assert db.execute("SELECT run_id, status FROM runs ORDER BY started_at").fetchall()[0] == ("old", "succeeded")
 
 
+@sqlite_only
 def test_a_run_log_from_a_newer_release_is_refused(tmp_path):
     with sqlite3.connect(tmp_path / "runlog.sqlite") as db:
         db.execute(f"PRAGMA user_version={runlog.SCHEMA_VERSION + 1}")
@@ -441,6 +445,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+@sqlite_only
 def test_a_full_disk_fails_the_datasets_it_hits_with_one_line_and_the_next_run_completes(
     site, server, small_disk, luigi_log
 ):

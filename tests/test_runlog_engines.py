@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.catalog import CsvVersion
 from pipeline.runlog import SCHEMA_VERSION, RunLog
-from pipeline.runlog_engines import RunLogUnavailable, engine_for
+from pipeline.runlog_engines import RunLogUnavailable, SchemaTooNew, engine_for
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +153,19 @@ def test_a_reader_of_a_run_log_not_made_yet_creates_nothing(runlog_engine, tmp_p
     with engine_for(runlog_engine, tmp_path / "runlog.sqlite").read_only() as db:
         assert db is None
     assert not (tmp_path / "runlog.sqlite").exists()
+
+
+def test_a_run_log_from_a_newer_release_is_refused_on_postgresql(postgres, tmp_path):
+    url = postgres.url()
+    with open_log(tmp_path, url).transaction() as db:
+        db.execute("UPDATE runlog_schema SET version=?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaTooNew, match="newer than this release knows"):
+        multiprocessing_free_open(url, tmp_path)
+
+
+def multiprocessing_free_open(url: str, folder: Path) -> RunLog:
+    """A new process's first open: this one has checked the schema already and would not look again."""
+    from pipeline.runlog_engines import postgres
+
+    postgres._SCHEMA_CHECKED.clear()
+    return open_log(folder, url)

@@ -6,6 +6,7 @@ up front so read-then-write sequences are serialized. A connection costs microse
 """
 
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -26,7 +27,7 @@ class SqliteEngine:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.connection() as db:
             if db.execute("PRAGMA user_version").fetchone()[0] != len(migrations):
-                db.execute("PRAGMA journal_mode=WAL")  # persistent: set once, with the schema
+                _wal(db)
                 _migrate(db, migrations)
 
     @contextmanager
@@ -50,6 +51,20 @@ class SqliteEngine:
         with closing(sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)) as db:
             db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             yield db
+
+
+def _wal(db: sqlite3.Connection) -> None:
+    """WAL is persistent: set once, with the schema. Switching takes an exclusive lock for which SQLite does not
+    wait, so processes opening a new run log together wait here for each other."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 @contextmanager
