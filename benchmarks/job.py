@@ -71,7 +71,12 @@ class RunLogs:
         if "postgresql" in engines:
             from tests.postgres_support import start_postgres
 
-            self.postgres = start_postgres()
+            try:
+                self.postgres = start_postgres()
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # pytest's skip, where PostgreSQL is missing
+                sys.exit(f"--runlog postgresql: {exc}")
 
     def url(self, engine: str) -> str:
         return self.postgres.url() if engine == "postgresql" and self.postgres else ""

@@ -157,31 +157,29 @@ class RunLog:
         invalid: list[InvalidItem],
     ) -> None:
         """Record what this run will do: `up_to_date` pairs each finished version with its stored stats."""
-        with self.transaction() as db:
+        with self.transaction() as db:  # thousands of rows: each statement once, with all its rows
             planned = [*((v, "queued") for v in queued), *((v, "up_to_date") for v, _ in up_to_date)]
-            for version, outcome in planned:
-                db.execute(
-                    "INSERT INTO versions(identifier, modified, download_url, title, theme, released, described_by,"
-                    " position, status, first_run_id, run_id, updated_at) VALUES (?,?,?,?,?,?,?,?,'pending',?,?,?)"
-                    " ON CONFLICT(identifier, modified, download_url) DO UPDATE SET title=excluded.title,"
-                    " released=excluded.released, described_by=excluded.described_by, position=excluded.position",
-                    (
-                        *_key(version),
-                        version.title,
-                        version.theme,
-                        version.released,
-                        version.described_by,
-                        version.position,
-                        run_id,
-                        run_id,
-                        now(),
-                    ),
-                )
-                self._put_item(db, run_id, version.identifier, version.modified, version.url, version.title, outcome)
-            for item in invalid:
-                self._put_item(db, run_id, item.identifier, "", "", item.title, "invalid", item.error)
-            for version, stats in up_to_date:  # heals a row whose outputs landed but whose log write did not
-                self._store_done(db, version, stats, None, only_if_not_done=True)
+            db.executemany(
+                "INSERT INTO versions(identifier, modified, download_url, title, theme, released, described_by,"
+                " position, status, first_run_id, run_id, updated_at) VALUES (?,?,?,?,?,?,?,?,'pending',?,?,?)"
+                " ON CONFLICT(identifier, modified, download_url) DO UPDATE SET title=excluded.title,"
+                " released=excluded.released, described_by=excluded.described_by, position=excluded.position",
+                [
+                    (*_key(v), v.title, v.theme, v.released, v.described_by, v.position, run_id, run_id, now())
+                    for v, _ in planned
+                ],
+            )
+            db.executemany(
+                _PUT_ITEM,
+                [
+                    *((run_id, v.identifier, v.modified, v.url, v.title, outcome, None) for v, outcome in planned),
+                    *((run_id, i.identifier, "", "", i.title, "invalid", i.error) for i in invalid),
+                ],
+            )
+            # Heals a row whose outputs landed but whose log write did not; a row already done is left alone.
+            db.executemany(
+                _DONE + " AND status<>'done'", [_done_values(version, stats, None) for version, stats in up_to_date]
+            )
             self._mark_retired(db, run_id, planned, invalid)
 
     @staticmethod
@@ -195,18 +193,12 @@ class RunLog:
         outcome: str,
         error: str | None = None,
     ) -> None:
-        db.execute(
-            "INSERT INTO run_items(run_id, identifier, modified, download_url, title, outcome, error)"
-            " VALUES (?,?,?,?,?,?,?) ON CONFLICT(run_id, identifier, modified, download_url)"
-            " DO UPDATE SET title=excluded.title, outcome=excluded.outcome, error=excluded.error",
-            (run_id, identifier, modified, url, title, outcome, error),
-        )
+        db.execute(_PUT_ITEM, (run_id, identifier, modified, url, title, outcome, error))
 
     def _mark_retired(self, db: Any, run_id: str, planned, invalid: list[InvalidItem]) -> None:
         present = {v.identifier for v, _ in planned} | {i.identifier for i in invalid}
         themes = {v.theme for v, _ in planned}
-        for identifier in present:
-            db.execute("DELETE FROM retired WHERE identifier=?", (identifier,))
+        db.executemany("DELETE FROM retired WHERE identifier=?", [(identifier,) for identifier in present])
         for theme in themes:
             gone = db.execute(
                 "SELECT identifier, max(title) FROM versions WHERE theme=? AND identifier NOT IN"
@@ -272,39 +264,20 @@ class RunLog:
             return self._progress(db, run_id)
 
     @staticmethod
-    def _store_done(db: Any, version: CsvVersion, stats: dict, run_id, only_if_not_done=False) -> None:
+    def _store_done(db: Any, version: CsvVersion, stats: dict, run_id) -> None:
         key = _key(version)
         before = db.execute(
             "SELECT output_path, revision FROM versions WHERE identifier=? AND modified=?"
             " AND download_url=? AND status='done'",
             key,
         ).fetchone()
-        if before and only_if_not_done:
-            return
         if before and before[0] and before[0] != stats["output_path"]:  # a new revision: keep track of the old
             db.execute(
                 "INSERT INTO superseded(output_path, identifier, modified, download_url, revision,"
                 " run_id, status) VALUES (?,?,?,?,?,?,'kept') ON CONFLICT DO NOTHING",
                 (before[0], *key, before[1], run_id or ""),
             )
-        db.execute(
-            "UPDATE versions SET status='done', error=NULL, source_path=?, output_path=?, header_map_path=?,"
-            " source_encoding=?, rows=?, bytes=?, sha256=?, revision=?, run_id=COALESCE(?, run_id), updated_at=?"
-            " WHERE identifier=? AND modified=? AND download_url=?",
-            (
-                stats["source_path"],
-                stats["output_path"],
-                stats["header_map_path"],
-                stats["source_encoding"],
-                stats["rows"],
-                stats["bytes"],
-                stats["sha256"],
-                version.revision,
-                run_id,
-                now(),
-                *key,
-            ),
-        )
+        db.execute(_DONE, _done_values(version, stats, run_id))
 
     def record_download(self, version: CsvVersion, last_modified: str) -> None:
         with self.transaction() as db:
@@ -462,6 +435,23 @@ class RunLog:
                     (now(), path),
                 )
                 db.execute("UPDATE superseded SET status='pruned' WHERE output_path=?", (path,))
+
+
+_PUT_ITEM = (
+    "INSERT INTO run_items(run_id, identifier, modified, download_url, title, outcome, error)"
+    " VALUES (?,?,?,?,?,?,?) ON CONFLICT(run_id, identifier, modified, download_url)"
+    " DO UPDATE SET title=excluded.title, outcome=excluded.outcome, error=excluded.error"
+)
+_DONE = (
+    "UPDATE versions SET status='done', error=NULL, source_path=?, output_path=?, header_map_path=?,"
+    " source_encoding=?, rows=?, bytes=?, sha256=?, revision=?, run_id=COALESCE(?, run_id), updated_at=?"
+    " WHERE identifier=? AND modified=? AND download_url=?"
+)
+
+
+def _done_values(version: CsvVersion, stats: dict, run_id: str | None) -> tuple:
+    fields = ("source_path", "output_path", "header_map_path", "source_encoding", "rows", "bytes", "sha256")
+    return (*(stats[f] for f in fields), version.revision, run_id, now(), *_key(version))
 
 
 def _key(version: CsvVersion) -> tuple[str, str, str]:

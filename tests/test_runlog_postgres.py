@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.runlog_engines import engine_for
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, quoted_rows
-from tests.harness import Site, command, project_cfg_lines
+from tests.harness import Site, command, console_script, project_cfg_lines
 from tests.loopback_server import LoopbackServer
 from tests.luigid_support import finish, free_port, loopback_env, stop_client
 from tests.postgres_support import PASSWORD, USER
@@ -136,12 +136,13 @@ def test_postgresql_stopped_before_a_run_then_restarted_mid_run(postgres, site, 
 
 
 def test_two_runs_at_once_on_one_postgresql_fetch_each_file_once_and_both_close(postgres, site, tmp_path):
+    """Both name the run log on the command line (luigi.cfg's is empty: SQLite), the password in the URL."""
     url = postgres.url()
-    configure(site, tmp_path, url)
+    configure(site, tmp_path, "")
     site.server.bandwidth = 400_000
-    first = start(tmp_path, "--run-id", "one")
+    first = start(tmp_path, "--run-id", "one", "--runlog-url", url)
     wait_for(lambda: site.server.paths())
-    second = start(tmp_path, "--run-id", "two")
+    second = start(tmp_path, "--run-id", "two", "--runlog-url", url)
     outputs = [proc.communicate(timeout=180) for proc in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
     downloads = [p for p in site.server.paths() if p.endswith(".csv")]
@@ -150,11 +151,24 @@ def test_two_runs_at_once_on_one_postgresql_fetch_each_file_once_and_both_close(
         ("one", "succeeded", 5),
         ("two", "succeeded", 5),
     ]
-    assert (tmp_path / "data" / "reports" / "one.json").exists() and (
-        tmp_path / "data" / "reports" / "two.json"
-    ).exists()
+    assert all((tmp_path / "data" / "reports" / f"{run_id}.json").exists() for run_id in ("one", "two"))
+    assert not (tmp_path / "data" / "runlog.sqlite").exists()
     for out, _err in outputs:  # each run printed its own summary once
         assert out.count("HospitalsDaily run ") == 1
+        assert PASSWORD not in out + _err
+    # The dry run reads the same run log: everything is up to date.
+    plan = subprocess.run(
+        [console_script("luigi"), "--module", "pipeline", "HospitalsPlan", "--runlog-url", url],
+        cwd=tmp_path,
+        env=loopback_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert plan.returncode == 0, plan.stderr
+    statuses = [line.split()[0] for line in plan.stdout.splitlines()[2:-2]]  # below the header, above the counts
+    assert statuses == ["up_to_date"] * 5, plan.stdout
 
 
 def query_url(url: str, sql: str) -> list[tuple]:
@@ -163,8 +177,8 @@ def query_url(url: str, sql: str) -> list[tuple]:
 
 
 def test_the_password_is_in_no_output_file_table_or_luigid_of_a_shared_run(postgres, tmp_path, luigi_setting):
-    """A run shared by the job and an assistant on luigid, the password in each machine's luigi.cfg URL, one
-    dataset failing: the password is nowhere but in those two files."""
+    """A run shared by the job and an assistant on luigid, the password in each machine's configuration (the URL
+    in luigi.cfg and central.cfg), one dataset failing: the password is nowhere but in those files."""
     from tests.test_shared_run import deployed, serve, start_assistant, start_shared_run, two_hosts
 
     url = postgres.url()
@@ -183,8 +197,11 @@ def test_the_password_is_in_no_output_file_table_or_luigid_of_a_shared_run(postg
     # Three versions done, one failed (disabled at once, docs/operations.md), with the run log on PostgreSQL.
     statuses = sorted(t["status"] for t in json.loads(api)[0].values() if t["name"] == "DownloadCsv")
     assert statuses == ["DISABLED", "DONE", "DONE", "DONE"]
-    assert all(f":{PASSWORD}@" in (folder / "luigi.cfg").read_text() for folder in (job_folder, helper_folder))
-    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "luigi.cfg"]
+    configs = ("luigi.cfg", "central.cfg")  # what each machine's user wrote, the password with the URL
+    assert all(
+        f":{PASSWORD}@" in (folder / name).read_text() for folder in (job_folder, helper_folder) for name in configs
+    )
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name not in configs]
     assert luigid.state_path in written and job_log in written and assistant_log in written
     assert len([p for p in written if p.name == "header_map.json"]) == 3
     leaks = [str(p) for p in written if PASSWORD.encode() in p.read_bytes()]

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+import luigi.configuration
 import pytest
 
 from pipeline.runlog_engines import engine_for
@@ -20,6 +21,7 @@ from tests.luigid_support import Luigid, finish, start_client, stop_client
 pytestmark = pytest.mark.integration
 
 DEPLOY = PROJECT_CFG.parent / "deploy"
+DEPLOYED_RUNLOG = "url = postgresql://cms@db.example.org:5432/cms_runlog"
 END_BOUND = 15.0  # seconds from the run's last task settling to the job's exit (wait_interval + wait_jitter + slack)
 
 
@@ -43,10 +45,18 @@ def host_folder(root: Path, name: str, site: Site, data_dir: Path, luigid: Luigi
     )
     central = (DEPLOY / "central.cfg").read_text(encoding="utf-8")
     assert "scheduler_port = 8082\n" in central
-    (folder / "central.cfg").write_text(
-        central.replace("scheduler_port = 8082", f"scheduler_port = {luigid.port}"), encoding="utf-8"
-    )
+    central = central.replace("scheduler_port = 8082", f"scheduler_port = {luigid.port}")
+    (folder / "central.cfg").write_text(with_runlog_url(central), encoding="utf-8")
     return folder
+
+
+def with_runlog_url(central: str, runlog_url: str | None = None) -> str:
+    """deploy/central.cfg's [runlog] url replaced by the test's (tests/conftest.py: runlog_engine; empty for
+    SQLite in the data folder)."""
+    if runlog_url is None:
+        runlog_url = luigi.configuration.get_config().get("runlog", "url", "")
+    assert f"\n{DEPLOYED_RUNLOG}\n" in central
+    return central.replace(DEPLOYED_RUNLOG, f"url = {runlog_url}")
 
 
 def two_hosts(tmp_path: Path, site: Site, luigid: Luigid) -> tuple[Path, Path, Path]:

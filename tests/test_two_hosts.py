@@ -19,6 +19,7 @@ import pytest
 
 from tests.harness import PROJECT_CFG, project_cfg_lines
 from tests.postgres_support import PASSWORD, USER, start_postgres
+from tests.test_shared_run import with_runlog_url
 
 pytestmark = pytest.mark.integration
 
@@ -90,9 +91,8 @@ class Host:
         lines = project_cfg_lines(site, data_dir=str(data_dir), url=runlog_url)
         (self.folder / "luigi.cfg").write_text("\n".join(lines) + "\n", encoding="utf-8")
         central = (DEPLOY / "central.cfg").read_text(encoding="utf-8")
-        (self.folder / "central.cfg").write_text(
-            central.replace("scheduler_host = 127.0.0.1", f"scheduler_host = {A_ADDRESS}"), encoding="utf-8"
-        )
+        central = central.replace("scheduler_host = 127.0.0.1", f"scheduler_host = {A_ADDRESS}")
+        (self.folder / "central.cfg").write_text(with_runlog_url(central, runlog_url), encoding="utf-8")
 
     def stop(self) -> None:
         for proc in self.procs:

@@ -25,7 +25,7 @@ from pipeline.runlog_engines.steps import check_version, statements
 CONNECT_TIMEOUT = 10  # seconds; a connect_timeout in the URL wins
 LOCK_KEY = 0x636D_7352_756E  # any constant: every writer of the run log takes this one advisory lock
 _CONNECTIONS: dict[tuple[int, str], Any] = {}
-_SCHEMA_CHECKED: set[tuple[int, str]] = set()
+_SCHEMA_CHECKED: set[str] = set()  # URLs whose schema is up to date: forked workers inherit it
 _PLACEHOLDER = re.compile(r"\?")
 _INTEGER = re.compile(r"\bINTEGER\b")
 
@@ -74,19 +74,22 @@ class _Connection:
         self.conn = conn
         self._sql: dict[str, str] = {}
 
-    def execute(self, sql: str, params=()):
-        translated = self._sql.get(sql)
-        if translated is None:
+    def _translated(self, sql: str) -> str:
+        if (translated := self._sql.get(sql)) is None:
             translated = self._sql[sql] = _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
-        return self.conn.execute(translated, tuple(params))
+        return translated
+
+    def execute(self, sql: str, params=()):
+        return self.conn.execute(self._translated(sql), tuple(params))
+
+    def executemany(self, sql: str, rows) -> None:
+        if rows:
+            self.conn.cursor().executemany(self._translated(sql), rows)
 
 
 class PostgresEngine:
-    name = "postgresql"
-
     def __init__(self, url: str):
         self.url = urls.public(url)
-        self.described = f"{self.url} ({urls.where(self.url)})"
         self._key = (0, self.url)
 
     # -- connections ------------------------------------------------------------------------------------
@@ -148,12 +151,11 @@ class PostgresEngine:
             raise
 
     def ensure_schema(self, migrations: list[str]) -> None:
-        key = (os.getpid(), self.url)
-        if key in _SCHEMA_CHECKED:
+        if self.url in _SCHEMA_CHECKED:
             return
         with self._session(("BEGIN", f"SELECT pg_advisory_xact_lock({LOCK_KEY})")) as db:
             _migrate(db, migrations)
-        _SCHEMA_CHECKED.add(key)
+        _SCHEMA_CHECKED.add(self.url)
 
     @contextmanager
     def connection(self) -> Iterator[_Connection]:
@@ -162,7 +164,9 @@ class PostgresEngine:
 
     @contextmanager
     def transaction(self) -> Iterator[_Connection]:
-        with self._session(("BEGIN", f"SELECT pg_advisory_xact_lock({LOCK_KEY})")) as db:
+        # Pipeline mode: writes go out without waiting for each answer (a plan is thousands of statements); a
+        # read waits for what it needs. The lock is taken before, and COMMIT sent after.
+        with self._session(("BEGIN", f"SELECT pg_advisory_xact_lock({LOCK_KEY})")) as db, db.conn.pipeline():
             yield db
 
     @contextmanager

@@ -17,11 +17,8 @@ BUSY_TIMEOUT_MS = 60_000
 
 
 class SqliteEngine:
-    name = "sqlite"
-
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.described = str(self.path)
 
     def ensure_schema(self, migrations: list[str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
