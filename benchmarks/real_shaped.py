@@ -2,6 +2,7 @@
 
     python benchmarks/real_shaped.py              # 3 rounds, about 2 minutes
     python benchmarks/real_shaped.py --rounds 1   # one round
+    python benchmarks/real_shaped.py --runlog sqlite,postgresql   # the run log on each engine, side by side
 
 The catalog is benchmarks/run.py's realistic one: 80 HCAHPS-shaped CSVs, one of 450k rows (about 180 MB), five
 of 50k-170k rows, the rest small, in a shuffled order, served by tests.loopback_server on 127.0.0.1 with 50 ms
@@ -11,10 +12,15 @@ before every response and 20 MB/s per connection. Each round measures, side by s
 * cold: `luigi --module pipeline HospitalsDaily --workers 8` in an empty data folder (nothing is known of the
   files, so they start in catalog order);
 * refresh: the next day's catalog, in which every file was re-uploaded (new download URLs, same bytes), run in
-  the same folder: the run log knows each file's last size, so the biggest starts first.
+  the same folder: the run log knows each file's last size, so the biggest starts first;
+* no-op: the same catalog once more: nothing to fetch.
 
-With --fsync-cost, each round also runs cold and refresh with the job's fsyncs switched off (the test-only
-CMS_PIPELINE_NO_FSYNC; SQLite still syncs as configured), so their cost is measured side by side.
+With `--runlog sqlite,postgresql` the job's runs are made once per run-log engine: runlog.sqlite in the data
+folder, and a database of a PostgreSQL started on 127.0.0.1 for the benchmark (tests/postgres_support.py).
+
+With --fsync-cost, each round also runs cold and refresh with the job's own fsyncs switched off (the
+benchmark-only CMS_PIPELINE_NO_FSYNC; the run log still syncs as configured), on the first engine, so their
+cost is measured side by side.
 
 Every figure is the median over the rounds; the ratios are against the plain download. Not a test.
 """
@@ -31,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bytecode import compile_pipeline  # noqa: E402
-from benchmarks.job import write_cfg  # noqa: E402
+from benchmarks.job import RunLogs, write_cfg  # noqa: E402
 from benchmarks.plain_download import plain_download  # noqa: E402
 from benchmarks.run import Site, realistic_rows  # noqa: E402
 from benchmarks.scale import run_luigi  # noqa: E402
@@ -39,8 +45,8 @@ from pipeline.durable import NO_SYNC_ENV  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
 
 
-def run_job(folder: Path, metastore_url: str, expect: str, syncs: bool = True) -> float:
-    write_cfg(folder, metastore_url)
+def run_job(folder: Path, metastore_url: str, expect: str, runlog_url: str = "", syncs: bool = True) -> float:
+    write_cfg(folder, metastore_url, runlog_url=runlog_url)
     if not syncs:
         os.environ[NO_SYNC_ENV] = "1"  # the job's environment is this one's
     try:
@@ -54,14 +60,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of plain, cold and refresh (default 3)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds before each response (default 0.05)")
     parser.add_argument("--bandwidth", type=float, default=20, help="MB/s per connection (default 20)")
+    parser.add_argument("--runlog", default="sqlite", help="run-log engines, comma separated: sqlite, postgresql")
     parser.add_argument("--fsync-cost", action="store_true", help="also run cold and refresh without the fsyncs")
     args = parser.parse_args()
+    engines = args.runlog.split(",")
+    runlogs = RunLogs(engines)
     compile_pipeline()
     rows = realistic_rows(1.0)
     work = Path(tempfile.mkdtemp(prefix="pipeline-real-", dir="/tmp"))
-    figures: dict[str, list[float]] = {"plain": [], "cold": [], "refresh": []}
+    kinds = [f"{kind} {engine}" for engine in engines for kind in ("cold", "refresh", "no-op")]
     if args.fsync_cost:
-        figures |= {"cold-nosync": [], "refresh-nosync": []}
+        kinds += [f"{kind} {engines[0]} without fsyncs" for kind in ("cold", "refresh")]
+    figures: dict[str, list[float]] = {"plain": []} | {kind: [] for kind in kinds}
     try:
         with LoopbackServer(bandwidth=args.bandwidth * 1e6, latency=args.latency) as server:
             site = Site(server, work)
@@ -70,25 +80,39 @@ def main() -> None:
             print(f"{len(rows)} CSVs, {size:,.0f} MB, the largest {site.body(max(rows)).stat().st_size / 1e6:,.0f} MB")
             for round_ in range(1, args.rounds + 1):
                 figures["plain"].append(plain_download(day1, work / "plain", 4))
-                folder = work / f"job-{round_}"
-                figures["cold"].append(run_job(folder, day1, f" {len(rows)} downloaded, 0 up to date"))
-                figures["refresh"].append(run_job(folder, day2, f" {len(rows)} downloaded, 0 up to date"))
-                shutil.rmtree(folder)
-                if args.fsync_cost:
-                    expect = f" {len(rows)} downloaded, 0 up to date"
-                    figures["cold-nosync"].append(run_job(folder, day1, expect, syncs=False))
-                    figures["refresh-nosync"].append(run_job(folder, day2, expect, syncs=False))
+                for engine in engines:
+                    folder, runlog_url = work / f"job-{round_}-{engine}", runlogs.url(engine)
+                    fetched, nothing = (
+                        f" {len(rows)} downloaded, 0 up to date",
+                        f" 0 downloaded, {len(rows)} up to date",
+                    )
+                    figures[f"cold {engine}"].append(run_job(folder, day1, fetched, runlog_url))
+                    figures[f"refresh {engine}"].append(run_job(folder, day2, fetched, runlog_url))
+                    figures[f"no-op {engine}"].append(run_job(folder, day2, nothing, runlog_url))
                     shutil.rmtree(folder)
+                    if args.fsync_cost and engine == engines[0]:
+                        for kind, day in (("cold", day1), ("refresh", day2)):
+                            time = run_job(folder, day, fetched, runlog_url, syncs=False)
+                            figures[f"{kind} {engine} without fsyncs"].append(time)
+                        shutil.rmtree(folder)
                 print(f"round {round_}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in figures.items()), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        runlogs.close()
     plain = statistics.median(figures["plain"])
-    for name in ("cold", "refresh"):
+    for name in kinds:
         value = statistics.median(figures[name])
         print(f"{name}: {value:.2f} s vs plain {plain:.2f} s = {value / plain:.2f}x (median of {args.rounds})")
-        if args.fsync_cost:
-            without = statistics.median(figures[f"{name}-nosync"])
-            print(f"{name} without fsyncs: {without:.2f} s; the fsyncs cost {value / without - 1:+.1%}")
+    if args.fsync_cost:
+        for kind in ("cold", "refresh"):
+            synced, unsynced = (
+                statistics.median(figures[f"{kind} {engines[0]}{how}"]) for how in ("", " without fsyncs")
+            )
+            print(f"{kind}: the fsyncs cost {synced / unsynced - 1:+.1%} ({synced:.2f} s vs {unsynced:.2f} s)")
+    if len(engines) == 2:
+        for kind in ("cold", "refresh", "no-op"):
+            pg, lite = (statistics.median(figures[f"{kind} {engine}"]) for engine in ("postgresql", "sqlite"))
+            print(f"{kind}: the run log on PostgreSQL {pg:.2f} s vs SQLite {lite:.2f} s = {pg / lite:.2f}x")
 
 
 if __name__ == "__main__":

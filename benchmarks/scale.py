@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bytecode import compile_pipeline  # noqa: E402
-from benchmarks.job import LUIGI, job_env, write_cfg  # noqa: E402
+from benchmarks.job import LUIGI, RunLogs, job_env, write_cfg  # noqa: E402
 from benchmarks.plain_download import plain_download  # noqa: E402
 from tests.fixtures import item, resource_path  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
@@ -228,14 +228,14 @@ def machine() -> str:
     )
 
 
-def measure(folder: Path, url: str, n: int, patch: str, args) -> dict:
+def measure(folder: Path, url: str, n: int, patch: str, args, runlog_url: str = "") -> dict:
     """One cold run, then the no-op runs (the best is kept), in a fresh folder (and with a fresh luigid).
 
     With failing CSVs there is no no-op run: each run tries the failed versions again."""
     failed = n // args.fail_every if args.fail_every else 0
     central = Central(folder / "luigid", patch) if args.scheduler == "central" else None
     try:
-        write_cfg(folder, url, args.worker_cfg, central and central.port)
+        write_cfg(folder, url, args.worker_cfg, central and central.port, runlog_url=runlog_url)
         before = central.cpu() if central else 0.0
         cold = run_luigi(folder, patch, f" {n - failed} downloaded, 0 up to date, {failed} failed", bool(failed))
         luigid_cpu = central.cpu() - before if central else None
@@ -290,6 +290,9 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="add a line to [worker] of the runs' luigi.cfg (repeatable)",
     )
+    parser.add_argument(
+        "--runlog", default="sqlite", help="run-log engines, comma separated: sqlite (default), postgresql"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--run-one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -302,6 +305,8 @@ def main() -> None:
     patches = args.patch.split(",")
     if not set(patches) <= {"on", "off"}:
         sys.exit("--patch takes on, off or both (comma separated)")
+    engines = args.runlog.split(",")
+    runlogs = RunLogs(engines)
     body = make_csv(int(args.kb * 1000))
     print(
         f"scale benchmark: {machine()}; {len(body):,}-byte CSVs, {args.latency * 1000:g} ms and "
@@ -318,12 +323,13 @@ def main() -> None:
                 url = publish(server, f"s{n}", n, body, args.fail_every)
                 plain = plain_download(url, work / f"plain{n}", args.threads)
                 print(f"{n:5d} datasets: plain {args.threads}-connection download {plain:6.1f} s", flush=True)
-                for patch in patches:
-                    row = measure(work / f"s{n}-{patch}", url, n, patch, args)
-                    row.update(plain=plain, ratio=row["cold"] / plain)
+                for patch, engine in ((p, e) for p in patches for e in engines):
+                    row = measure(work / f"s{n}-{patch}-{engine}", url, n, patch, args, runlogs.url(engine))
+                    row.update(plain=plain, ratio=row["cold"] / plain, runlog=engine)
                     rows.append(row)
                     print(
-                        f"      patch {patch:3s}: cold {row['cold']:6.1f} s = {row['ratio']:.2f}x plain "
+                        f"      patch {patch:3s}, run log {engine}: cold {row['cold']:6.1f} s = "
+                        f"{row['ratio']:.2f}x plain "
                         f"(CPU {row['cold_cpu']:5.1f} s, luigi process {row['cold_luigi_cpu']:4.1f} s"
                         + (f", luigid {row['cold_luigid_cpu']:4.1f} s" if row["cold_luigid_cpu"] is not None else "")
                         + "); no-op "
@@ -334,6 +340,7 @@ def main() -> None:
                     )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        runlogs.close()
     print("\n" + table(rows))
     if args.json:
         args.json.write_text(
@@ -351,6 +358,7 @@ def table(rows: list[dict]) -> str:
     head = (
         "datasets",
         "patch",
+        "run log",
         "plain download",
         "cold run",
         "cold / plain",
@@ -364,6 +372,7 @@ def table(rows: list[dict]) -> str:
             (
                 f"{r['datasets']:,}",
                 r["patch"],
+                r.get("runlog", "sqlite"),
                 f"{r['plain']:.1f} s",
                 f"{r['cold']:.1f} s",
                 f"{r['ratio']:.2f}x",

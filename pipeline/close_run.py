@@ -3,7 +3,7 @@
 Any version task may settle a run's last item, and the wrapper checks once more when all its children are
 done, so each of them calls `close_if_complete`. The protocol makes exactly one of them close the run:
 
-1. claim   one SQLite write transaction: an open run with nothing queued becomes 'closing'; every other
+1. claim   one run-log write transaction: an open run with nothing queued becomes 'closing'; every other
            caller finds it still queued or already claimed and returns;
 2. decide  counts and status are a pure function of the items (`report.tally`);
 3. files   latest/ (file by file, under latest/.lock), retention, the report: outside any database lock;
@@ -28,9 +28,9 @@ logger = logging.getLogger("luigi-interface")
 SUMMARY_BY_WRAPPER = "CMS_PIPELINE_SUMMARY_BY_WRAPPER"
 
 
-def close_if_complete(data_dir: Path, run_id: str, keep_versions: int) -> dict | None:
+def close_if_complete(data_dir: Path, run_id: str, keep_versions: int, runlog_url: str = "") -> dict | None:
     """Close the run if nothing of it is left to do; returns the report when this call closed it."""
-    log = RunLog(layout.runlog_db(data_dir))
+    log = RunLog(layout.runlog_db(data_dir), runlog_url)
     claim = log.claim_close(run_id)
     if claim is None:
         return None
@@ -48,9 +48,9 @@ def close_if_complete(data_dir: Path, run_id: str, keep_versions: int) -> dict |
     return report
 
 
-def close_failed(data_dir: Path, run_id: str, error: str) -> None:
+def close_failed(data_dir: Path, run_id: str, error: str, runlog_url: str = "") -> None:
     """A run that failed as a whole (metastore unusable, theme not found): still a report and a summary."""
-    log = RunLog(layout.runlog_db(data_dir))
+    log = RunLog(layout.runlog_db(data_dir), runlog_url)
     row = log.run(run_id)
     run = dict(row) if row else {"run_id": run_id, "started_at": None, "metastore_url": None, "theme": None}
     finished = now()

@@ -9,8 +9,9 @@ from luigi.rpc import RPCError
 from pipeline.catalog import CatalogError
 from pipeline.errors import DatasetError, RunClosed
 from pipeline.http import DownloadError
+from pipeline.runlog_engines import RunLogUnavailable
 
-EXPECTED = (DatasetError, CatalogError, DownloadError, RunClosed)
+EXPECTED = (DatasetError, CatalogError, DownloadError, RunClosed, RunLogUnavailable)
 # SQLite's words for a full or busy disk: the machine's state, not a bug (unlike "no such column").
 _SQLITE_ENVIRONMENT = ("database or disk is full", "database is locked", "disk I/O error")
 

@@ -10,7 +10,7 @@ from pipeline.durable import read_json, write_json
 from pipeline.metastore import load_catalog
 from pipeline.plan import format_table, plan
 from pipeline.runlog import read_state
-from pipeline.settings import FolderParameter, RunIdParameter, SettingsParameter
+from pipeline.settings import FolderParameter, RunIdParameter, RunLogUrlParameter, SettingsParameter
 from pipeline.tasks import NormalizeCsv
 
 # Luigi calls a config_path fallback "deprecated"; here it is the point: one [HospitalsDaily] section for both tasks.
@@ -33,6 +33,7 @@ class HospitalsPlan(luigi.Task):
     theme = _daily_setting("theme", default="Hospitals")
     run_id = RunIdParameter(default="")
     settings = SettingsParameter()
+    runlog_url = RunLogUrlParameter()
 
     def output(self):
         return luigi.LocalTarget(str(layout.plan_report(Path(self.data_dir), self.run_id)))
@@ -42,7 +43,7 @@ class HospitalsPlan(luigi.Task):
 
     def run(self):
         catalog = load_catalog(self.metastore_url, self.theme, self.settings)
-        known, failed, retired = read_state(layout.runlog_db(Path(self.data_dir)), self.theme)
+        known, failed, retired = read_state(layout.runlog_db(Path(self.data_dir)), self.theme, self.runlog_url)
         rows = plan(catalog, lambda v: NormalizeCsv.for_version(self, v).complete(), known, failed, retired)
         write_json(
             Path(self.output().path),

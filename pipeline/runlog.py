@@ -1,23 +1,21 @@
-"""The SQLite run log: runs, the dataset versions ever seen, and what each run did with each version.
+"""The run log: runs, the dataset versions ever seen, and what each run did with each version.
 
-Several Luigi worker processes write at once, so every connection waits on locks (busy timeout) and
-the database runs in WAL mode; each change is one short transaction.
-
-Durability is stated, not left to the default: synchronous=FULL syncs the WAL at every commit, so a committed
-outcome survives a power cut like the files it describes (which are synced before their row is written).
+Several Luigi worker processes write at once; each change is one short transaction that holds the engine's
+write lock from its start (pipeline/runlog_engines: SQLite by default, PostgreSQL for several machines), so
+read-then-write sequences are serialized. The SQL is written once, in SQLite's dialect.
 """
 
 import json
-import re
-import sqlite3
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from pipeline.catalog import CsvVersion, InvalidItem, VersionKey
+from pipeline.runlog_engines import engine_for
 
-BUSY_TIMEOUT_MS = 60_000
+Row = Any  # Row or its PostgreSQL twin: readable by position and by column name
 
 # The first release's schema, frozen: a new database is built from it and brought up to date by MIGRATIONS,
 # so a database left by any earlier release takes exactly the same path.
@@ -102,33 +100,6 @@ MIGRATIONS = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-_COMMENT = re.compile(r"--[^\n]*")
-_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
-
-
-def _migrate(db: sqlite3.Connection) -> None:
-    """Apply the missing steps in one transaction; a concurrent opener waits, then finds nothing to do."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"run log schema {version} is newer than this release knows ({SCHEMA_VERSION}); upgrade the pipeline"
-            )
-        for step in MIGRATIONS[version:]:
-            for statement in filter(str.strip, _COMMENT.sub("", step).split(";")):
-                if (add := _ADD_COLUMN.search(statement)) and _has_column(db, *add.groups()):
-                    continue
-                db.execute(statement)
-        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-def _has_column(db: sqlite3.Connection, table: str, column: str) -> bool:
-    return any(row[1] == column for row in db.execute(f"PRAGMA table_info({table})"))
 
 
 def now() -> str:
@@ -138,33 +109,21 @@ def now() -> str:
 class RunLog:
     """Stores and reads; what an outcome means is decided by the callers."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                db.execute("PRAGMA journal_mode=WAL")  # persistent: set once, with the schema
-                _migrate(db)
+    def __init__(self, path: Path, url: str = ""):
+        """`path`: the data folder's runlog.sqlite, used when `url` is empty (pipeline/runlog_engines/url.py)."""
+        self.engine = engine_for(url, Path(path))
+        self.engine.ensure_schema(MIGRATIONS)
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)) as db:
-            db.row_factory = sqlite3.Row
-            db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            db.execute("PRAGMA synchronous=FULL")  # per connection: see the module's docstring
+    def _connect(self) -> Iterator[Any]:
+        with self.engine.connection() as db:
             yield db
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE: take the write lock up front so read-then-write sequences are serialized."""
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+    def transaction(self) -> Iterator[Any]:
+        """The engine's write lock is taken up front, so read-then-write sequences are serialized."""
+        with self.engine.transaction() as db:
+            yield db
 
     # -- runs ---------------------------------------------------------------------------------------------
 
@@ -189,7 +148,7 @@ class RunLog:
                 (finished_at, error, report_path, run_id),
             )
 
-    def run(self, run_id: str) -> sqlite3.Row | None:
+    def run(self, run_id: str) -> Row | None:
         with self._connect() as db:
             return db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
 
@@ -205,37 +164,35 @@ class RunLog:
     ) -> None:
         """Record what this run will do: `up_to_date` pairs each finished version with its stored stats;
         `snapshot` is the catalog file's text, kept to rebuild that file if it is ever damaged."""
-        with self.transaction() as db:
+        with self.transaction() as db:  # thousands of rows: each statement once, with all its rows
             db.execute("UPDATE runs SET catalog=? WHERE run_id=?", (snapshot, run_id))
             planned = [*((v, "queued") for v in queued), *((v, "up_to_date") for v, _ in up_to_date)]
-            for version, outcome in planned:
-                db.execute(
-                    "INSERT INTO versions(identifier, modified, download_url, title, theme, released, described_by,"
-                    " position, status, first_run_id, run_id, updated_at) VALUES (?,?,?,?,?,?,?,?,'pending',?,?,?)"
-                    " ON CONFLICT DO UPDATE SET title=excluded.title, released=excluded.released,"
-                    " described_by=excluded.described_by, position=excluded.position",
-                    (
-                        *_key(version),
-                        version.title,
-                        version.theme,
-                        version.released,
-                        version.described_by,
-                        version.position,
-                        run_id,
-                        run_id,
-                        now(),
-                    ),
-                )
-                self._put_item(db, run_id, version.identifier, version.modified, version.url, version.title, outcome)
-            for item in invalid:
-                self._put_item(db, run_id, item.identifier, "", "", item.title, "invalid", item.error)
-            for version, stats in up_to_date:  # heals a row whose outputs landed but whose log write did not
-                self._store_done(db, version, stats, None, only_if_not_done=True)
+            db.executemany(
+                "INSERT INTO versions(identifier, modified, download_url, title, theme, released, described_by,"
+                " position, status, first_run_id, run_id, updated_at) VALUES (?,?,?,?,?,?,?,?,'pending',?,?,?)"
+                " ON CONFLICT(identifier, modified, download_url) DO UPDATE SET title=excluded.title,"
+                " released=excluded.released, described_by=excluded.described_by, position=excluded.position",
+                [
+                    (*_key(v), v.title, v.theme, v.released, v.described_by, v.position, run_id, run_id, now())
+                    for v, _ in planned
+                ],
+            )
+            db.executemany(
+                _PUT_ITEM,
+                [
+                    *((run_id, v.identifier, v.modified, v.url, v.title, outcome, None) for v, outcome in planned),
+                    *((run_id, i.identifier, "", "", i.title, "invalid", i.error) for i in invalid),
+                ],
+            )
+            # Heals a row whose outputs landed but whose log write did not; a row already done is left alone.
+            db.executemany(
+                _DONE + " AND status<>'done'", [_done_values(version, stats, None) for version, stats in up_to_date]
+            )
             self._mark_retired(db, run_id, planned, invalid)
 
     @staticmethod
     def _put_item(
-        db: sqlite3.Connection,
+        db: Any,
         run_id: str,
         identifier: str,
         modified: str,
@@ -244,17 +201,12 @@ class RunLog:
         outcome: str,
         error: str | None = None,
     ) -> None:
-        db.execute(
-            "INSERT OR REPLACE INTO run_items(run_id, identifier, modified, download_url, title, outcome,"
-            " error) VALUES (?,?,?,?,?,?,?)",
-            (run_id, identifier, modified, url, title, outcome, error),
-        )
+        db.execute(_PUT_ITEM, (run_id, identifier, modified, url, title, outcome, error))
 
-    def _mark_retired(self, db: sqlite3.Connection, run_id: str, planned, invalid: list[InvalidItem]) -> None:
+    def _mark_retired(self, db: Any, run_id: str, planned, invalid: list[InvalidItem]) -> None:
         present = {v.identifier for v, _ in planned} | {i.identifier for i in invalid}
         themes = {v.theme for v, _ in planned}
-        for identifier in present:
-            db.execute("DELETE FROM retired WHERE identifier=?", (identifier,))
+        db.executemany("DELETE FROM retired WHERE identifier=?", [(identifier,) for identifier in present])
         for theme in themes:
             gone = db.execute(
                 "SELECT identifier, max(title) FROM versions WHERE theme=? AND identifier NOT IN"
@@ -313,8 +265,11 @@ class RunLog:
             self._store_done(db, version, stats, run_id)
             if schema_change and previous:
                 db.execute(
-                    "INSERT OR REPLACE INTO schema_changes(identifier, modified, download_url,"
-                    " previous_modified, previous_url, change, run_id) VALUES (?,?,?,?,?,?,?)",
+                    "INSERT INTO schema_changes(identifier, modified, download_url, previous_modified,"
+                    " previous_url, change, run_id) VALUES (?,?,?,?,?,?,?)"
+                    " ON CONFLICT(identifier, modified, download_url) DO UPDATE SET"
+                    " previous_modified=excluded.previous_modified, previous_url=excluded.previous_url,"
+                    " change=excluded.change, run_id=excluded.run_id",
                     (*_key(version), *previous, schema_change, run_id),
                 )
             db.execute(  # keeps a note the plan made (a repair)
@@ -324,39 +279,20 @@ class RunLog:
             return self._progress(db, run_id)
 
     @staticmethod
-    def _store_done(db: sqlite3.Connection, version: CsvVersion, stats: dict, run_id, only_if_not_done=False) -> None:
+    def _store_done(db: Any, version: CsvVersion, stats: dict, run_id) -> None:
         key = _key(version)
         before = db.execute(
             "SELECT output_path, revision FROM versions WHERE identifier=? AND modified=?"
             " AND download_url=? AND status='done'",
             key,
         ).fetchone()
-        if before and only_if_not_done:
-            return
         if before and before[0] and before[0] != stats["output_path"]:  # a new revision: keep track of the old
             db.execute(
-                "INSERT OR IGNORE INTO superseded(output_path, identifier, modified, download_url, revision,"
-                " run_id, status) VALUES (?,?,?,?,?,?,'kept')",
+                "INSERT INTO superseded(output_path, identifier, modified, download_url, revision,"
+                " run_id, status) VALUES (?,?,?,?,?,?,'kept') ON CONFLICT DO NOTHING",
                 (before[0], *key, before[1], run_id or ""),
             )
-        db.execute(
-            "UPDATE versions SET status='done', error=NULL, source_path=?, output_path=?, header_map_path=?,"
-            " source_encoding=?, rows=?, bytes=?, sha256=?, revision=?, run_id=COALESCE(?, run_id), updated_at=?"
-            " WHERE identifier=? AND modified=? AND download_url=?",
-            (
-                stats["source_path"],
-                stats["output_path"],
-                stats["header_map_path"],
-                stats["source_encoding"],
-                stats["rows"],
-                stats["bytes"],
-                stats["sha256"],
-                version.revision,
-                run_id,
-                now(),
-                *key,
-            ),
-        )
+        db.execute(_DONE, _done_values(version, stats, run_id))
 
     def record_download(self, version: CsvVersion, last_modified: str) -> None:
         with self.transaction() as db:
@@ -411,7 +347,7 @@ class RunLog:
             return self._progress(db, run_id)
 
     @staticmethod
-    def _set_outcome(db: sqlite3.Connection, run_id: str, version: CsvVersion, outcome: str, error) -> None:
+    def _set_outcome(db: Any, run_id: str, version: CsvVersion, outcome: str, error) -> None:
         db.execute(
             "UPDATE run_items SET outcome=?, error=? WHERE run_id=? AND identifier=? AND modified=? AND download_url=?",
             (outcome, error, run_id, *_key(version)),
@@ -423,10 +359,10 @@ class RunLog:
             return self._progress(db, run_id)
 
     @staticmethod
-    def _progress(db: sqlite3.Connection, run_id: str) -> tuple[int, int, int]:
+    def _progress(db: Any, run_id: str) -> tuple[int, int, int]:
         return db.execute(
-            "SELECT coalesce(sum(outcome IN ('downloaded', 'up_to_date')), 0),"
-            " coalesce(sum(outcome='failed'), 0), count(*) FROM run_items WHERE run_id=?"
+            "SELECT coalesce(sum(CASE WHEN outcome IN ('downloaded', 'up_to_date') THEN 1 ELSE 0 END), 0),"
+            " coalesce(sum(CASE WHEN outcome='failed' THEN 1 ELSE 0 END), 0), count(*) FROM run_items WHERE run_id=?"
             " AND outcome NOT IN ('invalid', 'retired')",
             (run_id,),
         ).fetchone()
@@ -454,7 +390,7 @@ class RunLog:
             return dict(run), items, retired
 
     @staticmethod
-    def _report_items(db: sqlite3.Connection, run_id: str) -> list[dict]:
+    def _report_items(db: Any, run_id: str) -> list[dict]:
         """A run's items with what the report says of each (paths, sizes, schema change)."""
         items = db.execute(
             "SELECT i.*, v.status AS version_status, v.source_path, v.output_path, v.header_map_path,"
@@ -549,22 +485,38 @@ class RunLog:
                 db.execute("UPDATE superseded SET status='pruned' WHERE output_path=?", (path,))
 
 
+_PUT_ITEM = (
+    "INSERT INTO run_items(run_id, identifier, modified, download_url, title, outcome, error)"
+    " VALUES (?,?,?,?,?,?,?) ON CONFLICT(run_id, identifier, modified, download_url)"
+    " DO UPDATE SET title=excluded.title, outcome=excluded.outcome, error=excluded.error"
+)
+_DONE = (
+    "UPDATE versions SET status='done', error=NULL, source_path=?, output_path=?, header_map_path=?,"
+    " source_encoding=?, rows=?, bytes=?, sha256=?, revision=?, run_id=COALESCE(?, run_id), updated_at=?"
+    " WHERE identifier=? AND modified=? AND download_url=?"
+)
+
+
+def _done_values(version: CsvVersion, stats: dict, run_id: str | None) -> tuple:
+    fields = ("source_path", "output_path", "header_map_path", "source_encoding", "rows", "bytes", "sha256")
+    return (*(stats[f] for f in fields), version.revision, run_id, now(), *_key(version))
+
+
 def _key(version: CsvVersion) -> tuple[str, str, str]:
     return (version.identifier, version.modified, version.url)
 
 
-def read_state(path: Path, theme: str) -> tuple[dict[str, str], set[tuple[str, str, str]], set[str]]:
+def read_state(path: Path, theme: str, url: str = "") -> tuple[dict[str, str], set[tuple[str, str, str]], set[str]]:
     """Without writing anything: (identifier -> title of every dataset seen in the theme, keys of failed
     versions, retired identifiers). Empty when there is no log yet."""
-    if not Path(path).exists():
-        return {}, set(), set()
-    with closing(sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)) as db:
-        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        known = dict(
-            db.execute(
-                "SELECT identifier, max(title) FROM versions WHERE theme=? GROUP BY identifier", (theme,)
-            ).fetchall()
-        )
-        failed = set(db.execute("SELECT identifier, modified, download_url FROM versions WHERE status='failed'"))
+    with engine_for(url, Path(path)).read_only() as db:
+        if db is None:
+            return {}, set(), set()
+        titles = db.execute("SELECT identifier, max(title) FROM versions WHERE theme=? GROUP BY identifier", (theme,))
+        known = {r[0]: r[1] for r in titles}
+        failed = {
+            (r[0], r[1], r[2])
+            for r in db.execute("SELECT identifier, modified, download_url FROM versions WHERE status='failed'")
+        }
         retired = {row[0] for row in db.execute("SELECT identifier FROM retired")}
     return known, failed, retired

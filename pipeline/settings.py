@@ -9,14 +9,17 @@ The defaults live in the dataclasses only; the Config classes and luigi.cfg take
 
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 
 import luigi
+import luigi.configuration
 from luigi.freezing import FrozenOrderedDict
 from luigi.parameter import ParameterVisibility
 
 from pipeline.http import HttpSettings
+from pipeline.runlog_engines import url as runlog_urls
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,34 @@ class download(luigi.Config):  # Luigi names the config section after the class
 class retention(luigi.Config):
     keep_versions = luigi.IntParameter(default=_RETENTION.keep_versions, description="versions kept per dataset")
     drop_source = luigi.BoolParameter(default=_RETENTION.drop_source, description="delete source.csv once normalized")
+
+
+def _configured_runlog_url() -> str:
+    return luigi.configuration.get_config().get("runlog", "url", "")
+
+
+# A process that never saw the command line (a spawned worker, an assistant) finds a password in its luigi.cfg.
+runlog_urls.PASSWORD_SOURCES.append(_configured_runlog_url)
+# Luigi calls a config_path fallback "deprecated"; here it is the point: `[runlog] url`, read by every task.
+warnings.filterwarnings("ignore", r"The use of the configuration \[runlog\] url", DeprecationWarning)
+
+
+class RunLogUrlParameter(luigi.Parameter):
+    """`[runlog] url` (`--runlog-url` on the command line) without its password, which stays in this process
+    (pipeline/runlog_engines/url.py): resolved where the task is created and handed down like `settings`."""
+
+    def __init__(self):
+        super().__init__(
+            default="",
+            config_path={"section": "runlog", "name": "url"},
+            significant=False,
+            visibility=ParameterVisibility.HIDDEN,
+            description="where the run log is: empty for runlog.sqlite in data_dir, sqlite:///path, postgresql://...",
+        )
+
+    def normalize(self, value):
+        runlog_urls.engine(value or "")  # an unknown scheme stops here, where the run starts
+        return runlog_urls.public(value or "")
 
 
 def current() -> dict:

@@ -21,10 +21,12 @@ from pipeline import layout
 from pipeline.close_run import SUMMARY_BY_WRAPPER
 from pipeline.report import summary_lines
 from pipeline.runlog import RunLog
+from pipeline.runlog_engines import RunLogUnavailable
 from pipeline.settings import default_run_id
 
 EXIT = {"succeeded": 0, "failed": 30}
 ALREADY_RUNNING, NO_OUTCOME = 10, 30
+RUNLOG_UNAVAILABLE = 3  # as the luigi command's preflight (pipeline/preflight.py)
 SETTLE_SECONDS = 30.0  # a run whose last task just settled elsewhere may still be writing its report
 
 
@@ -38,15 +40,20 @@ def _with_run_id(argv: list[str]) -> tuple[list[str], str]:
     return [*argv, "--run-id", run_id], run_id
 
 
-def _data_dir(args: list[str]) -> Path:
+def _runlog(args: list[str]) -> RunLog:
     with luigi.cmdline_parser.CmdlineParser.global_instance(args) as parser:
-        return Path(parser.get_task_obj().data_dir)
+        task = parser.get_task_obj()
+        return RunLog(layout.runlog_db(Path(task.data_dir)), task.runlog_url)
 
 
 def main(argv: list[str]) -> int:
     argv, run_id = _with_run_id(argv)
     args = ["--module", "pipeline", "HospitalsDaily", *argv]
-    log = RunLog(layout.runlog_db(_data_dir(args)))
+    try:
+        log = _runlog(args)
+    except RunLogUnavailable as exc:
+        print(f"pipeline: {exc}", file=sys.stderr, flush=True)
+        return RUNLOG_UNAVAILABLE
     earlier = log.run(run_id)
     if earlier and earlier["status"] in ("running", "closing"):
         print(

@@ -35,7 +35,7 @@ from pipeline.report import progress_line
 from pipeline.run_files import repair_closed_runs
 from pipeline.runlog import RunLog
 from pipeline.schema_drift import diff_columns, previous_version
-from pipeline.settings import FolderParameter, RunIdParameter, Settings, SettingsParameter
+from pipeline.settings import FolderParameter, RunIdParameter, RunLogUrlParameter, Settings, SettingsParameter
 from pipeline.targets import folder_lock, remove_stale_temps, sweep_stale_temps
 from pipeline.version_check import VersionCheck, check_version, deep_check, hash_problem
 
@@ -48,6 +48,7 @@ class RunTask(luigi.Task):
         default="", description="names this run in the log and the report; defaults to the UTC start time"
     )
     settings = SettingsParameter()
+    runlog_url = RunLogUrlParameter()
 
     @classmethod
     def get_params(cls):
@@ -62,11 +63,11 @@ class RunTask(luigi.Task):
         return Settings.from_dict(self.settings)
 
     def runlog(self) -> RunLog:
-        return RunLog(layout.runlog_db(Path(self.data_dir)))
+        return RunLog(layout.runlog_db(Path(self.data_dir)), self.runlog_url)
 
     def close_run_if_complete(self) -> None:
         """Called by every task that may settle the run's last item; pipeline/close_run.py has the protocol."""
-        close_if_complete(Path(self.data_dir), self.run_id, self.config.retention.keep_versions)
+        close_if_complete(Path(self.data_dir), self.run_id, self.config.retention.keep_versions, self.runlog_url)
 
 
 class FetchCatalog(RunTask):
@@ -188,7 +189,7 @@ class FetchCatalog(RunTask):
             return str(exception)
         message = f"metastore {self.metastore_url}: {exception}"
         try:
-            close_failed(Path(self.data_dir), self.run_id, message)
+            close_failed(Path(self.data_dir), self.run_id, message, self.runlog_url)
         except Exception:  # Luigi swallows errors here; say so loudly instead
             logger.exception("Run %s: could not record its failure in the run log", self.run_id)
         return message

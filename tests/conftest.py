@@ -45,3 +45,26 @@ def fast_http(luigi_setting):
         "body_attempts": "3",
     }.items():
         luigi_setting("download", key, value)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL cluster for the session, started on first use (tests/postgres_support.py)."""
+    from tests.postgres_support import start_postgres
+
+    server = start_postgres()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def runlog_engine(request, luigi_setting, tmp_path):
+    """Runs the test once per run-log engine: `[runlog] url` is "" (SQLite in the data folder) or a fresh
+    PostgreSQL database, with its password in the URL. Returns that URL."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    url = request.getfixturevalue("postgres").url()
+    luigi_setting("runlog", "url", url)
+    yield url
+    assert not list(tmp_path.rglob("runlog.sqlite")), "a run on PostgreSQL wrote a SQLite run log"

@@ -2,15 +2,16 @@
 
 import json
 import shutil
-import sqlite3
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import luigi
+import luigi.configuration
 
 from pipeline import HospitalsDaily
+from pipeline.runlog_engines import engine_for
 from tests.fixtures import item, resource_path
 from tests.loopback_server import LoopbackServer
 
@@ -72,8 +73,11 @@ def run_daily(site: Site, data_dir: Path, workers: int = 2, **params) -> tuple[b
 
 
 def query(data_dir: Path, sql: str, *args) -> list[tuple]:
-    with sqlite3.connect(data_dir / "runlog.sqlite") as db:
-        return db.execute(sql, args).fetchall()
+    """SQL on the run log the runs use: `[runlog] url` as a test set it (tests/conftest.py: runlog_engine),
+    else data_dir's runlog.sqlite."""
+    url = luigi.configuration.get_config().get("runlog", "url", "")
+    with engine_for(url, data_dir / "runlog.sqlite").connection() as db:
+        return [tuple(row) for row in db.execute(sql, args).fetchall()]
 
 
 def by_identifier(report: dict) -> dict[str, list[dict]]:
@@ -84,10 +88,12 @@ def by_identifier(report: dict) -> dict[str, list[dict]]:
 
 
 def project_cfg_lines(site: Site, **values: str) -> list[str]:
-    """The shipped luigi.cfg's lines, pointed at the loopback catalog, with `values` for other keys it sets."""
-    values = {"metastore_url": site.metastore_url, **values}
+    """The shipped luigi.cfg's lines, pointed at the loopback catalog and at the run log a test chose
+    (tests/conftest.py: runlog_engine), with `values` for other keys it sets."""
+    runlog_url = luigi.configuration.get_config().get("runlog", "url", "")
+    values = {"metastore_url": site.metastore_url, "url": runlog_url, **values}
     return [
-        f"{key} = {values[key]}" if (key := line.split(" = ", 1)[0]) in values else line
+        f"{key} = {values[key]}" if (key := line.split("=", 1)[0].strip()) in values and "=" in line else line
         for line in PROJECT_CFG.read_text(encoding="utf-8").splitlines()
     ]
 

@@ -20,7 +20,8 @@ BIG = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(60_000, 5))  # ~2 MB, 10 s at the 
 
 
 @pytest.fixture
-def site(tmp_path):
+def site(tmp_path, runlog_engine):
+    """The site, and the luigi.cfg of the run, once per run-log engine (tests/conftest.py: runlog_engine)."""
     with LoopbackServer(bandwidth=200_000) as server:
         site = Site(server)
         site.dataset("dgck-syfz", "2025-04-08", {"HCAHPS.csv": BIG})

@@ -13,7 +13,8 @@ import pytest
 from tests.fixtures import HEADER_IPF, HEADER_OAS_CAHPS, HEADER_UNQUOTED_LF, HEADER_WITH_COMMA, csv_bytes, quoted_rows
 from tests.harness import CATALOG_PATH, Site, by_identifier, query, run_daily
 
-pytestmark = pytest.mark.integration
+# Every test runs once per run-log engine: SQLite, and PostgreSQL (tests/conftest.py: runlog_engine).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("runlog_engine")]
 
 
 def data_after_header(data: bytes) -> bytes:

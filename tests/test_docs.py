@@ -180,7 +180,7 @@ def test_the_task_scheduler_action_runs_the_tested_command_from_the_project_fold
 def test_the_exit_code_table_lists_the_codes_the_command_can_give():
     documented = {int(code) for row in table(block("exit-codes").text) for code in row[0].split(",")}
     retcodes = {int(value) for value in luigi_cfg()["retcode"].values()}
-    assert documented == {0, 2} | retcodes  # 2: pipeline/preflight.py
+    assert documented == {0, 2, 3} | retcodes  # 2 and 3: pipeline/preflight.py
 
 
 @covers("benchmark-args")
@@ -226,7 +226,9 @@ def test_the_settings_table_has_every_setting_with_its_real_default():
     code |= {f"[retention] {f.name}": f.default for f in dataclasses.fields(Retention)}
     assert set(commented) <= set(code), "luigi.cfg shows only real settings commented out"
     task_settings = {
-        f"[HospitalsDaily] {name}" for name, _ in HospitalsDaily.get_params() if name not in ("run_id", "settings")
+        f"[HospitalsDaily] {name}"
+        for name, _ in HospitalsDaily.get_params()
+        if name not in ("run_id", "settings", "runlog_url")
     }
     documented = {code_spans(key)[0] for key in rows if key != "–"}
     assert documented == set(shipped) | set(code) | task_settings
@@ -238,6 +240,8 @@ def test_the_settings_table_has_every_setting_with_its_real_default():
         default = code_spans(rows[f"`{key}`"][2])[0]
         if key in code:
             assert same(default, code[key]) and same(commented.get(key, default), code[key]), key
+        elif key in shipped and not shipped[key]:  # empty: the cell says what that means
+            assert rows[f"`{key}`"][2].startswith("empty"), key
         elif key in shipped:
             assert default == shipped[key], key
         else:
@@ -794,3 +798,49 @@ def test_the_inner_loop_runs_the_pure_tests():
     # Whether they pass is the suite's business (CI runs it); here: the command runs them, and only them.
     assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"\d+ passed.*, \d+ deselected in ", result.stdout.splitlines()[-1])
+
+
+@covers("postgres-install")
+def test_the_postgres_extra_is_the_driver_and_the_default_install_stays_without_it():
+    [install] = commands(block("postgres-install").text)
+    assert install == ".venv/bin/pip install -e .[postgres]"
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # tomllib is 3.11+
+    extras = pyproject.split("[project.optional-dependencies]\n", 1)[1].split("\n[", 1)[0]
+    assert re.search(r'^postgres = \["psycopg\[binary\]>=3\.1"\]$', extras, flags=re.MULTILINE), extras
+    assert not any("psycopg" in line for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+
+
+@runs
+@covers("runlog-url-cfg", "pgpass-line", "failures-query-psql")
+def test_the_run_log_on_postgresql_with_the_password_in_pgpass_and_the_psql_failure_query(tmp_path, postgres):
+    from tests.postgres_support import PASSWORD, USER
+
+    database = postgres.new_database()
+
+    def here(text: str) -> str:  # the documented server, user and database, made the test's own
+        text = text.replace("db.example.org:5432", f"127.0.0.1:{postgres.port}").replace("cms_runlog", database)
+        return text.replace("postgresql://cms@", f"postgresql://{USER}@").replace(":cms:", f":{USER}:")
+
+    with LoopbackServer() as server:
+        site = Site(server)
+        serve_catalog(site)
+        project = Project(tmp_path / "project", site)
+        overlay = here(block("runlog-url-cfg").text)
+        config = (project.folder / "luigi.cfg").read_text(encoding="utf-8").replace("[runlog]\n", "[unused]\n")
+        (project.folder / "luigi.cfg").write_text(config + "\n" + overlay, encoding="utf-8")
+        home = tmp_path / "home"
+        home.mkdir()
+        pgpass = home / ".pgpass"
+        pgpass.write_text(here(block("pgpass-line").text).replace("the-password", PASSWORD) + "\n", encoding="utf-8")
+        pgpass.chmod(0o600)
+        psql = postgres.bin / "psql"
+        project.env = lambda: {**Project.env(project), "HOME": str(home), "PATH": f"{psql.parent}:{os.environ['PATH']}"}
+        [job, _plan] = commands(block("daily-run").text)
+        first = project.run(job)
+        assert first.returncode == 30, first.stderr  # one dataset failed, as in the README
+        assert not (project.data / "runlog.sqlite").exists()
+        [query_psql] = commands(block("failures-query-psql").text)
+        listed = project.run(here(query_psql))
+        assert listed.returncode == 0, listed.stderr
+        [failure] = listed.stdout.splitlines()
+        assert failure.startswith(f"{FAILING}|download of ") and failure.endswith("failed: HTTP 404 Not Found")

@@ -15,11 +15,14 @@ import pytest
 
 from pipeline import runlog
 from pipeline.header_rewrite import rewrite_csv
+from pipeline.runlog_engines import SchemaTooNew
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, item, quoted_rows
 from tests.harness import CATALOG_PATH, by_identifier, query, run_daily
 from tests.old_schemas import BEFORE_USER_VERSION, FIRST_RELEASE
 
-pytestmark = pytest.mark.integration
+# Every test runs once per run-log engine (tests/conftest.py: runlog_engine), but those about SQLite's file.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("runlog_engine")]
+sqlite_only = pytest.mark.parametrize("runlog_engine", ["sqlite"], indirect=True)
 
 GOOD = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(50, 5))
 
@@ -270,6 +273,7 @@ def test_the_download_writes_the_normalized_file_and_normalize_moves_it_in(site,
         assert scan["source_bytes"] == len(source)
 
 
+@sqlite_only
 @pytest.mark.parametrize("schema", [FIRST_RELEASE, BEFORE_USER_VERSION], ids=["first release", "before user_version"])
 def test_a_run_log_from_an_earlier_release_is_upgraded_in_place(site, server, tmp_path, schema):
     site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
@@ -311,10 +315,11 @@ def test_a_run_log_from_an_earlier_release_is_upgraded_in_place(site, server, tm
         assert db.execute("SELECT run_id, status FROM runs ORDER BY started_at").fetchall()[0] == ("old", "succeeded")
 
 
+@sqlite_only
 def test_a_run_log_from_a_newer_release_is_refused(tmp_path):
     with sqlite3.connect(tmp_path / "runlog.sqlite") as db:
         db.execute(f"PRAGMA user_version={runlog.SCHEMA_VERSION + 1}")
-    with pytest.raises(sqlite3.DatabaseError, match="newer than this release knows"):
+    with pytest.raises(SchemaTooNew, match="newer than this release knows"):
         runlog.RunLog(tmp_path / "runlog.sqlite")
 
 
@@ -443,6 +448,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+@sqlite_only
 def test_a_full_disk_fails_the_datasets_it_hits_with_one_line_and_the_next_run_completes(
     site, server, small_disk, luigi_log
 ):

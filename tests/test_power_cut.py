@@ -15,7 +15,8 @@ import pytest
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, quoted_rows
 from tests.harness import Site, run_command, run_daily, write_project_cfg
 
-pytestmark = pytest.mark.integration
+# Once per run-log engine (tests/conftest.py: runlog_engine): reports and snapshots are rebuilt from either.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("runlog_engine")]
 
 
 def zero(path: Path) -> None:

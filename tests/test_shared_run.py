@@ -9,8 +9,10 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+import luigi.configuration
 import pytest
 
+from pipeline.runlog_engines import engine_for
 from tests.fixtures import HEADER_IPF, csv_bytes, quoted_rows
 from tests.harness import COMMAND, PROJECT_CFG, Site, project_cfg_lines, query
 from tests.loopback_server import LoopbackServer
@@ -19,6 +21,7 @@ from tests.luigid_support import Luigid, finish, start_client, stop_client
 pytestmark = pytest.mark.integration
 
 DEPLOY = PROJECT_CFG.parent / "deploy"
+DEPLOYED_RUNLOG = "url = postgresql://cms@db.example.org:5432/cms_runlog"
 END_BOUND = 15.0  # seconds from the run's last task settling to the job's exit (wait_interval + wait_jitter + slack)
 
 
@@ -42,16 +45,36 @@ def host_folder(root: Path, name: str, site: Site, data_dir: Path, luigid: Luigi
     )
     central = (DEPLOY / "central.cfg").read_text(encoding="utf-8")
     assert "scheduler_port = 8082\n" in central
-    (folder / "central.cfg").write_text(
-        central.replace("scheduler_port = 8082", f"scheduler_port = {luigid.port}"), encoding="utf-8"
-    )
+    central = central.replace("scheduler_port = 8082", f"scheduler_port = {luigid.port}")
+    (folder / "central.cfg").write_text(with_runlog_url(central), encoding="utf-8")
     return folder
+
+
+def with_runlog_url(central: str, runlog_url: str | None = None) -> str:
+    """deploy/central.cfg's [runlog] url replaced by the test's (tests/conftest.py: runlog_engine; empty for
+    SQLite in the data folder)."""
+    if runlog_url is None:
+        runlog_url = luigi.configuration.get_config().get("runlog", "url", "")
+    assert f"\n{DEPLOYED_RUNLOG}\n" in central
+    return central.replace(DEPLOYED_RUNLOG, f"url = {runlog_url}")
+
+
+def two_hosts(tmp_path: Path, site: Site, luigid: Luigid) -> tuple[Path, Path, Path]:
+    """(the shared data folder, the job's folder, the assistant's folder)."""
+    data_dir = tmp_path / "shared-data"
+    return data_dir, *(host_folder(tmp_path, name, site, data_dir, luigid) for name in ("host-a", "host-b"))
 
 
 def start_shared_run(folder: Path, run_id: str, workers: int, log_name: str = "out.log"):
     """`python -m pipeline.shared_run` as a host folder's cron line runs it, with its central.cfg."""
     args = [sys.executable, "-m", "pipeline.shared_run", "--workers", str(workers), "--run-id", run_id]
     return start_client(args, folder / "central.cfg", folder, log_name)
+
+
+def start_assistant(folder: Path, workers: int = 2):
+    """`python -m pipeline.assistant` as a helper machine's service runs it, with its central.cfg."""
+    args = [sys.executable, "-m", "pipeline.assistant", "--workers", str(workers)]
+    return start_client(args, folder / "central.cfg", folder, "out.log")
 
 
 def serve(site: Site, count: int, missing: int = 0) -> list[str]:
@@ -63,19 +86,12 @@ def serve(site: Site, count: int, missing: int = 0) -> list[str]:
 
 
 @pytest.mark.parametrize("outcome", ["succeeded", "failed"])
-def test_a_shared_run_exits_with_the_runs_code_and_prints_its_summary(tmp_path, outcome):
+def test_a_shared_run_exits_with_the_runs_code_and_prints_its_summary(tmp_path, outcome, runlog_engine):
     with deployed(tmp_path, latency=0.3) as (luigid, site):
         paths = serve(site, 8, missing=2 if outcome == "failed" else 0)
-        data_dir = tmp_path / "shared-data"
-        job_folder = host_folder(tmp_path, "host-a", site, data_dir, luigid)
-        helper_folder = host_folder(tmp_path, "host-b", site, data_dir, luigid)
+        data_dir, job_folder, helper_folder = two_hosts(tmp_path, site, luigid)
         job, job_log = start_shared_run(job_folder, "shared", workers=2)
-        assistant, _ = start_client(
-            [sys.executable, "-m", "pipeline.assistant", "--workers", "2"],
-            helper_folder / "central.cfg",
-            helper_folder,
-            "out.log",
-        )
+        assistant, _ = start_assistant(helper_folder)
         try:
             code = finish(job, timeout=120)
             ended = time.time()
@@ -114,14 +130,14 @@ def test_a_shared_run_exits_with_the_runs_code_and_prints_its_summary(tmp_path, 
     assert report["status"] == outcome
 
 
-def test_a_second_copy_with_the_same_run_id_is_refused_at_once(tmp_path):
+def test_a_second_copy_with_the_same_run_id_is_refused_at_once(tmp_path, runlog_engine):
     with deployed(tmp_path, latency=1.0) as (luigid, site):
         serve(site, 4)
         data_dir = tmp_path / "shared-data"
         folder = host_folder(tmp_path, "host-a", site, data_dir, luigid)
         first, first_log = start_shared_run(folder, "twice", workers=1, log_name="first.log")
         deadline = time.monotonic() + 30
-        while not query_runs(data_dir):
+        while not query_runs(data_dir, runlog_engine):
             assert time.monotonic() < deadline and first.poll() is None, first_log.read_text(encoding="utf-8")
             time.sleep(0.1)
         started = time.monotonic()
@@ -136,11 +152,12 @@ def test_a_second_copy_with_the_same_run_id_is_refused_at_once(tmp_path):
     assert query(data_dir, "SELECT status FROM runs") == [("succeeded",)]
 
 
-def query_runs(data_dir: Path) -> list:
-    if not (data_dir / "runlog.sqlite").exists():  # connecting would create it
+def query_runs(data_dir: Path, runlog_url: str) -> list:
+    if not runlog_url and not (data_dir / "runlog.sqlite").exists():  # connecting would create it
         return []
     try:
-        return query(data_dir, "SELECT run_id FROM runs")
+        with engine_for(runlog_url, data_dir / "runlog.sqlite").read_only() as db:  # PostgreSQL: None before
+            return db.execute("SELECT run_id FROM runs").fetchall() if db is not None else []  # its tables exist
     except sqlite3.OperationalError:  # the job has created the file but not yet its tables
         return []
 

@@ -1,8 +1,8 @@
 """One shared run across two "machines": network namespaces this test makes (a veth pair, 10.231.7.1 and
 10.231.7.2, which exist only inside them) and removes. Host A runs luigid, the CMS site and the job; host B
-runs an assistant that reaches both over the veth. They share the data folder, as hosts mounting one volume
-at the same path would. Needs root and iproute2; skipped otherwise (tests/test_shared_run.py covers the same
-run with processes on 127.0.0.1)."""
+runs an assistant that reaches both over the veth, and PostgreSQL on host A's address holds the run log. They
+share the data folder, as hosts mounting one volume at the same path would. Needs root and iproute2; skipped
+otherwise (tests/test_shared_run.py covers the same run with processes on 127.0.0.1)."""
 
 import json
 import os
@@ -17,7 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.harness import PROJECT_CFG, project_cfg_lines, query
+from tests.harness import PROJECT_CFG, project_cfg_lines
+from tests.postgres_support import PASSWORD, USER, start_postgres
+from tests.test_shared_run import with_runlog_url
 
 pytestmark = pytest.mark.integration
 
@@ -84,13 +86,13 @@ class Host:
         self.procs.append(proc)
         return proc
 
-    def configure(self, metastore_url: str, data_dir: Path) -> None:
-        lines = project_cfg_lines(SimpleNamespace(metastore_url=metastore_url), data_dir=str(data_dir))
+    def configure(self, metastore_url: str, data_dir: Path, runlog_url: str) -> None:
+        site = SimpleNamespace(metastore_url=metastore_url)
+        lines = project_cfg_lines(site, data_dir=str(data_dir), url=runlog_url)
         (self.folder / "luigi.cfg").write_text("\n".join(lines) + "\n", encoding="utf-8")
         central = (DEPLOY / "central.cfg").read_text(encoding="utf-8")
-        (self.folder / "central.cfg").write_text(
-            central.replace("scheduler_host = 127.0.0.1", f"scheduler_host = {A_ADDRESS}"), encoding="utf-8"
-        )
+        central = central.replace("scheduler_host = 127.0.0.1", f"scheduler_host = {A_ADDRESS}")
+        (self.folder / "central.cfg").write_text(with_runlog_url(central, runlog_url), encoding="utf-8")
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -114,6 +116,8 @@ def test_a_run_shared_by_two_hosts_uses_both_and_ends_with_the_runs_code(hosts, 
     ns_a, ns_b = hosts
     a, b = Host(ns_a, tmp_path / "host-a"), Host(ns_b, tmp_path / "host-b")
     data_dir = tmp_path / "shared-volume" / "data"
+    postgres = start_postgres(A_ADDRESS, ("ip", "netns", "exec", ns_a))  # listening on host A's address only
+    database = postgres.new_database()
     try:
         a.start(
             [
@@ -153,7 +157,7 @@ def test_a_run_shared_by_two_hosts_uses_both_and_ends_with_the_runs_code(hosts, 
         )
         wait_for(lambda: (a.folder / "luigid" / "luigi-server.log").exists(), 30, "luigid did not start")
         for host in (a, b):
-            host.configure(metastore_url, data_dir)
+            host.configure(metastore_url, data_dir, postgres.url_for(USER, PASSWORD, database))
         b.start([sys.executable, "-m", "pipeline.assistant", "--workers", "2"], "assistant.log", config="central.cfg")
         server_log = a.folder / "luigid" / "luigi-server.log"
         # The assistant is asking luigid for work before the run starts, so host B takes part whatever the load.
@@ -164,13 +168,15 @@ def test_a_run_shared_by_two_hosts_uses_both_and_ends_with_the_runs_code(hosts, 
             config="central.cfg",
         )
         code = job.wait(timeout=180)
+        runs = postgres.rows(database, "SELECT status, downloaded FROM runs")
     finally:
         b.stop()
         a.stop()
+        postgres.remove()
     out = (a.folder / "job.log").read_text(encoding="utf-8", errors="replace")
     assert code == 0, out + (b.folder / "assistant.log").read_text(encoding="utf-8", errors="replace")
     assert "HospitalsDaily run two-hosts succeeded: 8 discovered, 8 downloaded" in out
-    assert query(data_dir, "SELECT status, downloaded FROM runs") == [("succeeded", 8)]
+    assert runs == [("succeeded", 8)] and not (data_dir / "runlog.sqlite").exists()
     requests = json.loads((a.folder / "requests.json").read_text(encoding="utf-8"))
     files = [r for r in requests if r["path"].endswith(".csv")]
     assert len(files) == 8 == len({r["path"] for r in files})  # each file once, whichever host fetched it

@@ -1,0 +1,201 @@
+"""The run log on PostgreSQL: for several machines (or many processes) sharing one run.
+
+The SQL is the SQLite engine's: `?` placeholders become psycopg's, INTEGER columns become BIGINT (a file's
+size passes 2**31), and `versions` gets a `rowid` column in insertion order, which SQLite has built in.
+
+What SQLite's `BEGIN IMMEDIATE` gives, one writer at a time, every write transaction gets here from a
+transaction-scoped advisory lock taken first: read-then-write sequences are serialized (the close claim has
+exactly one winner, overlapping runs lose no update), and the lock goes with the transaction, whatever ends
+it. Reads take no lock (READ COMMITTED). The schema is created and migrated under the same lock.
+
+One connection per process, reused (keyed by process id: a forked worker opens its own). A connection that
+broke (PostgreSQL restarted) is dropped; the operation that found it broken is tried once more on a new
+connection only when nothing of it had run yet.
+"""
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+from pipeline.runlog_engines import url as urls
+from pipeline.runlog_engines.steps import check_version, statements
+
+CONNECT_TIMEOUT = 10  # seconds; a connect_timeout in the URL wins
+LOCK_KEY = 0x636D_7352_756E  # any constant: every writer of the run log takes this one advisory lock
+_CONNECTIONS: dict[tuple[int, str], Any] = {}
+_SCHEMA_CHECKED: set[str] = set()  # URLs whose schema is up to date: forked workers inherit it
+_PLACEHOLDER = re.compile(r"\?")
+_INTEGER = re.compile(r"\bINTEGER\b")
+
+
+class RunLogUnavailable(Exception):
+    """The run log's server cannot be used: one line naming host:port/db and the cause, never the password."""
+
+
+def _driver():
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise RunLogUnavailable(
+            "the run log is on PostgreSQL but its driver is not installed: pip install -e .[postgres] "
+            f"(psycopg 3) ({exc})"
+        ) from None
+    return psycopg
+
+
+class Row(tuple):
+    """A row readable by position and by column name, as sqlite3.Row is."""
+
+    names: tuple[str, ...] = ()
+
+    def __getitem__(self, key):  # type: ignore[override]
+        return super().__getitem__(self.names.index(key) if isinstance(key, str) else key)
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+
+_ROW_TYPES: dict[tuple[str, ...], type[Row]] = {}
+
+
+def _row_factory(cursor):
+    names = tuple(c.name for c in cursor.description or ())
+    if (kind := _ROW_TYPES.get(names)) is None:
+        kind = _ROW_TYPES[names] = type("Row", (Row,), {"names": names})
+    return kind
+
+
+class _Connection:
+    """psycopg's connection, spoken to with the SQLite engine's SQL."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self._sql: dict[str, str] = {}
+
+    def _translated(self, sql: str) -> str:
+        if (translated := self._sql.get(sql)) is None:
+            translated = self._sql[sql] = _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
+        return translated
+
+    def execute(self, sql: str, params=()):
+        return self.conn.execute(self._translated(sql), tuple(params))
+
+    def executemany(self, sql: str, rows) -> None:
+        if rows:
+            self.conn.cursor().executemany(self._translated(sql), rows)
+
+
+class PostgresEngine:
+    def __init__(self, url: str):
+        self.url = urls.public(url)
+        self._key = (0, self.url)
+
+    # -- connections ------------------------------------------------------------------------------------
+
+    def _fail(self, exc: BaseException, doing: str) -> RunLogUnavailable:
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        return RunLogUnavailable(f"run log {urls.where(self.url)}: {doing}: {urls.redact(cause, self.url)}")
+
+    def _connect(self) -> _Connection:
+        psycopg = _driver()
+        self._key = (os.getpid(), self.url)
+        if (conn := _CONNECTIONS.get(self._key)) is not None and not conn.conn.closed:
+            return conn
+        options: dict[str, Any] = {"autocommit": True, "row_factory": _row_factory}
+        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(self.url):
+            options["connect_timeout"] = CONNECT_TIMEOUT
+        if (secret := urls.password(self.url)) is not None:
+            options["password"] = secret
+        try:
+            conn = _Connection(psycopg.connect(self.url, **options))
+        except psycopg.Error as exc:
+            raise self._fail(exc, "cannot connect") from None
+        _CONNECTIONS[self._key] = conn
+        return conn
+
+    def _drop(self) -> None:
+        conn = _CONNECTIONS.pop(self._key, None)
+        if conn is not None:
+            with suppress(Exception):  # already broken: nothing to close politely
+                conn.conn.close()
+
+    @contextmanager
+    def _session(self, begin: tuple[str, ...]) -> Iterator[_Connection]:
+        psycopg = _driver()
+        for attempt in (1, 2):
+            reused = (os.getpid(), self.url) in _CONNECTIONS
+            db = self._connect()
+            try:
+                for statement in begin:
+                    db.execute(statement)
+                break
+            except psycopg.OperationalError as exc:
+                self._drop()
+                if not (reused and attempt == 1):  # a fresh connection that fails is a real failure
+                    raise self._fail(exc, "lost the connection") from None
+        try:
+            yield db
+            if begin:
+                db.execute("COMMIT")
+        except psycopg.OperationalError as exc:
+            self._drop()
+            raise self._fail(exc, "lost the connection; this outcome was not recorded") from None
+        except BaseException:
+            if begin and not db.conn.closed:
+                try:
+                    db.execute("ROLLBACK")
+                except psycopg.OperationalError:
+                    self._drop()
+            raise
+
+    def ensure_schema(self, migrations: list[str]) -> None:
+        if self.url in _SCHEMA_CHECKED:
+            return
+        with self._session(("BEGIN", f"SELECT pg_advisory_xact_lock({LOCK_KEY})")) as db:
+            _migrate(db, migrations)
+        _SCHEMA_CHECKED.add(self.url)
+
+    @contextmanager
+    def connection(self) -> Iterator[_Connection]:
+        with self._session(("BEGIN READ ONLY",)) as db:  # a broken connection shows here, before any work
+            yield db
+
+    @contextmanager
+    def transaction(self) -> Iterator[_Connection]:
+        # Pipeline mode: writes go out without waiting for each answer (a plan is thousands of statements); a
+        # read waits for what it needs. The lock is taken before, and COMMIT sent after.
+        with self._session(("BEGIN", f"SELECT pg_advisory_xact_lock({LOCK_KEY})")) as db, db.conn.pipeline():
+            yield db
+
+    @contextmanager
+    def read_only(self) -> Iterator[_Connection | None]:
+        """Without creating or writing anything; None when the run log has no tables yet."""
+        with self._session(("BEGIN READ ONLY",)) as db:
+            yield db if _version(db) else None
+
+
+def _version(db: _Connection) -> int:
+    if db.execute("SELECT to_regclass('runlog_schema')").fetchone()[0] is None:
+        return 0
+    row = db.execute("SELECT version FROM runlog_schema").fetchone()
+    return row[0] if row else 0
+
+
+def _migrate(db: _Connection, migrations: list[str]) -> None:
+    """Every missing step in the caller's transaction, under the advisory lock: concurrent starters wait, then
+    find nothing to do. The version lives in `runlog_schema` (SQLite keeps it in PRAGMA user_version)."""
+    version = _version(db)
+    check_version(version, len(migrations))
+    if version == len(migrations):
+        return
+    db.execute("CREATE TABLE IF NOT EXISTS runlog_schema (version INTEGER NOT NULL)")
+    for number, step in enumerate(migrations[version:], start=version + 1):
+        for statement in statements(step):
+            statement = _INTEGER.sub("BIGINT", statement)
+            db.execute(re.sub(r"ADD COLUMN (?!IF NOT EXISTS)", "ADD COLUMN IF NOT EXISTS ", statement))
+        if number == 1:
+            db.execute("ALTER TABLE versions ADD COLUMN IF NOT EXISTS rowid BIGSERIAL")
+    db.execute("DELETE FROM runlog_schema")
+    db.execute("INSERT INTO runlog_schema(version) VALUES (?)", (len(migrations),))
