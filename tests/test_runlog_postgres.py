@@ -4,6 +4,7 @@ run completes; two runs at once share the work; the password is in no output, fi
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -212,3 +213,31 @@ def test_the_password_is_in_no_output_file_table_or_luigid_of_a_shared_run(postg
         tables = [r[0] for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname='public'")]
         dump = "".join(str(db.execute(f"SELECT * FROM {table}").fetchall()) for table in tables)
     assert "secret" in dump and PASSWORD not in dump  # the run's rows, without the password
+
+
+def test_spawned_workers_find_the_password_in_their_own_luigi_cfg(postgres, site, tmp_path):
+    """As on Windows: each task process is a fresh interpreter that never saw where the run started. The URL
+    comes with the task, without its password; the process finds the password in the luigi.cfg it reads."""
+    from tests.test_spawn import BUILD_SCRIPT
+
+    url = postgres.url()
+    config = tmp_path / "runlog.cfg"
+    config.write_text(f"[runlog]\nurl = {url}\n", encoding="utf-8")
+    script = tmp_path / "build_daily.py"
+    script.write_text(BUILD_SCRIPT, encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(script), "spawn", str(tmp_path / "data"), site.metastore_url],
+        cwd=tmp_path,
+        env=loopback_env(config),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    result = json.loads(line.removeprefix("RESULT "))
+    assert result["ok"] and result["start_method"] == "spawn" and result["spawned"] >= 11, result
+    assert query_url(url, "SELECT run_id, status, downloaded FROM runs") == [("cmp", "succeeded", 5)]
+    assert not (tmp_path / "data" / "runlog.sqlite").exists()
+    assert PASSWORD not in done.stdout + done.stderr
