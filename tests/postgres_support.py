@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -100,18 +101,20 @@ class Postgres:
         path = self.root / "log"
         return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
 
+    @contextmanager
     def _superuser(self, database: str = "postgres"):
-        """Through the server's Unix socket: reachable from here whatever network it listens on."""
-        import psycopg
+        """Through the server's Unix socket: reachable from here whatever network it listens on. Yields a
+        connection whose execute() returns the cursor."""
+        import psycopg2
 
-        return psycopg.connect(
-            host=str(self.root),
-            port=self.port,
-            user=SUPERUSER,
-            password=SUPERPASSWORD,
-            dbname=database,
-            autocommit=True,
+        conn = psycopg2.connect(
+            host=str(self.root), port=self.port, user=SUPERUSER, password=SUPERPASSWORD, dbname=database
         )
+        conn.autocommit = True
+        try:
+            yield _Executing(conn)
+        finally:
+            conn.close()
 
     def admin(self, sql: str, database: str = "postgres") -> None:
         with self._superuser(database) as conn:
@@ -148,14 +151,24 @@ class Postgres:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class _Executing:
+    def __init__(self, conn):
+        self.conn = conn
+
+    def execute(self, sql: str, params=None):
+        cursor = self.conn.cursor()
+        cursor.execute(sql, params)
+        return cursor
+
+
 def start_postgres(address: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> Postgres:
     bin_dir = binaries()
     if bin_dir is None:
         unavailable("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); .ci/run installs it")
     try:
-        import psycopg  # noqa: F401
+        import psycopg2  # noqa: F401
     except ImportError:
-        unavailable("psycopg is not installed: pip install -r requirements-dev.txt")
+        unavailable("psycopg2 is not installed: pip install -r requirements-dev.txt")
     if os.geteuid() == 0 and not shutil.which("runuser"):
         unavailable("PostgreSQL refuses root and runuser is missing")
     return Postgres(bin_dir, address, prefix).start()  # type: ignore[arg-type]

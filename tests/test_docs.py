@@ -806,7 +806,7 @@ def test_the_postgres_extra_is_the_driver_and_the_default_install_stays_without_
     assert install == ".venv/bin/pip install -e .[postgres]"
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # tomllib is 3.11+
     extras = pyproject.split("[project.optional-dependencies]\n", 1)[1].split("\n[", 1)[0]
-    assert re.search(r'^postgres = \["psycopg\[binary\]>=3\.1"\]$', extras, flags=re.MULTILINE), extras
+    assert re.search(r'^postgres = \["psycopg2-binary>=2\.9\.9"\]$', extras, flags=re.MULTILINE), extras
     assert not any("psycopg" in line for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
 
 

@@ -93,9 +93,9 @@ def test_a_run_log_server_it_cannot_use_stops_the_run_before_anything_with_one_l
 
 def test_a_postgresql_url_without_the_driver_installed_says_what_to_install(postgres, site, tmp_path):
     configure(site, tmp_path, postgres.url())
-    hidden = tmp_path / "no-driver" / "psycopg"
+    hidden = tmp_path / "no-driver" / "psycopg2"
     hidden.mkdir(parents=True)
-    (hidden / "__init__.py").write_text("raise ImportError(\"No module named 'psycopg'\")\n", encoding="utf-8")
+    (hidden / "__init__.py").write_text("raise ImportError(\"No module named 'psycopg2'\")\n", encoding="utf-8")
     env = {**loopback_env(), "PYTHONPATH": str(hidden.parent)}
     done = run(tmp_path, env=env)
     assert done.returncode == RUNLOG_UNAVAILABLE, done.stderr

@@ -1,6 +1,6 @@
 """The run log on PostgreSQL: for several machines (or many processes) sharing one run.
 
-The SQL is the SQLite engine's: `?` placeholders become psycopg's, INTEGER columns become BIGINT (a file's
+The SQL is the SQLite engine's: `?` placeholders become psycopg2's, INTEGER columns become BIGINT (a file's
 size passes 2**31), and `versions` gets a `rowid` column in insertion order, which SQLite has built in.
 
 What SQLite's `BEGIN IMMEDIATE` gives, one writer at a time, every write transaction gets here from a
@@ -11,6 +11,10 @@ it. Reads take no lock (READ COMMITTED). The schema is created and migrated unde
 One connection per process, reused (keyed by process id: a forked worker opens its own). A connection that
 broke (PostgreSQL restarted) is dropped; the operation that found it broken is tried once more on a new
 connection only when nothing of it had run yet.
+
+The driver is psycopg2 (its binary wheel): it imports in about 0.02 s where psycopg 3 takes 0.1 s, and every
+run imports it on its critical path (docs/benchmark.md, "The run log on PostgreSQL"). Bulk writes (a plan of
+thousands of rows) go out in pages of statements, `execute_batch`, not one round trip each.
 """
 
 import os
@@ -36,13 +40,14 @@ class RunLogUnavailable(Exception):
 
 def _driver():
     try:
-        import psycopg
+        import psycopg2
+        import psycopg2.extras
     except ImportError as exc:
         raise RunLogUnavailable(
             "the run log is on PostgreSQL but its driver is not installed: pip install -e .[postgres] "
-            f"(psycopg 3) ({exc})"
+            f"(psycopg2-binary) ({exc})"
         ) from None
-    return psycopg
+    return psycopg2
 
 
 class Row(tuple):
@@ -60,31 +65,60 @@ class Row(tuple):
 _ROW_TYPES: dict[tuple[str, ...], type[Row]] = {}
 
 
-def _row_factory(cursor):
-    names = tuple(c.name for c in cursor.description or ())
-    if (kind := _ROW_TYPES.get(names)) is None:
-        kind = _ROW_TYPES[names] = type("Row", (Row,), {"names": names})
-    return kind
+class _Result:
+    """A cursor's rows as sqlite3 gives them: fetchone, fetchall, iteration; each a Row."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+        names = tuple(c.name for c in cursor.description or ())
+        if (kind := _ROW_TYPES.get(names)) is None:
+            kind = _ROW_TYPES[names] = type("Row", (Row,), {"names": names})
+        self._kind = kind
+
+    def fetchone(self):
+        row = self.cursor.fetchone() if self.cursor.description else None
+        return None if row is None else self._kind(row)
+
+    def fetchall(self) -> list:
+        return [self._kind(row) for row in self.cursor.fetchall()] if self.cursor.description else []
+
+    def __iter__(self):
+        return iter(self.fetchall())
 
 
 class _Connection:
-    """psycopg's connection, spoken to with the SQLite engine's SQL."""
+    """psycopg2's connection, spoken to with the SQLite engine's SQL."""
 
     def __init__(self, conn):
         self.conn = conn
         self._sql: dict[str, str] = {}
+        self._prepared: dict[str, str] = {}
+
+    @property
+    def closed(self) -> bool:
+        return bool(self.conn.closed)
 
     def _translated(self, sql: str) -> str:
         if (translated := self._sql.get(sql)) is None:
             translated = self._sql[sql] = _PLACEHOLDER.sub("%s", sql.replace("%", "%%"))
         return translated
 
-    def execute(self, sql: str, params=()):
-        return self.conn.execute(self._translated(sql), tuple(params))
+    def execute(self, sql: str, params=()) -> _Result:
+        cursor = self.conn.cursor()
+        cursor.execute(self._translated(sql), tuple(params))
+        return _Result(cursor)
 
     def executemany(self, sql: str, rows) -> None:
-        if rows:
-            self.conn.cursor().executemany(self._translated(sql), rows)
+        """One statement for many rows (a plan: thousands): prepared once per connection, so the server plans it
+        once, then executed in pages of 500 per round trip."""
+        if not rows:
+            return
+        if (prepared := self._prepared.get(sql)) is None:
+            numbers = iter(range(1, sql.count("?") + 1))
+            name = f"runlog_{len(self._prepared)}"
+            self.conn.cursor().execute(f"PREPARE {name} AS " + _PLACEHOLDER.sub(lambda _: f"${next(numbers)}", sql))
+            prepared = self._prepared[sql] = f"EXECUTE {name} ({', '.join(['%s'] * sql.count('?'))})"
+        _driver().extras.execute_batch(self.conn.cursor(), prepared, rows, page_size=500)
 
 
 class PostgresEngine:
@@ -99,19 +133,21 @@ class PostgresEngine:
         return RunLogUnavailable(f"run log {urls.where(self.url)}: {doing}: {urls.redact(cause, self.url)}")
 
     def _connect(self) -> _Connection:
-        psycopg = _driver()
+        psycopg2 = _driver()
         self._key = (os.getpid(), self.url)
-        if (conn := _CONNECTIONS.get(self._key)) is not None and not conn.conn.closed:
+        if (conn := _CONNECTIONS.get(self._key)) is not None and not conn.closed:
             return conn
-        options: dict[str, Any] = {"autocommit": True, "row_factory": _row_factory}
-        if "connect_timeout" not in psycopg.conninfo.conninfo_to_dict(self.url):
+        options: dict[str, Any] = {}
+        if "connect_timeout" not in psycopg2.extensions.parse_dsn(self.url):
             options["connect_timeout"] = CONNECT_TIMEOUT
         if (secret := urls.password(self.url)) is not None:
             options["password"] = secret
         try:
-            conn = _Connection(psycopg.connect(self.url, **options))
-        except psycopg.Error as exc:
+            raw = psycopg2.connect(self.url, **options)
+        except psycopg2.Error as exc:
             raise self._fail(exc, "cannot connect") from None
+        raw.autocommit = True  # BEGIN and COMMIT are sent as the SQLite engine sends them
+        conn = _Connection(raw)
         _CONNECTIONS[self._key] = conn
         return conn
 
@@ -123,7 +159,7 @@ class PostgresEngine:
 
     @contextmanager
     def _session(self, begin: tuple[str, ...]) -> Iterator[_Connection]:
-        psycopg = _driver()
+        psycopg2 = _driver()
         for attempt in (1, 2):
             reused = (os.getpid(), self.url) in _CONNECTIONS
             db = self._connect()
@@ -131,7 +167,7 @@ class PostgresEngine:
                 for statement in begin:
                     db.execute(statement)
                 break
-            except psycopg.OperationalError as exc:
+            except psycopg2.OperationalError as exc:
                 self._drop()
                 if not (reused and attempt == 1):  # a fresh connection that fails is a real failure
                     raise self._fail(exc, "lost the connection") from None
@@ -139,14 +175,14 @@ class PostgresEngine:
             yield db
             if begin:
                 db.execute("COMMIT")
-        except psycopg.OperationalError as exc:
+        except psycopg2.OperationalError as exc:
             self._drop()
             raise self._fail(exc, "lost the connection; this outcome was not recorded") from None
         except BaseException:
-            if begin and not db.conn.closed:
+            if begin and not db.closed:
                 try:
                     db.execute("ROLLBACK")
-                except psycopg.OperationalError:
+                except psycopg2.OperationalError:
                     self._drop()
             raise
 
@@ -164,9 +200,7 @@ class PostgresEngine:
 
     @contextmanager
     def transaction(self) -> Iterator[_Connection]:
-        # Pipeline mode: writes go out without waiting for each answer (a plan is thousands of statements); a
-        # read waits for what it needs. The lock is taken before, and COMMIT sent after.
-        with self._session(("BEGIN", f"SELECT pg_advisory_xact_lock({LOCK_KEY})")) as db, db.conn.pipeline():
+        with self._session(("BEGIN", f"SELECT pg_advisory_xact_lock({LOCK_KEY})")) as db:
             yield db
 
     @contextmanager
