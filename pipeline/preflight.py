@@ -1,5 +1,6 @@
-"""Before the `luigi` command schedules anything: a configuration must have been found, and a run log on
-PostgreSQL must be reachable.
+"""Before the `luigi` command schedules anything: a configuration must have been found, the data folder must
+be a folder (not a URL, which would become a folder named after its scheme), and a run log on PostgreSQL must
+be reachable.
 
 Luigi reads ./luigi.cfg (the current folder) or the files named by LUIGI_CONFIG_PATH. Started elsewhere
 (cron starts in $HOME, Task Scheduler in System32) it finds none, falls back to a central scheduler on
@@ -17,6 +18,7 @@ import luigi.configuration
 
 from pipeline.runlog import RunLog
 from pipeline.runlog_engines import RunLogUnavailable, RunLogUrlError, SchemaTooNew, engine_for, url
+from pipeline.settings import folder_problem
 
 NO_CONFIG = 2
 RUNLOG_UNAVAILABLE = 3
@@ -38,6 +40,20 @@ def missing_config_message(argv: list[str]) -> str | None:
         f"pipeline: no luigi.cfg with [HospitalsDaily] metastore_url was found (looked in {looked}); "
         "run the command from the project folder (cd /path/to/project) or set LUIGI_CONFIG_PATH to its luigi.cfg"
     )
+
+
+def data_dir_message(argv: list[str]) -> str | None:
+    """--data-dir (or --HospitalsDaily-data-dir, --HospitalsPlan-data-dir) as Luigi will read it, else
+    [HospitalsDaily] data_dir: refused if it is a URL."""
+    names = ("--data-dir", "--HospitalsDaily-data-dir", "--HospitalsPlan-data-dir")
+    value = luigi.configuration.get_config().get("HospitalsDaily", "data_dir", "")
+    for i, arg in enumerate(argv):
+        if arg in names and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.split("=", 1)[0] in names and "=" in arg:
+            value = arg.split("=", 1)[1]
+    problem = folder_problem(value)
+    return f"pipeline: {problem}" if problem else None
 
 
 def runlog_url(argv: list[str]) -> str:
@@ -67,7 +83,7 @@ def runlog_message(argv: list[str]) -> str | None:
 def check(argv: list[str] = sys.argv) -> None:
     if not started_by_luigi_command(argv):
         return
-    if message := missing_config_message(argv):
+    if message := missing_config_message(argv) or data_dir_message(argv):
         print(message, file=sys.stderr, flush=True)
         sys.exit(NO_CONFIG)
     if message := runlog_message(argv):

@@ -8,6 +8,7 @@ The defaults live in the dataclasses only; the Config classes and luigi.cfg take
 """
 
 import os
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -125,11 +126,27 @@ def default_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")[:-3]
 
 
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # two letters at least: C:\\data is a Windows folder
+
+
+def folder_problem(value: str) -> str | None:
+    """Why a data folder setting is not a local folder: a URL would otherwise become a folder named after its
+    scheme (s3:) inside the current one, and the run would "succeed" there."""
+    if match := _URL.match(value or ""):
+        return (
+            f"data_dir {value} is a URL ({match[1]}://), not a folder: the data folder must be a local "
+            "(or mounted) folder path"
+        )
+    return None
+
+
 class FolderParameter(luigi.Parameter):
     """A folder, made absolute where the run starts: the paths in the run log and the reports then mean the
-    same from wherever they are read (cron and Task Scheduler start in other folders)."""
+    same from wherever they are read (cron and Task Scheduler start in other folders). A URL is refused."""
 
     def normalize(self, value):
+        if problem := folder_problem(value):
+            raise ValueError(problem)
         return os.path.abspath(value) if value else value
 
 

@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from pipeline import HospitalsDaily
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, quoted_rows
 from tests.harness import CATALOG_PATH, Site, command, query, run_command, write_project_cfg
 from tests.loopback_server import LoopbackServer
@@ -73,3 +74,28 @@ def test_a_dead_central_scheduler_is_one_line_and_exit_40(site, tmp_path):
     )
     assert "is luigid running?" in result.stderr
     assert site.server.count() == 0
+
+
+@pytest.mark.parametrize("where", ["--data-dir", "--HospitalsDaily-data-dir=", "luigi.cfg"])
+def test_a_url_for_the_data_folder_is_refused_in_one_line_not_taken_as_a_folder(site, tmp_path, where):
+    write_project_cfg(site, tmp_path)
+    site.dataset("48nr-hqxx", "2025-04-08", {"OAS.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(5, 5))})
+    if where == "luigi.cfg":
+        cfg = tmp_path / "luigi.cfg"
+        cfg.write_text(cfg.read_text(encoding="utf-8").replace("data_dir = data", "data_dir = s3://cms/hospitals"))
+        extra: tuple[str, ...] = ()
+    else:
+        extra = (f"{where}s3://cms/hospitals",) if where.endswith("=") else (where, "s3://cms/hospitals")
+    result = run_command(tmp_path, *extra)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "pipeline: data_dir s3://cms/hospitals is a URL (s3://), not a folder: the data folder must be a local "
+        "(or mounted) folder path"
+    ]
+    assert site.server.count() == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["luigi.cfg"]  # no folder named s3:, no data
+
+
+def test_a_url_for_the_data_folder_is_refused_through_the_python_api_too(site, tmp_path):
+    with pytest.raises(ValueError, match=r"data_dir gs://b/p is a URL \(gs://\), not a folder"):
+        HospitalsDaily(data_dir="gs://b/p", metastore_url=site.metastore_url)
