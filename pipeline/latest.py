@@ -16,7 +16,7 @@ from filelock import FileLock
 from pipeline.catalog import CsvVersion, VersionKey, file_name
 from pipeline.durable import TEMP_MARK, atomic_path, json_text, read_json, remove
 from pipeline.layout import safe_component
-from pipeline.version_check import file_sha256
+from pipeline.version_check import file_sha256, file_size
 
 MANIFEST = "latest.json"
 INDEX = "index.csv"
@@ -59,13 +59,6 @@ def _link_or_copy(source: Path):
     return write
 
 
-def _size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return None
-
-
 def _cannot(path: str, exc: OSError, holds: str) -> str:
     cause = "is in use" if isinstance(exc, PermissionError) else f"cannot be replaced ({exc.strerror or exc})"
     return f"latest/{path} {cause}; it still holds {holds}; retried next run"
@@ -99,7 +92,7 @@ def _publish(folder, names, entries, retired, run_id, now) -> list[str]:
     for entry in entries:
         name = names[VersionKey(entry["identifier"], entry["modified"], entry["download_url"])]
         dest, current = folder / name, datasets.get(name)
-        size = _size(dest)
+        size = file_size(dest)
         whole = size is not None and entry["bytes"] in (None, size)  # no size: logged by an early release
         if not (current and current["sha256"] == entry["sha256"] and whole):
             try:

@@ -100,12 +100,13 @@ class FetchCatalog(RunTask):
         log.add_notes(self.run_id, repair_closed_runs(data_dir, log, self.run_id, every=self.deep_check))
         catalog = load_catalog(self.metastore_url, self.theme, self.settings)
         known, sizes = log.known_versions(), log.last_sizes()
-        queued, up_to_date, notes = [], [], {}
+        queued, up_to_date, notes, folders = [], [], {}, set()
         for version in catalog.versions:
             revision, _ = known.get(version.key, ("", ""))
             expected = sizes.get((version.identifier, version.position), sizes.get((version.identifier, None), 0))
             version = replace(version, revision=revision, expected_bytes=expected)
             done = NormalizeCsv.for_version(self, version)
+            folders.add(done.folder)
             check, problems = done.inspect(deep=self.deep_check)
             if check.complete:
                 up_to_date.append((version, stored_stats(check.header_map)))
@@ -114,7 +115,7 @@ class FetchCatalog(RunTask):
                 if problems:  # damaged, not merely unfinished: say what, and what this run does about it
                     notes[version] = f"{done.folder_label}: {'; '.join(problems)}; {check.repair}"
         if self.deep_check:
-            log.add_notes(self.run_id, self._deep_check_the_rest(catalog, known, len(notes)))
+            log.add_notes(self.run_id, self._deep_check_the_rest(folders, known, len(notes)))
         if self.verify:
             up_to_date, replaced, verify_notes = self._verify(up_to_date, known)
             queued += replaced
@@ -125,10 +126,9 @@ class FetchCatalog(RunTask):
             log.note(self.run_id, version, note)
         write_json(Path(self.output().path), snapshot)
 
-    def _deep_check_the_rest(self, catalog: Catalog, known, damaged_in_catalog: int) -> list[str]:
+    def _deep_check_the_rest(self, in_catalog: set[Path], known, damaged_in_catalog: int) -> list[str]:
         """After the catalog's versions: latest/, and the versions no longer in the catalog; then what was found."""
         notes, files = latest.check_hashes(Path(self.data_dir) / "latest")
-        in_catalog = {NormalizeCsv.for_version(self, v).folder for v in catalog.versions}
         archived = [
             folder
             for key, (revision, _) in sorted(known.items())

@@ -34,7 +34,7 @@ class VersionCheck:
         return "made again from source.csv" if self.source_whole else "downloaded again"
 
 
-def _size(path: Path) -> int | None:
+def file_size(path: Path) -> int | None:
     try:
         return path.stat().st_size
     except FileNotFoundError:
@@ -63,7 +63,7 @@ def check_version(folder: Path) -> VersionCheck:
         check.problems.append(f"source.scan.json {problem or 'lacks the source size'}")
 
     source = layout.source_csv(folder)
-    source_size, recorded = _size(source), None
+    source_size, recorded = file_size(source), None
     if check.scan is not None:
         recorded, recorder = check.scan["source_bytes"], "source.scan.json"
     elif check.header_map is not None and "source_bytes" in check.header_map:
@@ -79,7 +79,7 @@ def check_version(folder: Path) -> VersionCheck:
 
     if check.header_map is not None:
         normalized = layout.normalized_csv(folder)
-        problem = _sizes_problem(normalized, _size(normalized), "header_map.json", check.header_map["bytes"])
+        problem = _sizes_problem(normalized, file_size(normalized), "header_map.json", check.header_map["bytes"])
         check.normalized_whole = problem is None
         if problem:
             check.problems.append(problem)
