@@ -16,77 +16,75 @@ publishes the whole catalog, its publish brings latest/ up to date.
 import json
 import logging
 import os
-from pathlib import Path
 
 from pipeline import latest, layout
 from pipeline.catalog import Catalog
-from pipeline.durable import remove_tree, write_json
 from pipeline.report import COUNTS, build_report, summary_lines, tally
 from pipeline.runlog import RunLog, now
+from pipeline.storage import Storage, parent
 
 logger = logging.getLogger("luigi-interface")
 SUMMARY_BY_WRAPPER = "CMS_PIPELINE_SUMMARY_BY_WRAPPER"
 
 
-def close_if_complete(data_dir: Path, run_id: str, keep_versions: int, runlog_url: str = "") -> dict | None:
+def close_if_complete(store: Storage, log: RunLog, run_id: str, keep_versions: int) -> dict | None:
     """Close the run if nothing of it is left to do; returns the report when this call closed it."""
-    log = RunLog(layout.runlog_db(data_dir), runlog_url)
     claim = log.claim_close(run_id)
     if claim is None:
         return None
     run, items, retired = claim
     counts, status = tally(items)
-    catalog = Catalog.from_json(json.loads(layout.catalog_snapshot(data_dir, run_id).read_text(encoding="utf-8")))
+    snapshot, problem = store.read_json(layout.catalog_snapshot(run_id))
+    if snapshot is None:  # written before any item was planned: only a lost object storage gets here
+        raise OSError(f"{store.location(layout.catalog_snapshot(run_id))}: {problem or 'is missing'}")
+    catalog = Catalog.from_json(snapshot)
     done = [item for item in items if item["outcome"] in ("downloaded", "up_to_date")]
     notes = json.loads(run["notes"] or "[]")  # what the catalog task repaired
-    notes += latest.publish(data_dir / "latest", latest.latest_names(catalog.versions), done, retired, run_id, now())
+    notes += latest.publish(store, latest.latest_names(catalog.versions), done, retired, run_id, now())
     if keep_versions > 0:
-        notes += _prune(log, run_id, keep_versions)
+        notes += _prune(store, log, run_id, keep_versions)
     finished = now()
     report = build_report(run, items, counts, status, finished, notes)
-    _finish(log, data_dir, run_id, report, lambda path: log.finish_run(run_id, status, counts, finished, path, notes))
+    _finish(store, run_id, report, lambda path: log.finish_run(run_id, status, counts, finished, path, notes))
     return report
 
 
-def close_failed(data_dir: Path, run_id: str, error: str, runlog_url: str = "") -> None:
+def close_failed(store: Storage, log: RunLog, run_id: str, error: str) -> None:
     """A run that failed as a whole (metastore unusable, theme not found): still a report and a summary."""
-    log = RunLog(layout.runlog_db(data_dir), runlog_url)
     row = log.run(run_id)
     run = dict(row) if row else {"run_id": run_id, "started_at": None, "metastore_url": None, "theme": None}
     finished = now()
     notes = json.loads(run.get("notes") or "[]")
     report = build_report(run, [], dict.fromkeys(COUNTS, 0), "failed", finished, notes, error=error)
-    _finish(log, data_dir, run_id, report, lambda path: log.fail_run(run_id, error, finished, path))
+    _finish(store, run_id, report, lambda path: log.fail_run(run_id, error, finished, path))
 
 
-def _finish(log: RunLog, data_dir: Path, run_id: str, report: dict, record) -> None:
-    path = layout.report(data_dir, run_id)
+def _finish(store: Storage, run_id: str, report: dict, record) -> None:
+    path = store.location(layout.report(run_id))
     try:
-        write_json(path, report)
+        store.write_json(layout.report(run_id), report)
     except OSError as exc:
         logger.error("Run %s: could not write its report %s: %s", run_id, path, exc.strerror or exc)
         record(None)
         return
-    record(str(path))
+    record(path)
     if not os.environ.get(SUMMARY_BY_WRAPPER):  # pipeline/shared_run.py prints it in the job's process
         print("\n".join(summary_lines(report, path)), flush=True)
 
 
-def _prune(log: RunLog, run_id: str, keep: int) -> list[str]:
+def _prune(store: Storage, log: RunLog, run_id: str, keep: int) -> list[str]:
     """Delete older versions' folders; the log marks only those really gone."""
     gone, freed, notes = [], 0, []
     for output_path in log.prune_candidates(run_id, keep):
-        folder = Path(output_path).parent
-        size = sum(p.stat().st_size for p in folder.glob("*") if p.is_file()) if folder.exists() else 0
+        folder = parent(store.key(output_path))
         try:
-            remove_tree(folder)
-        except FileNotFoundError:
-            pass
+            freed += store.remove_tree(folder)
         except OSError as exc:
-            notes.append(f"retention: {folder} could not be deleted ({exc.strerror or exc}); retried next run")
+            notes.append(
+                f"retention: {store.location(folder)} could not be deleted ({exc.strerror or exc}); retried next run"
+            )
             continue
         gone.append(output_path)
-        freed += size
     log.mark_pruned(gone)
     if gone:
         notes.append(f"retention: deleted {len(gone)} older version(s), {freed / 1e6:,.1f} MB freed")

@@ -6,11 +6,11 @@ from pathlib import Path
 import luigi
 
 from pipeline import layout
-from pipeline.durable import read_json, write_json
 from pipeline.metastore import load_catalog
 from pipeline.plan import format_table, plan
 from pipeline.runlog import read_state
-from pipeline.settings import FolderParameter, RunIdParameter, RunLogUrlParameter, SettingsParameter
+from pipeline.settings import FolderParameter, RunIdParameter, RunLogUrlParameter, Settings, SettingsParameter
+from pipeline.storage import Storage, open_storage
 from pipeline.tasks import NormalizeCsv
 
 # Luigi calls a config_path fallback "deprecated"; here it is the point: one [HospitalsDaily] section for both tasks.
@@ -35,18 +35,24 @@ class HospitalsPlan(luigi.Task):
     settings = SettingsParameter()
     runlog_url = RunLogUrlParameter()
 
+    @property
+    def store(self) -> Storage:
+        return open_storage(self.data_dir, self.runlog_url, Settings.from_dict(self.settings).storage.scratch_dir)
+
     def output(self):
-        return luigi.LocalTarget(str(layout.plan_report(Path(self.data_dir), self.run_id)))
+        return self.store.target(layout.plan_report(self.run_id))
 
     def complete(self):
-        return read_json(Path(self.output().path))[0] is not None  # a plan a crash cut short is made again
+        return self.store.read_json(layout.plan_report(self.run_id))[0] is not None  # one cut short: made again
 
     def run(self):
+        store = self.store
         catalog = load_catalog(self.metastore_url, self.theme, self.settings)
         known, failed, retired = read_state(layout.runlog_db(Path(self.data_dir)), self.theme, self.runlog_url)
+        store.prefetch("datasets")
         rows = plan(catalog, lambda v: NormalizeCsv.for_version(self, v).complete(), known, failed, retired)
-        write_json(
-            Path(self.output().path),
+        store.write_json(
+            layout.plan_report(self.run_id),
             {"run_id": self.run_id, "metastore_url": self.metastore_url, "theme": self.theme, "versions": rows},
         )
-        print(format_table(rows) + f"\nPlan: {self.output().path}", flush=True)
+        print(format_table(rows) + f"\nPlan: {store.location(layout.plan_report(self.run_id))}", flush=True)

@@ -3,20 +3,18 @@ latest/latest.json lists them and latest/index.csv lists them for a spreadsheet.
 needed on NTFS), or copies where links fail, read-only like the versioned file, so an edit in place cannot
 change the archive; each file is replaced atomically and on its own, so a file held open (Excel on Windows)
 delays only itself, until the next run. What a crash can leave (a file of the wrong size, a list that does not
-parse) is put right, with a note."""
+parse) is put right, with a note. In object storage each file is a server-side copy of its version's object."""
 
 import csv
-import os
-import shutil
+import io
 from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 
-from filelock import FileLock
-
 from pipeline.catalog import CsvVersion, VersionKey, file_name
-from pipeline.durable import TEMP_MARK, atomic_path, json_text, read_json, remove
-from pipeline.layout import safe_component
-from pipeline.version_check import file_sha256, file_size
+from pipeline.durable import json_text
+from pipeline.layout import LATEST, safe_component
+from pipeline.storage import Storage, join
+from pipeline.version_check import file_sha256
 
 MANIFEST = "latest.json"
 INDEX = "index.csv"
@@ -43,22 +41,6 @@ def latest_names(versions: list[CsvVersion]) -> dict[VersionKey, str]:
     return names
 
 
-def _replace(dest: Path, write, read_only: bool = False) -> None:
-    """Write via a temp file beside `dest`, then rename over it durably; the temp never outlives a failure."""
-    with atomic_path(dest, read_only) as temp:
-        write(temp)
-
-
-def _link_or_copy(source: Path):
-    def write(temp: Path) -> None:
-        try:
-            os.link(source, temp)
-        except OSError:
-            shutil.copyfile(source, temp)
-
-    return write
-
-
 def _cannot(path: str, exc: OSError, holds: str) -> str:
     cause = "is in use" if isinstance(exc, PermissionError) else f"cannot be replaced ({exc.strerror or exc})"
     return f"latest/{path} {cause}; it still holds {holds}; retried next run"
@@ -69,34 +51,30 @@ def _holds(entry: dict | None) -> str:
 
 
 def publish(
-    folder: Path, names: dict[VersionKey, str], entries: list[dict], retired: set[str], run_id: str, now: str
+    store: Storage, names: dict[VersionKey, str], entries: list[dict], retired: set[str], run_id: str, now: str
 ) -> list[str]:
     """Point latest/ at each finished entry (identifier, modified, download_url, title, output_path, rows, sha256,
     released, described_by). `names` holds every CSV distribution of the catalog: a dataset in it keeps exactly
     those files, whatever failed today; datasets not in it (retired, or invalid today) keep theirs.
     Returns a note for each file that could not be updated."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder / ".lock"):  # one publisher at a time, whichever run it closes
-        # A killed publisher's temp files (named *.tmp by earlier releases).
-        for stale in [*folder.glob(f"*{TEMP_MARK}*"), *folder.glob("*.tmp")]:
-            remove(stale)
-        return _publish(folder, names, entries, retired, run_id, now)
+    with store.lock(LATEST):  # one publisher at a time, whichever run it closes
+        return _publish(store, names, entries, retired, run_id, now)
 
 
-def _publish(folder, names, entries, retired, run_id, now) -> list[str]:
-    old, problem = read_json(folder / MANIFEST)
+def _publish(store: Storage, names, entries, retired, run_id, now) -> list[str]:
+    old, problem = store.read_json(join(LATEST, MANIFEST))
     notes = [f"latest/{MANIFEST} {problem}; rebuilt from this run's catalog"] if problem else []
     datasets = {d["path"]: d for d in (old or {"datasets": []})["datasets"]}
-    if problem := _index_problem(folder / INDEX, len(datasets) if old else None):
+    if problem := _index_problem(store.read_bytes(join(LATEST, INDEX)), len(datasets) if old else None):
         notes.append(f"latest/{INDEX} {problem}; written again")
+    sizes = store.sizes(LATEST, fresh=True)
     for entry in entries:
         name = names[VersionKey(entry["identifier"], entry["modified"], entry["download_url"])]
-        dest, current = folder / name, datasets.get(name)
-        size = file_size(dest)
+        current, size = datasets.get(name), sizes.get(name)
         whole = size is not None and entry["bytes"] in (None, size)  # no size: logged by an early release
         if not (current and current["sha256"] == entry["sha256"] and whole):
             try:
-                _replace(dest, _link_or_copy(Path(entry["output_path"])), read_only=True)
+                store.copy(store.key(entry["output_path"]), join(LATEST, name), read_only=True)
             except OSError as exc:
                 notes.append(_cannot(name, exc, _holds(current)))
                 continue
@@ -119,7 +97,7 @@ def _publish(folder, names, entries, retired, run_id, now) -> list[str]:
     for name, item in list(datasets.items()):
         if item["identifier"] in in_catalog and name not in names.values():  # the catalog no longer lists it
             try:
-                remove(folder / name)
+                store.remove(join(LATEST, name))
                 del datasets[name]
             except OSError as exc:
                 notes.append(
@@ -132,7 +110,7 @@ def _publish(folder, names, entries, retired, run_id, now) -> list[str]:
     manifest = {"generated_at": now, "run_id": run_id, "datasets": rows}
     for name, write in ((MANIFEST, _json_writer(manifest)), (INDEX, _index_writer(rows))):
         try:
-            _replace(folder / name, write)
+            store.write_file(join(LATEST, name), write)
         except OSError as exc:
             notes.append(_cannot(name, exc, "the previous run's list"))
     return notes
@@ -145,14 +123,13 @@ def _json_writer(data: dict):
     return write
 
 
-def _index_problem(path: Path, listed: int | None) -> str | None:
+def _index_problem(raw: bytes | None, listed: int | None) -> str | None:
     """What is wrong with an index.csv that should list `listed` files, if known (it is written again anyway)."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as file:
-            rows = list(csv.reader(file))
-    except FileNotFoundError:
+    if raw is None:
         return None
-    except (OSError, UnicodeError, csv.Error) as exc:
+    try:
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
+    except (UnicodeError, csv.Error) as exc:
         return f"does not parse ({exc})"
     if not rows or tuple(rows[0]) != INDEX_COLUMNS:
         return "has no header row" if not rows else "does not start with its header row"
@@ -163,19 +140,19 @@ def _index_problem(path: Path, listed: int | None) -> str | None:
     return None
 
 
-def check_hashes(folder: Path) -> tuple[list[str], int]:
+def check_hashes(store: Storage) -> tuple[list[str], int]:
     """The deep check of latest/: a file whose bytes differ from latest.json's sha256 is deleted, so the run's
     publish puts its version back. Returns a note for each, and how many files were hashed."""
-    manifest, _ = read_json(folder / MANIFEST)
-    notes, hashed = [], 0
+    manifest, _ = store.read_json(join(LATEST, MANIFEST))
+    notes, hashed, present = [], 0, store.sizes(LATEST, fresh=True)
     for item in (manifest or {}).get("datasets", []):
-        path = folder / item["path"]
-        if not path.exists():
+        if item["path"] not in present:
             continue
         hashed += 1
-        if file_sha256(path) != item["sha256"]:
+        key = join(LATEST, item["path"])
+        if file_sha256(store, key) != item["sha256"]:
             try:
-                remove(path)
+                store.remove(key)
                 notes.append(f"latest/{item['path']} does not match latest.json's sha256; put back")
             except OSError as exc:
                 notes.append(_cannot(item["path"], exc, "bytes that differ from its version"))

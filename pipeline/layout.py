@@ -1,6 +1,7 @@
-"""Where things live under the data directory; every path the pipeline writes is built here.
+"""Where things live under the data folder; every key the pipeline writes is built here. Keys are POSIX paths
+relative to the data folder (pipeline/storage/ maps them to files or objects).
 
-<data>/runlog.sqlite
+<data>/runlog.sqlite                       (a local data folder's default run log)
 <data>/runs/<run_id>/catalog.json          what the metastore said, as parsed for this run
 <data>/reports/<run_id>.json               the run report
 <data>/reports/plan-<run_id>.json          a dry run's plan
@@ -11,7 +12,7 @@
 
 import hashlib
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 _UNSAFE = re.compile(r"[^a-z0-9_-]+")
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
@@ -30,49 +31,56 @@ def safe_component(text: str) -> str:
     return f"{safe or 'x'}-{fingerprint(text)}"
 
 
-def version_dir(data_dir: Path, identifier: str, modified: str, url: str, revision: str = "") -> Path:
+def version_dir(identifier: str, modified: str, url: str, revision: str = "") -> str:
     """A dataset version is (identifier, modified, download URL): each gets its own folder, and so does a
     file found replaced in place (`revision`, its new Last-Modified)."""
     key = f"{url}\n{revision}" if revision else url
-    return Path(data_dir) / "datasets" / safe_component(identifier) / f"{safe_component(modified)}-{fingerprint(key)}"
+    return f"datasets/{safe_component(identifier)}/{safe_component(modified)}-{fingerprint(key)}"
 
 
-def source_csv(version: Path) -> Path:
-    return version / "source.csv"
+def _in(version: str, name: str) -> str:
+    return str(PurePosixPath(version) / name)
 
 
-def source_scan(version: Path) -> Path:
+def source_csv(version: str) -> str:
+    return _in(version, "source.csv")
+
+
+def source_scan(version: str) -> str:
     """What the download's scan found: lets Normalize copy the data without reading it in Python."""
-    return version / "source.scan.json"
+    return _in(version, "source.scan.json")
 
 
 NORMALIZED_STAGED = "normalized.staged"
 
 
-def normalized_staged(version: Path) -> Path:
-    """The normalized file as the download wrote it beside the source; Normalize renames it to normalized.csv."""
-    return version / NORMALIZED_STAGED
+def normalized_staged(version: str) -> str:
+    """The normalized file as the download wrote it beside the source; Normalize moves it to normalized.csv."""
+    return _in(version, NORMALIZED_STAGED)
 
 
-def normalized_csv(version: Path) -> Path:
-    return version / "normalized.csv"
+def normalized_csv(version: str) -> str:
+    return _in(version, "normalized.csv")
 
 
-def header_map(version: Path) -> Path:
-    return version / "header_map.json"
+def header_map(version: str) -> str:
+    return _in(version, "header_map.json")
 
 
 def runlog_db(data_dir: Path) -> Path:
     return Path(data_dir) / "runlog.sqlite"
 
 
-def catalog_snapshot(data_dir: Path, run_id: str) -> Path:
-    return Path(data_dir) / "runs" / safe_component(run_id) / "catalog.json"
+def catalog_snapshot(run_id: str) -> str:
+    return f"runs/{safe_component(run_id)}/catalog.json"
 
 
-def report(data_dir: Path, run_id: str) -> Path:
-    return Path(data_dir) / "reports" / f"{safe_component(run_id)}.json"
+def report(run_id: str) -> str:
+    return f"reports/{safe_component(run_id)}.json"
 
 
-def plan_report(data_dir: Path, run_id: str) -> Path:
-    return Path(data_dir) / "reports" / f"plan-{safe_component(run_id)}.json"
+def plan_report(run_id: str) -> str:
+    return f"reports/plan-{safe_component(run_id)}.json"
+
+
+LATEST = "latest"

@@ -1,6 +1,6 @@
 """Before the `luigi` command schedules anything: a configuration must have been found, the data folder must
-be a folder (not a URL, which would become a folder named after its scheme), and a run log on PostgreSQL must
-be reachable.
+be a folder or an s3:// URL (any other URL would become a folder named after its scheme; object storage needs a
+run log given), a run log on PostgreSQL must be reachable, and so must a bucket.
 
 Luigi reads ./luigi.cfg (the current folder) or the files named by LUIGI_CONFIG_PATH. Started elsewhere
 (cron starts in $HOME, Task Scheduler in System32) it finds none, falls back to a central scheduler on
@@ -8,6 +8,8 @@ localhost:8082 and to exit codes that hide failures. One line and exit code 2 sa
 
 A run log server that is down, refuses the password or has no such database would otherwise fail every task
 of the run one by one: one line naming host:port/db and the cause, and exit code 3, before anything is done.
+So would a bucket that is missing, refuses the credentials or whose endpoint is down: one line naming the
+bucket and the cause, and exit code 4.
 """
 
 import os
@@ -18,10 +20,11 @@ import luigi.configuration
 
 from pipeline.runlog import RunLog
 from pipeline.runlog_engines import RunLogUnavailable, RunLogUrlError, SchemaTooNew, engine_for, url
-from pipeline.settings import folder_problem
+from pipeline.storage import StorageError, data_dir_problem, normalized_data_dir, open_storage
 
 NO_CONFIG = 2
 RUNLOG_UNAVAILABLE = 3
+STORAGE_UNAVAILABLE = 4
 
 
 def started_by_luigi_command(argv: list[str]) -> bool:
@@ -42,28 +45,44 @@ def missing_config_message(argv: list[str]) -> str | None:
     )
 
 
-def data_dir_message(argv: list[str]) -> str | None:
-    """--data-dir (or --HospitalsDaily-data-dir, --HospitalsPlan-data-dir) as Luigi will read it, else
-    [HospitalsDaily] data_dir: refused if it is a URL."""
-    names = ("--data-dir", "--HospitalsDaily-data-dir", "--HospitalsPlan-data-dir")
-    value = luigi.configuration.get_config().get("HospitalsDaily", "data_dir", "")
+def _option(argv: list[str], names: tuple[str, ...], default: str) -> str:
+    """An option as Luigi will read it from the command line, else `default`."""
+    value = default
     for i, arg in enumerate(argv):
         if arg in names and i + 1 < len(argv):
             value = argv[i + 1]
         elif arg.split("=", 1)[0] in names and "=" in arg:
             value = arg.split("=", 1)[1]
-    problem = folder_problem(value)
+    return value
+
+
+def data_dir(argv: list[str]) -> str:
+    """--data-dir (or --HospitalsDaily-data-dir, --HospitalsPlan-data-dir), else [HospitalsDaily] data_dir."""
+    names = ("--data-dir", "--HospitalsDaily-data-dir", "--HospitalsPlan-data-dir")
+    return _option(argv, names, luigi.configuration.get_config().get("HospitalsDaily", "data_dir", "data"))
+
+
+def data_dir_message(argv: list[str]) -> str | None:
+    """A URL other than s3://, or object storage without a run log."""
+    problem = data_dir_problem(data_dir(argv), runlog_url(argv))
     return f"pipeline: {problem}" if problem else None
+
+
+def storage_message(argv: list[str]) -> str | None:
+    """The bucket, if the data folder is one: it exists and the credentials may use it."""
+    scratch = _option(
+        argv, ("--storage-scratch-dir",), luigi.configuration.get_config().get("storage", "scratch_dir", "")
+    )
+    try:
+        open_storage(normalized_data_dir(data_dir(argv)), runlog_url(argv), scratch).check()
+    except StorageError as exc:
+        return f"pipeline: {exc}"
+    return None
 
 
 def runlog_url(argv: list[str]) -> str:
     """--runlog-url as Luigi will read it, else [runlog] url."""
-    for i, arg in enumerate(argv):
-        if arg == "--runlog-url" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--runlog-url="):
-            return arg.split("=", 1)[1]
-    return luigi.configuration.get_config().get("runlog", "url", "")
+    return _option(argv, ("--runlog-url",), luigi.configuration.get_config().get("runlog", "url", ""))
 
 
 def runlog_message(argv: list[str]) -> str | None:
@@ -89,3 +108,6 @@ def check(argv: list[str] = sys.argv) -> None:
     if message := runlog_message(argv):
         print(message, file=sys.stderr, flush=True)
         sys.exit(RUNLOG_UNAVAILABLE)
+    if message := storage_message(argv):
+        print(message, file=sys.stderr, flush=True)
+        sys.exit(STORAGE_UNAVAILABLE)

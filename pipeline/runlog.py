@@ -309,6 +309,12 @@ class RunLog:
             ).fetchall()
         return {VersionKey(r[0], r[1], r[2]): (r[3], r[4] or "") for r in rows}
 
+    def done_stats(self) -> dict[str, dict]:
+        """Output path -> what the run log keeps of each finished version (the header map's facts)."""
+        with self._connect() as db:
+            rows = db.execute(f"SELECT {', '.join(STATS)} FROM versions WHERE status='done'").fetchall()
+        return {r[1]: dict(zip(STATS, r, strict=True)) for r in rows if r[1]}
+
     def last_sizes(self) -> dict[tuple[str, int | None], int]:
         """(identifier, position) -> bytes of that distribution's newest finished version."""
         with self._connect() as db:
@@ -497,9 +503,11 @@ _DONE = (
 )
 
 
+STATS = ("source_path", "output_path", "header_map_path", "source_encoding", "rows", "bytes", "sha256")
+
+
 def _done_values(version: CsvVersion, stats: dict, run_id: str | None) -> tuple:
-    fields = ("source_path", "output_path", "header_map_path", "source_encoding", "rows", "bytes", "sha256")
-    return (*(stats[f] for f in fields), version.revision, run_id, now(), *_key(version))
+    return (*(stats[f] for f in STATS), version.revision, run_id, now(), *_key(version))
 
 
 def _key(version: CsvVersion) -> tuple[str, str, str]:

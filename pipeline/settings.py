@@ -1,4 +1,4 @@
-"""The run's settings: sections [download] and [retention], one typed object, and the task parameter that
+"""The run's settings: sections [download], [retention] and [storage], one typed object, and the task parameter that
 carries them to the workers.
 
 Luigi reads a Config class where it is instantiated. A worker process started by spawning (Windows) re-reads
@@ -7,8 +7,6 @@ and handed down to every task as a hidden, insignificant parameter (a dict on th
 The defaults live in the dataclasses only; the Config classes and luigi.cfg take them from there.
 """
 
-import os
-import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -21,6 +19,7 @@ from luigi.parameter import ParameterVisibility
 
 from pipeline.http import HttpSettings
 from pipeline.runlog_engines import url as runlog_urls
+from pipeline.storage import data_dir_problem, normalized_data_dir
 
 
 @dataclass(frozen=True)
@@ -30,19 +29,25 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class StorageSettings:
+    scratch_dir: str = ""  # where downloads for object storage are made before upload; empty: the system's temp
+
+
+@dataclass(frozen=True)
 class Settings:
     download: HttpSettings
     retention: Retention
+    storage: StorageSettings = StorageSettings()
 
     @classmethod
     def from_dict(cls, data) -> "Settings":
-        return cls(HttpSettings(**data["download"]), Retention(**data["retention"]))
+        return cls(HttpSettings(**data["download"]), Retention(**data["retention"]), StorageSettings(**data["storage"]))
 
     def to_dict(self) -> dict:
-        return {"download": asdict(self.download), "retention": asdict(self.retention)}
+        return {"download": asdict(self.download), "retention": asdict(self.retention), "storage": asdict(self.storage)}
 
 
-_HTTP, _RETENTION = HttpSettings(), Retention()
+_HTTP, _RETENTION, _STORAGE = HttpSettings(), Retention(), StorageSettings()
 
 
 class download(luigi.Config):  # Luigi names the config section after the class
@@ -63,6 +68,12 @@ class download(luigi.Config):  # Luigi names the config section after the class
 class retention(luigi.Config):
     keep_versions = luigi.IntParameter(default=_RETENTION.keep_versions, description="versions kept per dataset")
     drop_source = luigi.BoolParameter(default=_RETENTION.drop_source, description="delete source.csv once normalized")
+
+
+class storage(luigi.Config):
+    scratch_dir = luigi.Parameter(
+        default=_STORAGE.scratch_dir, description="local folder for downloads to object storage; empty: system temp"
+    )
 
 
 def _configured_runlog_url() -> str:
@@ -94,11 +105,11 @@ class RunLogUrlParameter(luigi.Parameter):
 
 
 def current() -> dict:
-    d, r = download(), retention()
+    d, r, s = download(), retention(), storage()
     # Every HttpSettings field is a [download] setting, but the deadline: fixed here, once, where the run starts.
     values = {f.name: getattr(d, f.name) for f in fields(HttpSettings) if f.name != "deadline"}
     http = HttpSettings(**values, deadline=time.time() + 60 * d.run_minutes if d.run_minutes else 0.0)
-    return Settings(http, Retention(r.keep_versions, r.drop_source)).to_dict()
+    return Settings(http, Retention(r.keep_versions, r.drop_source), StorageSettings(s.scratch_dir)).to_dict()
 
 
 class SettingsParameter(luigi.DictParameter):
@@ -126,28 +137,15 @@ def default_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")[:-3]
 
 
-_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # two letters at least: C:\\data is a Windows folder
-
-
-def folder_problem(value: str) -> str | None:
-    """Why a data folder setting is not a local folder: a URL would otherwise become a folder named after its
-    scheme (s3:) inside the current one, and the run would "succeed" there."""
-    if match := _URL.match(value or ""):
-        return (
-            f"data_dir {value} is a URL ({match[1]}://), not a folder: the data folder must be a local "
-            "(or mounted) folder path"
-        )
-    return None
-
-
 class FolderParameter(luigi.Parameter):
-    """A folder, made absolute where the run starts: the paths in the run log and the reports then mean the
-    same from wherever they are read (cron and Task Scheduler start in other folders). A URL is refused."""
+    """The data folder: a local folder, made absolute where the run starts (the paths in the run log and the
+    reports then mean the same from wherever they are read; cron and Task Scheduler start in other folders),
+    or s3://bucket/prefix. Any other URL is refused, never taken as a folder named after its scheme."""
 
     def normalize(self, value):
-        if problem := folder_problem(value):
+        if problem := data_dir_problem(value, check_runlog=False):
             raise ValueError(problem)
-        return os.path.abspath(value) if value else value
+        return normalized_data_dir(value)
 
 
 class RunIdParameter(luigi.Parameter):

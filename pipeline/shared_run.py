@@ -8,21 +8,19 @@ the outcome from the run log, which every process writes: it prints the run's su
 when the run succeeded, 30 when it failed (see docs/operations.md for every code).
 """
 
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import luigi.cmdline_parser
 import luigi.retcodes
 
-from pipeline import layout
 from pipeline.close_run import SUMMARY_BY_WRAPPER
 from pipeline.report import summary_lines
 from pipeline.runlog import RunLog
 from pipeline.runlog_engines import RunLogUnavailable
 from pipeline.settings import default_run_id
+from pipeline.storage import Storage, StorageError
 
 EXIT = {"succeeded": 0, "failed": 30}
 ALREADY_RUNNING, NO_OUTCOME = 10, 30
@@ -40,18 +38,18 @@ def _with_run_id(argv: list[str]) -> tuple[list[str], str]:
     return [*argv, "--run-id", run_id], run_id
 
 
-def _runlog(args: list[str]) -> RunLog:
+def _open(args: list[str]) -> tuple[RunLog, Storage]:
     with luigi.cmdline_parser.CmdlineParser.global_instance(args) as parser:
         task = parser.get_task_obj()
-        return RunLog(layout.runlog_db(Path(task.data_dir)), task.runlog_url)
+        return task.runlog(), task.store
 
 
 def main(argv: list[str]) -> int:
     argv, run_id = _with_run_id(argv)
     args = ["--module", "pipeline", "HospitalsDaily", *argv]
     try:
-        log = _runlog(args)
-    except RunLogUnavailable as exc:
+        log, store = _open(args)
+    except (RunLogUnavailable, StorageError) as exc:
         print(f"pipeline: {exc}", file=sys.stderr, flush=True)
         return RUNLOG_UNAVAILABLE
     earlier = log.run(run_id)
@@ -77,7 +75,7 @@ def main(argv: list[str]) -> int:
         print(f"run {run_id} did not finish ({status}); the luigi command exited {luigi_code}", file=sys.stderr)
         return luigi_code or NO_OUTCOME
     if run["report_path"]:
-        report = json.loads(Path(run["report_path"]).read_text(encoding="utf-8"))
+        report = store.read_json(store.key(run["report_path"]))[0] or {}
         print("\n".join(summary_lines(report, run["report_path"])), flush=True)
     return EXIT[run["status"]]
 

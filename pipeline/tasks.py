@@ -25,7 +25,7 @@ from luigi.parameter import ParameterVisibility
 from pipeline import latest, layout
 from pipeline.catalog import Catalog, CsvVersion
 from pipeline.close_run import close_failed, close_if_complete
-from pipeline.durable import atomic_path, json_text, read_json, remove, sync_file, write_json
+from pipeline.durable import json_text, remove, temp_path
 from pipeline.errors import DatasetError, RunClosed
 from pipeline.header_rewrite import NotText, SourceScan
 from pipeline.http import DownloadError, changed_since, download
@@ -33,17 +33,17 @@ from pipeline.metastore import load_catalog
 from pipeline.normalized_file import make_normalized
 from pipeline.report import progress_line
 from pipeline.run_files import repair_closed_runs
-from pipeline.runlog import RunLog
+from pipeline.runlog import STATS, RunLog
 from pipeline.schema_drift import diff_columns, previous_version
 from pipeline.settings import FolderParameter, RunIdParameter, RunLogUrlParameter, Settings, SettingsParameter
-from pipeline.targets import folder_lock, remove_stale_temps, sweep_stale_temps
-from pipeline.version_check import VersionCheck, check_version, deep_check, hash_problem
+from pipeline.storage import Storage, StorageError, open_storage
+from pipeline.version_check import VersionCheck, check_version, deep_check, hash_problem, header_map_of
 
 logger = logging.getLogger("luigi-interface")
 
 
 class RunTask(luigi.Task):
-    data_dir = FolderParameter(default="data", description="folder for outputs, run log and reports")
+    data_dir = FolderParameter(default="data", description="folder (or s3://bucket/prefix) for outputs and reports")
     run_id = RunIdParameter(
         default="", description="names this run in the log and the report; defaults to the UTC start time"
     )
@@ -62,12 +62,17 @@ class RunTask(luigi.Task):
     def config(self) -> Settings:
         return Settings.from_dict(self.settings)
 
+    @property
+    def store(self) -> Storage:
+        return open_storage(self.data_dir, self.runlog_url, self.config.storage.scratch_dir)
+
     def runlog(self) -> RunLog:
+        self.store  # noqa: B018 - object storage without a run log stops here, before a SQLite file is made
         return RunLog(layout.runlog_db(Path(self.data_dir)), self.runlog_url)
 
     def close_run_if_complete(self) -> None:
         """Called by every task that may settle the run's last item; pipeline/close_run.py has the protocol."""
-        close_if_complete(Path(self.data_dir), self.run_id, self.config.retention.keep_versions, self.runlog_url)
+        close_if_complete(self.store, self.runlog(), self.run_id, self.config.retention.keep_versions)
 
 
 class FetchCatalog(RunTask):
@@ -83,10 +88,11 @@ class FetchCatalog(RunTask):
         return {"cms_http": 1} if self.verify else {}  # verify's conditional GETs take a download slot
 
     def output(self):
-        return luigi.LocalTarget(str(layout.catalog_snapshot(Path(self.data_dir), self.run_id)))
+        return self.store.target(layout.catalog_snapshot(self.run_id))
 
     def complete(self):
-        return read_json(Path(self.output().path))[0] is not None  # a snapshot a crash cut short is made again
+        # A snapshot a crash cut short is made again.
+        return self.store.read_json(layout.catalog_snapshot(self.run_id))[0] is not None
 
     def run(self):
         log = self.runlog()
@@ -94,12 +100,13 @@ class FetchCatalog(RunTask):
         if earlier and earlier["status"] in ("succeeded", "failed"):
             raise RunClosed(self.run_id, earlier["status"], earlier["report_path"])
         log.start_run(self.run_id, self.metastore_url, self.theme)
-        data_dir = Path(self.data_dir)
-        sweep_stale_temps(data_dir / "datasets")
+        store = self.store
+        store.sweep()
         # Files a crash may have damaged that no version task looks at: earlier runs' reports and snapshots.
-        log.add_notes(self.run_id, repair_closed_runs(data_dir, log, self.run_id, every=self.deep_check))
+        log.add_notes(self.run_id, repair_closed_runs(store, log, self.run_id, every=self.deep_check))
         catalog = load_catalog(self.metastore_url, self.theme, self.settings)
-        known, sizes = log.known_versions(), log.last_sizes()
+        known, sizes, recorded = log.known_versions(), log.last_sizes(), log.done_stats()
+        store.prefetch("datasets")  # one listing answers every version's check below
         queued, up_to_date, notes, folders = [], [], {}, set()
         for version in catalog.versions:
             revision, _ = known.get(version.key, ("", ""))
@@ -109,7 +116,9 @@ class FetchCatalog(RunTask):
             folders.add(done.folder)
             check, problems = done.inspect(deep=self.deep_check)
             if check.complete:
-                up_to_date.append((version, stored_stats(check.header_map)))
+                # Where the listing alone decided (object storage), the run log knows what the header map says.
+                stats = recorded.get(store.location(layout.normalized_csv(done.folder)))
+                up_to_date.append((version, stats or stored_stats(header_map_of(store, done.folder, check))))
             else:
                 queued.append(version)
                 if problems:  # damaged, not merely unfinished: say what, and what this run does about it
@@ -124,17 +133,16 @@ class FetchCatalog(RunTask):
         log.plan_run(self.run_id, queued, up_to_date, catalog.invalid, json_text(snapshot))
         for version, note in notes.items():
             log.note(self.run_id, version, note)
-        write_json(Path(self.output().path), snapshot)
+        store.write_json(layout.catalog_snapshot(self.run_id), snapshot)
 
-    def _deep_check_the_rest(self, in_catalog: set[Path], known, damaged_in_catalog: int) -> list[str]:
+    def _deep_check_the_rest(self, in_catalog: set[str], known, damaged_in_catalog: int) -> list[str]:
         """After the catalog's versions: latest/, and the versions no longer in the catalog; then what was found."""
-        notes, files = latest.check_hashes(Path(self.data_dir) / "latest")
+        notes, files = latest.check_hashes(self.store)
         archived = [
             folder
             for key, (revision, _) in sorted(known.items())
-            if (folder := layout.version_dir(Path(self.data_dir), key.identifier, key.modified, key.url, revision))
-            not in in_catalog
-            and folder.exists()
+            if (folder := layout.version_dir(key.identifier, key.modified, key.url, revision)) not in in_catalog
+            and self.store.sizes(folder)
         ]
         notes += self._deep_check_archive(archived)
         return [
@@ -143,26 +151,27 @@ class FetchCatalog(RunTask):
             f"{damaged_in_catalog + len(notes)} damaged",
         ]
 
-    def _deep_check_archive(self, folders: list[Path]) -> list[str]:
+    def _deep_check_archive(self, folders: list[str]) -> list[str]:
         """Versions no longer in the catalog: a damaged normalized file is made again from a whole source; what
         would need a download is left as it is, with a note."""
-        notes = []
+        notes, store = [], self.store
         for folder in folders:
-            with folder_lock(folder):
-                check = check_version(folder)
-                damaged = deep_check(folder, check) if check.complete else []
-                problems = check.problems + [hash_problem(path) for path in damaged]
+            with store.lock(folder):
+                check = check_version(store, folder)
+                damaged = deep_check(store, folder, check) if check.complete else []
+                problems = check.problems + [hash_problem(key) for key in damaged]
                 if not problems:
                     continue
                 action = "not in the catalog now: left as it is"
-                if check.header_map and check.source_whole and layout.source_csv(folder) not in damaged:
-                    remove(layout.normalized_csv(folder))
+                header_map = header_map_of(store, folder, check)
+                if header_map and check.source_whole and layout.source_csv(folder) not in damaged:
+                    store.remove(layout.normalized_csv(folder))
                     try:
-                        if make_normalized(folder).sha256 == check.header_map["sha256"]:
+                        if make_normalized(store, folder).sha256 == header_map["sha256"]:
                             action = "made again from source.csv"
                     except (ValueError, UnicodeError, OSError) as exc:
                         problems.append(f"cannot be made again ({exc})")
-            notes.append(f"{label(self.data_dir, folder)}: {'; '.join(problems)}; {action}")
+            notes.append(f"{folder}: {'; '.join(problems)}; {action}")
         return notes
 
     def _verify(self, up_to_date, known):
@@ -189,7 +198,7 @@ class FetchCatalog(RunTask):
             return str(exception)
         message = f"metastore {self.metastore_url}: {exception}"
         try:
-            close_failed(Path(self.data_dir), self.run_id, message, self.runlog_url)
+            close_failed(self.store, self.runlog(), self.run_id, message)
         except Exception:  # Luigi swallows errors here; say so loudly instead
             logger.exception("Run %s: could not record its failure in the run log", self.run_id)
         return message
@@ -242,31 +251,34 @@ class VersionTask(RunTask):
         return CsvVersion(self.identifier, "", self.modified, self.url, "", revision=self.revision)
 
     @cached_property
-    def folder(self) -> Path:
-        return layout.version_dir(Path(self.data_dir), self.identifier, self.modified, self.url, self.revision)
+    def folder(self) -> str:
+        return layout.version_dir(self.identifier, self.modified, self.url, self.revision)
 
     @property
     def folder_label(self) -> str:
-        return label(self.data_dir, self.folder)
+        return self.folder
 
     def inspect(self, deep: bool = False) -> tuple[VersionCheck, list[str]]:
         """The version's files as a crash may have left them, and what is damaged. `deep` also hashes, and
         deletes a file whose bytes differ from its recorded sha256, so the run makes it again."""
-        check = check_version(self.folder)
+        store = self.store
+        check = check_version(store, self.folder)
         if not (deep and check.complete):
             return check, check.problems
-        with folder_lock(self.folder):  # an overlapping run may be writing this version
-            check = check_version(self.folder)
-            damaged = deep_check(self.folder, check)
-            for path in damaged:
-                remove(path)
+        with store.lock(self.folder):  # an overlapping run may be writing this version
+            check = check_version(store, self.folder)
+            damaged = deep_check(store, self.folder, check)
+            for key in damaged:
+                store.remove(key)
             if not damaged:
                 return check, check.problems
-            return check_version(self.folder), [hash_problem(path) for path in damaged]
+            return check_version(store, self.folder), [hash_problem(key) for key in damaged]
 
     def failure(self, stage: str, exc: BaseException) -> DatasetError:
         """A data, network or disk problem of this version: one line naming the cause (no traceback)."""
-        if isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
+        if isinstance(exc, StorageError):  # names the bucket and key itself
+            cause = str(exc)
+        elif isinstance(exc, OSError) and not isinstance(exc, ConnectionError):
             cause = f"{exc.strerror or exc} (writing in {Path(self.data_dir).resolve()})"
         else:
             cause = str(exc)
@@ -324,38 +336,44 @@ class DownloadCsv(VersionTask):
         return {"cms_http": 1}  # a download slot: luigid's [resources] (or luigi.cfg's, locally) caps them
 
     def output(self):
-        return luigi.LocalTarget(str(layout.source_csv(self.folder)), format=luigi.format.Nop)
+        return self.store.target(layout.source_csv(self.folder))
 
     def complete(self):
-        return check_version(self.folder).source_whole  # not merely there: the size its scan recorded
+        return check_version(self.store, self.folder).source_whole  # not merely there: the size its scan recorded
 
     def run(self):
         self._luigid()
-        with folder_lock(self.folder):
+        store = self.store
+        with store.lock(self.folder):
             if self.complete():
                 return  # an overlapping run fetched it while we waited for the lock
-            scan_target = luigi.LocalTarget(str(layout.source_scan(self.folder)))
-            staged = layout.normalized_staged(self.folder)
-            remove_stale_temps(self.output(), scan_target)
-            # An earlier attempt's scan and staged copy: the scan goes first, since it vouches for the copy.
-            Path(scan_target.path).unlink(missing_ok=True)
+            store.remove(layout.source_scan(self.folder))  # an earlier attempt's: it vouches for source and copy
             try:
-                with atomic_path(Path(self.output().path)) as temp:
-                    # The normalized copy is written while the bytes arrive, so Normalize does not copy the file
-                    # again afterwards (for the biggest file, that copy was the run's last half second).
-                    with open(staged, "wb") as out:
-                        scan = SourceScan(out)
-                        fetched = download(self.url, temp, self.config.download, self._progress, scan)
-                    if scan.result():
-                        sync_file(staged)  # on disk before the scan that vouches for it
-                    else:
-                        staged.unlink()  # Normalize rewrites this file from the source
-                    write_json(Path(scan_target.path), scan.record())
+                with store.workdir(self.folder) as work:
+                    fetched = self._fetch(store, work)
             except (DownloadError, NotText, OSError) as exc:  # anything else is a bug: keep its traceback
-                staged.unlink(missing_ok=True)
+                store.remove(layout.normalized_staged(self.folder))
                 raise self.failure(f"download of {self.url} failed", exc) from exc
         self._report(fetched.bytes, fetched.bytes)
         self.runlog().record_download(self.version, fetched.last_modified)
+
+    def _fetch(self, store: Storage, work: Path):
+        """The source and, written while the bytes arrive, the normalized copy (so Normalize does not copy the
+        file again afterwards); put in place copy first, then the scan that vouches for both, then the source."""
+        source, staged = temp_path(work / "source.csv"), work / layout.NORMALIZED_STAGED
+        try:
+            with open(staged, "wb") as out:
+                scan = SourceScan(out)
+                fetched = download(self.url, source, self.config.download, self._progress, scan)
+            if scan.result():
+                store.put_file(staged, layout.normalized_staged(self.folder))
+            else:
+                staged.unlink()  # Normalize rewrites this file from the source
+            store.write_json(layout.source_scan(self.folder), scan.record())
+            store.put_file(source, layout.source_csv(self.folder))
+        finally:
+            remove(source)
+        return fetched
 
     _last_report = 0.0
 
@@ -379,20 +397,21 @@ class NormalizeCsv(VersionTask):
 
     def output(self):
         return {
-            "csv": luigi.LocalTarget(str(layout.normalized_csv(self.folder)), format=luigi.format.Nop),
-            "header_map": luigi.LocalTarget(str(layout.header_map(self.folder))),
+            "csv": self.store.target(layout.normalized_csv(self.folder)),
+            "header_map": self.store.target(layout.header_map(self.folder)),
         }
 
     def complete(self):
-        return check_version(self.folder).complete  # parsed and sized as recorded, not merely there
+        return check_version(self.store, self.folder).complete  # parsed and sized as recorded, not merely there
 
     def run(self):
         self._luigid()
-        with folder_lock(self.folder):
-            check = check_version(self.folder)
+        store = self.store
+        with store.lock(self.folder):
+            check = check_version(store, self.folder)
             if check.complete:  # an overlapping run normalized it, or only its source needed downloading again
-                layout.normalized_staged(self.folder).unlink(missing_ok=True)  # a copy of what is already here
-                stats = stored_stats(check.header_map)
+                store.remove(layout.normalized_staged(self.folder))  # a copy of what is already here
+                stats = stored_stats(header_map_of(store, self.folder, check))
                 self.runlog().record_done(self.run_id, self.version, stats, outcome="up_to_date")
             else:
                 self._normalize()
@@ -401,7 +420,7 @@ class NormalizeCsv(VersionTask):
     def _previous(self) -> tuple[tuple[str, str] | None, list[str] | None]:
         """The (modified, url) and normalized columns of the version this one replaces, if any."""
         position, siblings, candidates = self.runlog().drift_context(self.run_id, self.version)
-        header_maps = {c["header_map_path"]: read_json(Path(c["header_map_path"]))[0] for c in candidates}
+        header_maps = {c["header_map_path"]: self._read_header_map(c["header_map_path"]) for c in candidates}
         readable = [c for c in candidates if header_maps[c["header_map_path"]]]  # a damaged one is left out
         previous = previous_version(self.url, position, siblings, readable)
         if not previous:
@@ -409,25 +428,31 @@ class NormalizeCsv(VersionTask):
         columns = header_maps[previous["header_map_path"]]["columns"]  # type: ignore[index]
         return (previous["modified"], previous["download_url"]), [c["normalized"] for c in columns]
 
+    def _read_header_map(self, location: str) -> dict | None:
+        try:
+            return self.store.read_json(self.store.key(location))[0]
+        except ValueError:  # written under another data folder: not comparable
+            return None
+
     def _normalize(self) -> None:
-        outputs = self.output()
+        store, folder = self.store, self.folder
+        normalized, header_map = layout.normalized_csv(folder), layout.header_map(folder)
         # The outputs appear together: whatever is here now was left by a killed attempt, and is rebuilt.
-        for target in outputs.values():
-            remove_stale_temps(target)
-            remove(Path(target.path))
+        store.remove(normalized)
+        store.remove(header_map)
         previous, old_columns = self._previous()  # the slow, fallible reads come before the first write
         drop_source = self.config.retention.drop_source
-        source, scan_path = Path(self.input().path), layout.source_scan(self.folder)
+        source, scan = layout.source_csv(folder), layout.source_scan(folder)
         try:
-            result = make_normalized(self.folder)
+            result = make_normalized(store, folder)
             stats = {
                 "identifier": self.identifier,
                 "modified": self.modified,
                 "download_url": self.url,
-                "source_path": None if drop_source else str(source),
-                "output_path": outputs["csv"].path,
-                "header_map_path": outputs["header_map"].path,
-                "source_bytes": source.stat().st_size,
+                "source_path": None if drop_source else store.location(source),
+                "output_path": store.location(normalized),
+                "header_map_path": store.location(header_map),
+                "source_bytes": store.size(source),
                 "source_encoding": result.encoding,
                 "line_ending": result.line_ending,
                 "rows": result.rows,
@@ -435,14 +460,14 @@ class NormalizeCsv(VersionTask):
                 "sha256": result.sha256,
                 "columns": result.header_map(),
             }
-            write_json(Path(outputs["header_map"].path), stats)
+            store.write_json(header_map, stats)
         except (ValueError, UnicodeError) as exc:  # HeaderError, NotText, a changed download
             raise self.failure("cannot normalize the download", exc) from exc
         except OSError as exc:
             raise self.failure("cannot write the normalized file", exc) from exc
         if drop_source:
-            remove(source)
-            remove(scan_path)
+            store.remove(source)
+            store.remove(scan)
         if self.set_status_message:
             self.set_status_message(f"{result.rows:,} rows")
             self.set_progress_percentage(100)
@@ -471,18 +496,21 @@ class HospitalsDaily(RunTask):
         return self.clone(FetchCatalog)
 
     def output(self):
-        return luigi.LocalTarget(str(layout.report(Path(self.data_dir), self.run_id)))
+        return self.store.target(layout.report(self.run_id))
 
     def complete(self):
-        return _report_status(Path(self.output().path)) == "succeeded"
+        return _report_status(self.store, self.run_id) == "succeeded"
 
     def run(self):
         # Side-effect free up to the yield: Luigi runs this method again from the top once the children are done.
-        status = _report_status(Path(self.output().path))
+        store = self.store
+        status = _report_status(store, self.run_id)
         if status == "failed":  # a run that failed is not run again (one that succeeded is complete)
-            raise RunClosed(self.run_id, status, self.output().path)
-        with self.input().open("r") as snapshot:
-            catalog = Catalog.from_json(json.load(snapshot))
+            raise RunClosed(self.run_id, status, store.location(layout.report(self.run_id)))
+        snapshot, problem = store.read_json(layout.catalog_snapshot(self.run_id))
+        if snapshot is None:
+            raise OSError(f"{store.location(layout.catalog_snapshot(self.run_id))}: {problem or 'is missing'}")
+        catalog = Catalog.from_json(snapshot)
         children = [
             NormalizeCsv.for_version(self, version, wrapper_task_id=self.task_id) for version in catalog.versions
         ]
@@ -490,23 +518,18 @@ class HospitalsDaily(RunTask):
             message, percent = progress_line(*self.runlog().progress(self.run_id))
             self.set_status_message(message)
             self.set_progress_percentage(percent)
+        store.prefetch("datasets")  # Luigi checks every child's complete() here, in this process: one listing
         yield children
         self.runlog().settle_queued(self.run_id)
         self.close_run_if_complete()
 
 
-def _report_status(path: Path) -> str | None:
-    report, _ = read_json(path)  # one a crash cut short counts as none: the run is closed again
+def _report_status(store: Storage, run_id: str) -> str | None:
+    report, _ = store.read_json(layout.report(run_id))  # one a crash cut short counts as none: closed again
     return report.get("status") if report else None
-
-
-def label(data_dir: str, folder: Path) -> str:
-    """A version folder as a NOTE names it: relative to the data folder."""
-    return folder.relative_to(Path(data_dir)).as_posix()
 
 
 def stored_stats(header_map: dict | None) -> dict:
     """What the run log keeps about a finished version, from its header map."""
     assert header_map is not None
-    keys = ("source_path", "output_path", "header_map_path", "source_encoding", "rows", "bytes", "sha256")
-    return {key: header_map[key] for key in keys}
+    return {key: header_map[key] for key in STATS}

@@ -1,28 +1,30 @@
-"""Whether a version folder holds a finished version, checked as a crash can leave it: a file renamed into place
-before its data reached the disk is zero-length or cut short under its final name. The cheap check (every run)
-stats and parses; the deep check (on demand) also hashes. Neither writes anything."""
+"""Whether a version folder holds a finished version, checked as a crash can leave it: a local file renamed into
+place before its data reached the disk is zero-length or cut short under its final name. The cheap check (every
+run) lists, stats and parses; the deep check (on demand) also hashes. Neither writes anything.
+
+In object storage a key is visible only whole, so there a version whose four files are all listed is finished
+without reading any of them: a no-op day costs a listing, not two reads per version."""
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import PurePosixPath
 
 from pipeline import layout
-from pipeline.durable import read_json
 from pipeline.header_rewrite import CHUNK, rewrite_csv
+from pipeline.storage import Storage
+
+FILES = ("header_map.json", "normalized.csv", "source.csv", "source.scan.json")
 
 
 @dataclass
 class VersionCheck:
-    header_map: dict | None = None  # as parsed, when it parses
+    header_map: dict | None = None  # as parsed, when it parses (not read where the listing alone decides)
     scan: dict | None = None
     problems: list[str] = field(default_factory=list)  # what is damaged, one phrase per file, for a NOTE
     source_whole: bool = False
     normalized_whole: bool = False
     scan_ok: bool = True  # absent (older downloads of non-UTF-8 files) or parsed, matching the source
-
-    @property
-    def source_dropped(self) -> bool:
-        return self.header_map is not None and self.header_map.get("source_path") is None
+    source_dropped: bool = False  # [retention] drop_source deleted it once the version was finished
 
     @property
     def complete(self) -> bool:
@@ -34,43 +36,48 @@ class VersionCheck:
         return "made again from source.csv" if self.source_whole else "downloaded again"
 
 
-def file_size(path: Path) -> int | None:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return None
-
-
-def _sizes_problem(path: Path, size: int | None, recorder: str, recorded: int) -> str | None:
+def _sizes_problem(name: str, size: int | None, recorder: str, recorded: int) -> str | None:
     if size is None:
-        return f"{path.name} is missing"
+        return f"{name} is missing"
     if size != recorded:
-        return f"{path.name} has {size:,} bytes, {recorder} says {recorded:,}"
+        return f"{name} has {size:,} bytes, {recorder} says {recorded:,}"
     return None
 
 
-def check_version(folder: Path) -> VersionCheck:
-    """Stat and parse only: a version is finished when its header map parses, its normalized file has the
-    recorded size, and its source (unless dropped) has the size its scan or header map recorded."""
-    check = VersionCheck()
-    check.header_map, problem = read_json(layout.header_map(folder))
-    if problem or (check.header_map is not None and not {"bytes", "sha256"} <= check.header_map.keys()):
-        check.header_map = None
-        check.problems.append(f"header_map.json {problem or 'lacks the sizes'}")
-    check.scan, problem = read_json(layout.source_scan(folder))
-    if problem or (check.scan is not None and "source_bytes" not in check.scan):
-        check.scan, check.scan_ok = None, False
-        check.problems.append(f"source.scan.json {problem or 'lacks the source size'}")
+def check_version(store: Storage, folder: str) -> VersionCheck:
+    """A version is finished when its header map parses, its normalized file has the recorded size, and its
+    source (unless dropped) has the size its scan or header map recorded. An answer from a cached listing that
+    says "not finished" is asked again of the store: another process may have finished it since."""
+    check = _check(store, folder, store.sizes(folder))
+    if not check.complete:
+        check = _check(store, folder, store.sizes(folder, fresh=True))
+    return check
 
-    source = layout.source_csv(folder)
-    source_size, recorded = file_size(source), None
+
+def _check(store: Storage, folder: str, sizes: dict[str, int]) -> VersionCheck:
+    if store.whole_when_visible and all(name in sizes for name in FILES):
+        return VersionCheck(source_whole=True, normalized_whole=True)
+    check = VersionCheck()
+    if "header_map.json" in sizes:
+        check.header_map, problem = store.read_json(layout.header_map(folder))
+        if problem or (check.header_map is not None and not {"bytes", "sha256"} <= check.header_map.keys()):
+            check.header_map = None
+            check.problems.append(f"header_map.json {problem or 'lacks the sizes'}")
+    check.source_dropped = check.header_map is not None and check.header_map.get("source_path") is None
+    if "source.scan.json" in sizes:
+        check.scan, problem = store.read_json(layout.source_scan(folder))
+        if problem or (check.scan is not None and "source_bytes" not in check.scan):
+            check.scan, check.scan_ok = None, False
+            check.problems.append(f"source.scan.json {problem or 'lacks the source size'}")
+
+    source_size, recorded = sizes.get("source.csv"), None
     if check.scan is not None:
         recorded, recorder = check.scan["source_bytes"], "source.scan.json"
     elif check.header_map is not None and "source_bytes" in check.header_map:
         recorded, recorder = check.header_map["source_bytes"], "header_map.json"
     if recorded is None:
         check.source_whole = source_size is not None  # written by an earlier release that recorded no size
-    elif problem := _sizes_problem(source, source_size, recorder, recorded):
+    elif problem := _sizes_problem("source.csv", source_size, recorder, recorded):
         if check.header_map is not None and not check.source_dropped:  # only a finished version's is damaged
             check.problems.append(problem)
         check.scan_ok = check.scan is None and check.scan_ok  # a scan of other bytes vouches for nothing
@@ -78,12 +85,19 @@ def check_version(folder: Path) -> VersionCheck:
         check.source_whole = True
 
     if check.header_map is not None:
-        normalized = layout.normalized_csv(folder)
-        problem = _sizes_problem(normalized, file_size(normalized), "header_map.json", check.header_map["bytes"])
+        recorded = check.header_map["bytes"]
+        problem = _sizes_problem("normalized.csv", sizes.get("normalized.csv"), "header_map.json", recorded)
         check.normalized_whole = problem is None
         if problem:
             check.problems.append(problem)
     return check
+
+
+def header_map_of(store: Storage, folder: str, check: VersionCheck) -> dict | None:
+    """The header map of a finished version: as the check parsed it, or read now where the listing decided."""
+    if check.header_map is None and check.complete:
+        check.header_map = store.read_json(layout.header_map(folder))[0]
+    return check.header_map
 
 
 class _HashOnly:
@@ -99,26 +113,27 @@ class _HashOnly:
         return 0
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(store: Storage, key: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
+    with store.open_read(key) as file:
         while chunk := file.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def deep_check(folder: Path, check: VersionCheck) -> list[Path]:
+def deep_check(store: Storage, folder: str, check: VersionCheck) -> list[str]:
     """Hash what the cheap check found whole against the header map's sha256: the normalized file, and the
-    source by the normalized file it gives. Returns the files that differ."""
-    if check.header_map is None:
+    source by the normalized file it gives. Returns the keys of the files that differ."""
+    header_map = header_map_of(store, folder, check)
+    if header_map is None:
         return []
-    expected, damaged = check.header_map["sha256"], []
+    expected, damaged = header_map["sha256"], []
     normalized = layout.normalized_csv(folder)
-    if check.normalized_whole and file_sha256(normalized) != expected:
+    if check.normalized_whole and file_sha256(store, normalized) != expected:
         damaged.append(normalized)
     source = layout.source_csv(folder)
-    if check.source_whole and not check.source_dropped and source.exists():
-        with open(source, "rb") as src:
+    if check.source_whole and header_map.get("source_path") is not None and store.size(source) is not None:
+        with store.local_copy(source) as path, open(path, "rb") as src:  # the rewrite seeks: a local file
             try:
                 matches = rewrite_csv(src, _HashOnly()).sha256 == expected  # type: ignore[arg-type]
             except ValueError:  # no longer a text CSV at all
@@ -128,5 +143,5 @@ def deep_check(folder: Path, check: VersionCheck) -> list[Path]:
     return damaged
 
 
-def hash_problem(path: Path) -> str:
-    return f"{path.name} does not match header_map.json's sha256"
+def hash_problem(key: str) -> str:
+    return f"{PurePosixPath(key).name} does not match header_map.json's sha256"

@@ -334,7 +334,7 @@ def test_an_assistant_worker_on_a_second_host_shares_the_downloads(tmp_path):
 def test_two_overlapping_runs_with_different_run_ids_both_succeed(tmp_path):
     """Two hosts' cron jobs (or two differently worded commands, which the per-host pid lock does not stop) with
     their own run ids share no task, run_id being a parameter of every task: they fetch the same versions at
-    the same time into one data folder. Without the version folder lock (pipeline/targets.py folder_lock), one
+    the same time into one data folder. Without the version folder lock (pipeline/storage/, Storage.lock), one
     run deleted the other's download in progress as a stale temp file (FileNotFoundError at the rename) or lost
     the rename race (luigi FileAlreadyExists), and its datasets failed."""
     with (

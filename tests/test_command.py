@@ -76,26 +76,43 @@ def test_a_dead_central_scheduler_is_one_line_and_exit_40(site, tmp_path):
     assert site.server.count() == 0
 
 
-@pytest.mark.parametrize("where", ["--data-dir", "--HospitalsDaily-data-dir=", "luigi.cfg"])
-def test_a_url_for_the_data_folder_is_refused_in_one_line_not_taken_as_a_folder(site, tmp_path, where):
+URL_REFUSALS = {
+    "gs://cms/hospitals": "pipeline: data_dir gs://cms/hospitals is a URL (gs://) the job cannot write to: give a "
+    "local (or mounted) folder path, or s3://bucket/prefix for S3-compatible object storage",
+    "s3://cms/hospitals": "pipeline: data_dir s3://cms/hospitals is in object storage, where the run log cannot "
+    "live: give it with --runlog-url (or [runlog] url): postgresql://... for several machines, "
+    "sqlite:///path/runlog.sqlite for one",
+    "s3://C/x": "pipeline: data_dir s3://C/x does not name a bucket: write it as s3://bucket/prefix",
+}
+
+
+@pytest.mark.parametrize(
+    "where, url",
+    [
+        ("--data-dir", "s3://cms/hospitals"),
+        ("--HospitalsDaily-data-dir=", "s3://cms/hospitals"),
+        ("luigi.cfg", "s3://cms/hospitals"),
+        ("--data-dir", "gs://cms/hospitals"),
+        ("luigi.cfg", "gs://cms/hospitals"),
+        ("--data-dir", "s3://C/x"),
+    ],
+)
+def test_a_data_folder_url_that_cannot_be_used_is_refused_in_one_line_not_taken_as_a_folder(site, tmp_path, where, url):
     write_project_cfg(site, tmp_path)
     site.dataset("48nr-hqxx", "2025-04-08", {"OAS.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(5, 5))})
     if where == "luigi.cfg":
         cfg = tmp_path / "luigi.cfg"
-        cfg.write_text(cfg.read_text(encoding="utf-8").replace("data_dir = data", "data_dir = s3://cms/hospitals"))
+        cfg.write_text(cfg.read_text(encoding="utf-8").replace("data_dir = data", f"data_dir = {url}"))
         extra: tuple[str, ...] = ()
     else:
-        extra = (f"{where}s3://cms/hospitals",) if where.endswith("=") else (where, "s3://cms/hospitals")
+        extra = (f"{where}{url}",) if where.endswith("=") else (where, url)
     result = run_command(tmp_path, *extra)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "pipeline: data_dir s3://cms/hospitals is a URL (s3://), not a folder: the data folder must be a local "
-        "(or mounted) folder path"
-    ]
+    assert result.stderr.strip().splitlines() == [URL_REFUSALS[url]]
     assert site.server.count() == 0
     assert [p.name for p in tmp_path.iterdir()] == ["luigi.cfg"]  # no folder named s3:, no data
 
 
 def test_a_url_for_the_data_folder_is_refused_through_the_python_api_too(site, tmp_path):
-    with pytest.raises(ValueError, match=r"data_dir gs://b/p is a URL \(gs://\), not a folder"):
+    with pytest.raises(ValueError, match=r"data_dir gs://b/p is a URL \(gs://\) the job cannot write to"):
         HospitalsDaily(data_dir="gs://b/p", metastore_url=site.metastore_url)

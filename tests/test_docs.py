@@ -308,6 +308,8 @@ def test_the_run_log_tables_and_columns_are_the_schema(tmp_path):
 def test_every_module_is_listed_once():
     listed = re.findall(r"^- `([\w.]+\.py)`:", block("modules").text, flags=re.MULTILINE)
     assert sorted(listed) == sorted(p.name for p in (ROOT / "pipeline").glob("*.py"))
+    packages = re.findall(r"^- `(\w+)/`:", block("modules").text, flags=re.MULTILINE)
+    assert sorted(packages) == sorted(p.parent.name for p in (ROOT / "pipeline").glob("*/__init__.py"))
 
 
 @covers("task-identity")
@@ -489,7 +491,7 @@ def check_files_against_examples(data: Path) -> None:
     real_map = json.loads(next(data.glob(f"datasets/{doc_map['identifier']}/*/header_map.json")).read_text())
     keys_of(doc_map, real_map, "header_map.json")
     data_dir = Path("/opt/cms-hospitals/data")  # the job writes absolute paths: the README's project folder
-    folder = layout.version_dir(data_dir, doc_map["identifier"], doc_map["modified"], doc_map["download_url"])
+    folder = data_dir / layout.version_dir(doc_map["identifier"], doc_map["modified"], doc_map["download_url"])
     assert doc_map["header_map_path"] == str(folder / "header_map.json")
     assert doc_map["output_path"] == str(folder / "normalized.csv")
     for column in doc_map["columns"]:

@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import pytest
 
 from pipeline import layout
@@ -35,7 +33,7 @@ def test_hostile_identifiers_stay_one_safe_folder(hostile, tmp_path):
     assert name and len(name) <= layout.MAX_COMPONENT + 9
     assert set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789_-")
     assert name.split(".")[0] not in {"con", "nul", "com1", "lpt9"} and not name.startswith(".")
-    folder = layout.version_dir(tmp_path, hostile, "2025-01-01", "http://x/a.csv")
+    folder = tmp_path / layout.version_dir(hostile, "2025-01-01", "http://x/a.csv")
     assert folder.resolve().parent.parent == (tmp_path / "datasets").resolve()
     assert len(str(folder.relative_to(tmp_path))) < 120
 
@@ -45,7 +43,7 @@ def test_names_that_differ_only_in_case_or_punctuation_do_not_collide():
 
 
 def test_version_folder_is_keyed_by_modified_and_url():
-    base = layout.version_dir(Path("d"), "48nr-hqxx", "2025-04-08", "http://h/r/aa_1/F.csv")
-    assert base == Path("d/datasets/48nr-hqxx") / f"2025-04-08-{layout.fingerprint('http://h/r/aa_1/F.csv')}"
-    assert layout.version_dir(Path("d"), "48nr-hqxx", "2025-04-08", "http://h/r/aa_2/F.csv") != base
-    assert layout.version_dir(Path("d"), "48nr-hqxx", "2025-04-09", "http://h/r/aa_1/F.csv") != base
+    base = layout.version_dir("48nr-hqxx", "2025-04-08", "http://h/r/aa_1/F.csv")
+    assert base == f"datasets/48nr-hqxx/2025-04-08-{layout.fingerprint('http://h/r/aa_1/F.csv')}"
+    assert layout.version_dir("48nr-hqxx", "2025-04-08", "http://h/r/aa_2/F.csv") != base
+    assert layout.version_dir("48nr-hqxx", "2025-04-09", "http://h/r/aa_1/F.csv") != base

@@ -132,11 +132,8 @@ class PostgresEngine:
         cause = " ".join(str(exc).split()) or type(exc).__name__
         return RunLogUnavailable(f"run log {urls.where(self.url)}: {doing}: {urls.redact(cause, self.url)}")
 
-    def _connect(self) -> _Connection:
+    def _open(self):
         psycopg2 = _driver()
-        self._key = (os.getpid(), self.url)
-        if (conn := _CONNECTIONS.get(self._key)) is not None and not conn.closed:
-            return conn
         options: dict[str, Any] = {}
         if "connect_timeout" not in psycopg2.extensions.parse_dsn(self.url):
             options["connect_timeout"] = CONNECT_TIMEOUT
@@ -147,7 +144,13 @@ class PostgresEngine:
         except psycopg2.Error as exc:
             raise self._fail(exc, "cannot connect") from None
         raw.autocommit = True  # BEGIN and COMMIT are sent as the SQLite engine sends them
-        conn = _Connection(raw)
+        return raw
+
+    def _connect(self) -> _Connection:
+        self._key = (os.getpid(), self.url)
+        if (conn := _CONNECTIONS.get(self._key)) is not None and not conn.closed:
+            return conn
+        conn = _Connection(self._open())
         _CONNECTIONS[self._key] = conn
         return conn
 
@@ -202,6 +205,21 @@ class PostgresEngine:
     def transaction(self) -> Iterator[_Connection]:
         with self._session(("BEGIN", f"SELECT pg_advisory_xact_lock({LOCK_KEY})")) as db:
             yield db
+
+    @contextmanager
+    def session_lock(self, key: int, wait: bool = True) -> Iterator[bool]:
+        """An advisory lock every machine that reaches this database shares (the data folder's locks when the
+        data is in object storage), on a connection of its own: PostgreSQL drops it when the holder's connection
+        ends, however its process died. Yields False at once if another holder has it and wait is False."""
+        raw = self._open()
+        try:
+            with raw.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_lock(%s)" if wait else "SELECT pg_try_advisory_lock(%s)", (key,))
+                held = cursor.fetchone()[0] is not False
+            yield held
+        finally:
+            with suppress(Exception):
+                raw.close()
 
     @contextmanager
     def read_only(self) -> Iterator[_Connection | None]:
