@@ -68,3 +68,35 @@ def runlog_engine(request, luigi_setting, tmp_path):
     luigi_setting("runlog", "url", url)
     yield url
     assert not list(tmp_path.rglob("runlog.sqlite")), "a run on PostgreSQL wrote a SQLite run log"
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """An S3 server (SeaweedFS) for the session, started on first use (tests/s3_support.py)."""
+    from tests.s3_support import start_s3
+
+    server = start_s3()
+    yield server
+    server.remove()
+
+
+@pytest.fixture(params=["local", "s3"])
+def data(request, tmp_path, luigi_setting, monkeypatch):
+    """Runs the test once per storage: the data folder is `tmp_path` itself, or a prefix in a fresh bucket
+    of the session's S3 server (its keys in this process's environment, which workers inherit; the run log
+    as the test's run-log engine has it, else a SQLite file beside; scratch in tmp_path/scratch, which the
+    test can check is left empty). Gives a tests/stored_data.py reader of it."""
+    from tests.stored_data import BucketData, LocalData
+
+    if "runlog_engine" in request.fixturenames:
+        request.getfixturevalue("runlog_engine")
+    if request.param == "local":
+        yield LocalData(tmp_path)
+        return
+    server = request.getfixturevalue("s3")
+    for key, value in server.env().items():
+        monkeypatch.setenv(key, value)
+    if not luigi.configuration.get_config().get("runlog", "url", ""):
+        luigi_setting("runlog", "url", f"sqlite:///{tmp_path / 'runlog.sqlite'}")
+    luigi_setting("storage", "scratch_dir", str(tmp_path / "scratch"))
+    yield BucketData(server.client(), server.new_bucket(), "hospitals")

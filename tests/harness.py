@@ -10,7 +10,7 @@ from pathlib import Path
 import luigi
 import luigi.configuration
 
-from pipeline import HospitalsDaily
+from pipeline import HospitalsDaily, layout
 from pipeline.runlog_engines import engine_for
 from tests.fixtures import item, resource_path
 from tests.loopback_server import LoopbackServer
@@ -63,13 +63,12 @@ class Site:
         self.server.add(CATALOG_PATH, body, content_type="application/json")
 
 
-def run_daily(site: Site, data_dir: Path, workers: int = 2, **params) -> tuple[bool, dict | None]:
+def run_daily(site: Site, data_dir: Path | str, workers: int = 2, **params) -> tuple[bool, dict | None]:
     """One HospitalsDaily run through luigi.build; returns (success, run report or None)."""
     run_id = params.pop("run_id", uuid.uuid4().hex[:12])
     task = HospitalsDaily(data_dir=str(data_dir), run_id=run_id, metastore_url=site.metastore_url, **params)
     ok = luigi.build([task], local_scheduler=True, workers=workers, log_level="WARNING")
-    report_path = Path(task.output().path)
-    return ok, json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else None
+    return ok, task.store.read_json(layout.report(run_id))[0]
 
 
 def query(data_dir: Path, sql: str, *args) -> list[tuple]:

@@ -13,7 +13,8 @@ import pytest
 from tests.fixtures import HEADER_IPF, HEADER_OAS_CAHPS, HEADER_UNQUOTED_LF, HEADER_WITH_COMMA, csv_bytes, quoted_rows
 from tests.harness import CATALOG_PATH, Site, by_identifier, query, run_daily
 
-# Every test runs once per run-log engine: SQLite, and PostgreSQL (tests/conftest.py: runlog_engine).
+# Every test runs once per run-log engine: SQLite, and PostgreSQL (tests/conftest.py: runlog_engine); those
+# taking `data`, once per storage as well: a local folder and an S3 bucket.
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("runlog_engine")]
 
 
@@ -42,10 +43,10 @@ def small_site(site: Site) -> dict[str, bytes]:
     return files
 
 
-def test_first_run_fetches_every_hospitals_csv_once_and_nothing_else(site, server, tmp_path):
+def test_first_run_fetches_every_hospitals_csv_once_and_nothing_else(site, server, tmp_path, data):
     files = small_site(site)
     server.clear()
-    ok, report = run_daily(site, tmp_path)
+    ok, report = run_daily(site, data.dir)
     assert ok
     csv_requests = [p for p in server.paths() if p != CATALOG_PATH]
     assert server.count(CATALOG_PATH) == 1
@@ -66,29 +67,29 @@ def test_first_run_fetches_every_hospitals_csv_once_and_nothing_else(site, serve
     assert len(entries["ipf1-2345"]) == 2  # both CSV distributions of one dataset land
 
     oas = entries["48nr-hqxx"][0]
-    out = Path(oas["paths"]["normalized"]).read_bytes()
+    out = data.read(oas["paths"]["normalized"])
     assert out.startswith(
         b'"facility_id","facility_name","city_town",'
         b'"patients_rating_of_the_facility_linear_mean_score","number_of_sampled_patients"\r\n'
     )
     assert sha(data_after_header(out)) == sha(data_after_header(files["oas"]))
-    assert Path(oas["paths"]["source"]).read_bytes() == files["oas"]
+    assert data.read(oas["paths"]["source"]) == files["oas"]
     assert oas["rows"] == 30 and oas["sha256"] == sha(out)
-    assert (Path(oas["paths"]["source"]).parent / "source.scan.json").exists()  # normalized by kernel copy
+    assert data.exists(oas["paths"]["source"].replace("source.csv", "source.scan.json"))  # normalized by kernel copy
 
-    lf = Path(entries["hbf-map"][0]["paths"]["normalized"]).read_bytes()
+    lf = data.read(entries["hbf-map"][0]["paths"]["normalized"])
     assert lf.split(b"\n")[0] == b"name,addr,city,state,zip,lat,lon" and b"\r" not in lf
     assert data_after_header(lf) == data_after_header(files["lf"])
 
-    comma = Path(entries["x663-bwbj"][0]["paths"]["normalized"]).read_text(encoding="utf-8")
+    comma = data.read(entries["x663-bwbj"][0]["paths"]["normalized"]).decode("utf-8")
     assert next(csv.reader(io.StringIO(comma)))[3] == "footnote_if_any"
 
-    ipf = {Path(e["paths"]["normalized"]).read_bytes().split(b"\r\n")[0] for e in entries["ipf1-2345"]}
+    ipf = {data.read(e["paths"]["normalized"]).split(b"\r\n")[0] for e in entries["ipf1-2345"]}
     assert ipf == {b'"facility_id","n_readm_30_ipf_number_ipfs_better","faph_30_percent","rate_percent"'}
     for entry in entries["ipf1-2345"]:
-        assert not Path(entry["paths"]["normalized"]).read_bytes().startswith(b"\xef\xbb\xbf")
+        assert not data.read(entry["paths"]["normalized"]).startswith(b"\xef\xbb\xbf")
 
-    header_map = json.loads(Path(oas["paths"]["header_map"]).read_text(encoding="utf-8"))
+    header_map = json.loads(data.read(oas["paths"]["header_map"]))
     assert header_map["columns"][3] == {
         "position": 4,
         "original": "Patients' rating of the facility linear mean score",
@@ -104,14 +105,19 @@ def test_first_run_fetches_every_hospitals_csv_once_and_nothing_else(site, serve
         ("x663-bwbj", "done", 4),
     ]
     assert query(tmp_path, "SELECT status, discovered, downloaded, failed FROM runs") == [("succeeded", 5, 5, 0)]
-    assert not list(tmp_path.rglob("*-luigi-tmp-*"))
+    assert not [key for key in data.listing() if "-luigi-tmp-" in key or key.endswith(".staged")]
+    assert not list(tmp_path.glob("scratch/*/*"))  # object storage's downloads are made there, then deleted
+    latest = json.loads(data.read("latest/latest.json"))  # each file in latest/ is its version's bytes
+    assert sorted(sha(data.read(f"latest/{item['path']}")) for item in latest["datasets"]) == sorted(
+        entry["sha256"] for group in entries.values() for entry in group
+    )
 
 
-def test_second_run_makes_no_file_request(site, server, tmp_path):
+def test_second_run_makes_no_file_request(site, server, tmp_path, data):
     small_site(site)
-    assert run_daily(site, tmp_path)[0]
+    assert run_daily(site, data.dir)[0]
     server.clear()
-    ok, report = run_daily(site, tmp_path)
+    ok, report = run_daily(site, data.dir)
     assert ok and server.paths() == [CATALOG_PATH]
     assert report["counts"]["up_to_date"] == 5 and report["counts"]["downloaded"] == 0
     assert query(tmp_path, "SELECT count(*), count(DISTINCT status) FROM runs") == [(2, 1)]
@@ -125,28 +131,29 @@ def test_second_run_makes_no_file_request(site, server, tmp_path):
         ("2025-04-08", 1700000999),  # a silent re-upload: same modified, new URL
     ],
 )
-def test_each_kind_of_new_version_is_fetched_exactly_once(site, server, tmp_path, modified, upload):
+def test_each_kind_of_new_version_is_fetched_exactly_once(site, server, data, modified, upload):
     small_site(site)
-    assert run_daily(site, tmp_path)[0]
+    assert run_daily(site, data.dir)[0]
     new_file = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(12, 5, "new"))
     [new_path] = site.dataset("48nr-hqxx", modified, {"OAS.csv": new_file}, upload=upload)
     server.clear()
-    ok, report = run_daily(site, tmp_path)
+    ok, report = run_daily(site, data.dir)
     assert ok and server.paths() == [CATALOG_PATH, new_path]
     entry = by_identifier(report)["48nr-hqxx"][0]
     assert entry["status"] == "downloaded" and entry["rows"] == 12
-    assert data_after_header(Path(entry["paths"]["normalized"]).read_bytes()) == data_after_header(new_file)
-    assert len(list((tmp_path / "datasets" / "48nr-hqxx").iterdir())) == 2  # the old version stays
+    assert data_after_header(data.read(entry["paths"]["normalized"])) == data_after_header(new_file)
+    assert data.read("latest/48nr-hqxx.csv") == data.read(entry["paths"]["normalized"])
+    assert len(data.folders("datasets/48nr-hqxx")) == 2  # the old version stays
     server.clear()
-    assert run_daily(site, tmp_path)[0] and server.paths() == [CATALOG_PATH]
+    assert run_daily(site, data.dir)[0] and server.paths() == [CATALOG_PATH]
 
 
-def test_a_failing_dataset_fails_alone_and_only_it_is_retried(site, server, tmp_path):
+def test_a_failing_dataset_fails_alone_and_only_it_is_retried(site, server, tmp_path, data):
     small_site(site)
     [missing] = site.dataset("77hc-ibv8", "2025-04-08", {"HAI.csv": b""}, serve=False)  # 404
     [html] = site.dataset("632h-zaca", "2025-04-08", {"Visits.csv": b"<!DOCTYPE html><p>maintenance</p>"})
     server.add(html, b"<!DOCTYPE html><p>maintenance</p>", content_type="text/html")
-    ok, report = run_daily(site, tmp_path)
+    ok, report = run_daily(site, data.dir)
     assert not ok
     assert report["status"] == "failed"
     assert report["counts"] == {
@@ -160,7 +167,7 @@ def test_a_failing_dataset_fails_alone_and_only_it_is_retried(site, server, tmp_
     entries = by_identifier(report)
     assert "HTTP 404" in entries["77hc-ibv8"][0]["error"]
     assert "HTML" in entries["632h-zaca"][0]["error"]
-    assert not list(tmp_path.glob("datasets/77hc-ibv8/**/*.csv"))
+    assert not [key for key in data.listing("datasets/77hc-ibv8") if key.endswith(".csv")]
     assert query(tmp_path, "SELECT identifier, status FROM versions WHERE status<>'done' ORDER BY 1") == [
         ("632h-zaca", "failed"),
         ("77hc-ibv8", "failed"),
@@ -170,7 +177,7 @@ def test_a_failing_dataset_fails_alone_and_only_it_is_retried(site, server, tmp_
     server.add(missing, good)
     server.add(html, good)
     server.clear()
-    ok, report = run_daily(site, tmp_path)
+    ok, report = run_daily(site, data.dir)
     assert ok and sorted(server.paths()) == sorted([CATALOG_PATH, missing, html])
     assert report["counts"]["downloaded"] == 2 and report["counts"]["up_to_date"] == 5
     assert query(tmp_path, "SELECT count(*) FROM versions WHERE status='done'") == [(7,)]
