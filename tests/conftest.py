@@ -57,6 +57,17 @@ def postgres():
     server.remove()
 
 
+@pytest.fixture(scope="session")
+def s3():
+    """A SeaweedFS S3 server for the session, started on first use (tests/s3_support.py); each test takes its
+    own bucket with `s3.new_bucket()`."""
+    from tests.s3_support import start_s3
+
+    server = start_s3()
+    yield server
+    server.remove()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def runlog_engine(request, luigi_setting, tmp_path):
     """Runs the test once per run-log engine: `[runlog] url` is "" (SQLite in the data folder) or a fresh
