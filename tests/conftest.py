@@ -81,16 +81,6 @@ def runlog_engine(request, luigi_setting, tmp_path):
     assert not list(tmp_path.rglob("runlog.sqlite")), "a run on PostgreSQL wrote a SQLite run log"
 
 
-@pytest.fixture(scope="session")
-def s3():
-    """An S3 server (SeaweedFS) for the session, started on first use (tests/s3_support.py)."""
-    from tests.s3_support import start_s3
-
-    server = start_s3()
-    yield server
-    server.remove()
-
-
 @pytest.fixture(params=["local", "s3"])
 def data(request, tmp_path, luigi_setting, monkeypatch):
     """Runs the test once per storage: the data folder is `tmp_path` itself, or a prefix in a fresh bucket
@@ -108,6 +98,6 @@ def data(request, tmp_path, luigi_setting, monkeypatch):
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
     if not luigi.configuration.get_config().get("runlog", "url", ""):
-        luigi_setting("runlog", "url", f"sqlite:///{tmp_path / 'runlog.sqlite'}")
+        luigi_setting("runlog", "url", f"sqlite:///{(tmp_path / 'runlog.sqlite').as_posix().lstrip('/')}")
     luigi_setting("storage", "scratch_dir", str(tmp_path / "scratch"))
     yield BucketData(server.client(), server.new_bucket(), "hospitals")

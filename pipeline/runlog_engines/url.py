@@ -56,7 +56,7 @@ def _without_password(parts: SplitResult) -> str:
 
 def public(url: str) -> str:
     """The URL as it may be shown, sent and stored: without its password, which this process remembers."""
-    if not url:
+    if not url or engine(url) == "sqlite":  # no password; and urlunsplit would drop a slash of sqlite:////abs
         return url
     parts = urlsplit(url)
     shown = _without_password(parts)

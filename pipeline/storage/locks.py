@@ -46,4 +46,4 @@ class AdvisoryLocks:
 def for_runlog(runlog_url: str, scratch: Path) -> FileLocks | AdvisoryLocks:
     if runlog_urls.engine(runlog_url) == "postgresql":
         return AdvisoryLocks(runlog_url)
-    return FileLocks(scratch / "locks")
+    return FileLocks(scratch.parent / f"{scratch.name}-locks")  # kept: lock files are reused, run after run
