@@ -81,23 +81,30 @@ def runlog_engine(request, luigi_setting, tmp_path):
     assert not list(tmp_path.rglob("runlog.sqlite")), "a run on PostgreSQL wrote a SQLite run log"
 
 
-@pytest.fixture(params=["local", "s3"])
-def data(request, tmp_path, luigi_setting, monkeypatch):
-    """Runs the test once per storage: the data folder is `tmp_path` itself, or a prefix in a fresh bucket
-    of the session's S3 server (its keys in this process's environment, which workers inherit; the run log
-    as the test's run-log engine has it, else a SQLite file beside; scratch in tmp_path/scratch, which the
-    test can check is left empty). Gives a tests/stored_data.py reader of it."""
-    from tests.stored_data import BucketData, LocalData
+@pytest.fixture
+def bucket_data(request, tmp_path, luigi_setting, monkeypatch):
+    """A data folder in a fresh bucket of the session's S3 server: its keys in this process's environment
+    (which workers and commands inherit), the run log as the test's run-log engine has it, else a SQLite file in
+    tmp_path, scratch in tmp_path/scratch (which the test can check is left empty). A tests/stored_data.py
+    reader of it."""
+    from tests.stored_data import BucketData
 
-    if "runlog_engine" in request.fixturenames:
-        request.getfixturevalue("runlog_engine")
-    if request.param == "local":
-        yield LocalData(tmp_path)
-        return
     server = request.getfixturevalue("s3")
     for key, value in server.env().items():
         monkeypatch.setenv(key, value)
     if not luigi.configuration.get_config().get("runlog", "url", ""):
         luigi_setting("runlog", "url", f"sqlite:///{(tmp_path / 'runlog.sqlite').as_posix().lstrip('/')}")
     luigi_setting("storage", "scratch_dir", str(tmp_path / "scratch"))
-    yield BucketData(server.client(), server.new_bucket(), "hospitals")
+    return BucketData(server.client(), server.new_bucket(), "hospitals", tmp_path)
+
+
+@pytest.fixture(params=["local", "s3"])
+def data(request, tmp_path):
+    """Runs the test once per storage: the data folder is tmp_path/data, or `bucket_data`."""
+    from tests.stored_data import LocalData
+
+    if "runlog_engine" in request.fixturenames:  # first: the bucket's run log is the engine's
+        request.getfixturevalue("runlog_engine")
+    if request.param == "local":
+        return LocalData(tmp_path / "data")
+    return request.getfixturevalue("bucket_data")

@@ -87,23 +87,28 @@ def by_identifier(report: dict) -> dict[str, list[dict]]:
 
 
 def project_cfg_lines(site: Site, **values: str) -> list[str]:
-    """The shipped luigi.cfg's lines, pointed at the loopback catalog and at the run log a test chose
-    (tests/conftest.py: runlog_engine), with `values` for other keys it sets."""
-    runlog_url = luigi.configuration.get_config().get("runlog", "url", "")
-    values = {"metastore_url": site.metastore_url, "url": runlog_url, **values}
+    """The shipped luigi.cfg's lines, pointed at the loopback catalog and at the run log and scratch folder a
+    test chose (tests/conftest.py: runlog_engine, data), with `values` for other keys it sets."""
+    config = luigi.configuration.get_config()
+    values = {
+        "metastore_url": site.metastore_url,
+        "url": config.get("runlog", "url", ""),
+        "scratch_dir": config.get("storage", "scratch_dir", ""),
+        **values,
+    }
     return [
         f"{key} = {values[key]}" if (key := line.split("=", 1)[0].strip()) in values and "=" in line else line
         for line in PROJECT_CFG.read_text(encoding="utf-8").splitlines()
     ]
 
 
-def write_project_cfg(site: Site, folder: Path) -> None:
+def write_project_cfg(site: Site, folder: Path, **values: str) -> None:
     """The shipped luigi.cfg, pointed at the loopback catalog, as `folder`/luigi.cfg."""
     assert any(
         line.startswith("metastore_url = https://data.cms.gov/")
         for line in PROJECT_CFG.read_text(encoding="utf-8").splitlines()
     )
-    (folder / "luigi.cfg").write_text("\n".join(project_cfg_lines(site)) + "\n", encoding="utf-8")
+    (folder / "luigi.cfg").write_text("\n".join(project_cfg_lines(site, **values)) + "\n", encoding="utf-8")
 
 
 def console_script(name: str) -> str:

@@ -11,6 +11,7 @@ class LocalData:
     def __init__(self, root: Path):
         self.root = root
         self.dir = str(root)
+        self.runlog_dir = root  # where the default run log is (tests/harness.py: query)
 
     def key(self, where: str) -> str:
         path = Path(where)
@@ -47,9 +48,10 @@ class LocalData:
 class BucketData:
     kind = "s3"
 
-    def __init__(self, client, bucket: str, prefix: str):
+    def __init__(self, client, bucket: str, prefix: str, runlog_dir: Path):
         self.client, self.bucket, self.prefix = client, bucket, prefix
         self.dir = f"s3://{bucket}/{prefix}"
+        self.runlog_dir = runlog_dir  # unused by query(): object storage's run log is always given by URL
 
     def key(self, where: str) -> str:
         head = f"{self.dir}/"

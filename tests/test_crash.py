@@ -20,14 +20,14 @@ BIG = csv_bytes(HEADER_OAS_CAHPS, quoted_rows(60_000, 5))  # ~2 MB, 10 s at the 
 
 
 @pytest.fixture
-def site(tmp_path, runlog_engine):
-    """The site, and the luigi.cfg of the run, once per run-log engine (tests/conftest.py: runlog_engine)."""
+def site(tmp_path, runlog_engine, data):
+    """The site, and the luigi.cfg of the run, once per run-log engine and storage (tests/conftest.py)."""
     with LoopbackServer(bandwidth=200_000) as server:
         site = Site(server)
         site.dataset("dgck-syfz", "2025-04-08", {"HCAHPS.csv": BIG})
         for n in range(3):
             site.dataset(f"small-{n:03d}", "2025-04-08", {"S.csv": csv_bytes('"A","B"', ['"1","2"'] * 10)})
-        write_project_cfg(site, tmp_path)
+        write_project_cfg(site, tmp_path, data_dir=data.dir)
         yield site
 
 
@@ -51,36 +51,42 @@ def wait_for(condition, timeout: float = 60.0) -> None:
 
 
 def partial_downloads(folder: Path) -> list[Path]:
-    return list(folder.glob("data/datasets/dgck-syfz/*/source.csv-luigi-tmp-*"))
+    """In the version folder on disk; in the scratch folder where the data is in object storage."""
+    return [
+        *folder.glob("data/datasets/dgck-syfz/*/source.csv-luigi-tmp-*"),
+        *folder.glob("scratch/cms-pipeline/*/source.csv-luigi-tmp-*"),
+    ]
 
 
-def test_kill_9_mid_download_then_the_next_run_completes_everything(site, tmp_path):
+def test_kill_9_mid_download_then_the_next_run_completes_everything(site, tmp_path, data):
     job = start(tmp_path, "--lock-pid-dir", str(tmp_path / "locks"))
     try:
         wait_for(lambda: any(p.stat().st_size > 100_000 for p in partial_downloads(tmp_path)))
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.communicate(timeout=30)
-    assert partial_downloads(tmp_path) and not list(tmp_path.glob("data/datasets/dgck-syfz/*/source.csv"))
-    assert query(tmp_path / "data", "SELECT status FROM runs") == [("running",)]
+    assert partial_downloads(tmp_path)
+    assert not [key for key in data.listing("datasets/dgck-syfz") if key.endswith("source.csv")]
+    assert query(data.runlog_dir, "SELECT status FROM runs") == [("running",)]
 
     site.server.bandwidth = None
     again = run_command(tmp_path, "--lock-pid-dir", str(tmp_path / "locks"))
     assert again.returncode == 0, again.stderr
-    assert not list(tmp_path.rglob("*-luigi-tmp-*"))
-    [normalized] = tmp_path.glob("data/datasets/dgck-syfz/*/normalized.csv")
-    out = normalized.read_bytes()
+    assert not list(tmp_path.rglob("*-luigi-tmp-*")) and not list(tmp_path.glob("scratch/cms-pipeline/*"))
+    assert not [key for key in data.listing() if "-luigi-tmp-" in key or key.endswith(".staged")]
+    [normalized] = [key for key in data.listing("datasets/dgck-syfz") if key.endswith("normalized.csv")]
+    out = data.read(normalized)
     assert out[out.index(b"\n") :] == BIG[BIG.index(b"\n") :]
-    [(rows, sha)] = query(tmp_path / "data", "SELECT rows, sha256 FROM versions WHERE identifier='dgck-syfz'")
+    [(rows, sha)] = query(data.runlog_dir, "SELECT rows, sha256 FROM versions WHERE identifier='dgck-syfz'")
     assert rows == 60_000 and sha == hashlib.sha256(out).hexdigest()
-    assert query(tmp_path / "data", "SELECT status FROM runs ORDER BY started_at, run_id") == [
+    assert query(data.runlog_dir, "SELECT status FROM runs ORDER BY started_at, run_id") == [
         ("interrupted",),
         ("succeeded",),
     ]
-    assert query(tmp_path / "data", "SELECT count(*) FROM versions WHERE status='done'") == [(4,)]
+    assert query(data.runlog_dir, "SELECT count(*) FROM versions WHERE status='done'") == [(4,)]
 
 
-def test_a_second_copy_exits_already_running_and_the_first_finishes(site, tmp_path):
+def test_a_second_copy_exits_already_running_and_the_first_finishes(site, tmp_path, data):
     lock = ("--lock-pid-dir", str(tmp_path / "locks"))
     first = start(tmp_path, *lock)
     try:
@@ -94,4 +100,4 @@ def test_a_second_copy_exits_already_running_and_the_first_finishes(site, tmp_pa
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
     assert first.returncode == 0, err
-    assert query(tmp_path / "data", "SELECT status, downloaded FROM runs") == [("succeeded", 4)]
+    assert query(data.runlog_dir, "SELECT status, downloaded FROM runs") == [("succeeded", 4)]

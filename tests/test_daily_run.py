@@ -96,7 +96,7 @@ def test_first_run_fetches_every_hospitals_csv_once_and_nothing_else(site, serve
         "normalized": "patients_rating_of_the_facility_linear_mean_score",
     }
 
-    rows = query(tmp_path, "SELECT identifier, status, rows, sha256 FROM versions ORDER BY identifier, rows")
+    rows = query(data.runlog_dir, "SELECT identifier, status, rows, sha256 FROM versions ORDER BY identifier, rows")
     assert [(r[0], r[1], r[2]) for r in rows] == [
         ("48nr-hqxx", "done", 30),
         ("hbf-map", "done", 7),
@@ -104,7 +104,7 @@ def test_first_run_fetches_every_hospitals_csv_once_and_nothing_else(site, serve
         ("ipf1-2345", "done", 5),
         ("x663-bwbj", "done", 4),
     ]
-    assert query(tmp_path, "SELECT status, discovered, downloaded, failed FROM runs") == [("succeeded", 5, 5, 0)]
+    assert query(data.runlog_dir, "SELECT status, discovered, downloaded, failed FROM runs") == [("succeeded", 5, 5, 0)]
     assert not [key for key in data.listing() if "-luigi-tmp-" in key or key.endswith(".staged")]
     assert not list(tmp_path.glob("scratch/cms-pipeline/*"))  # object storage: downloads made there, then deleted
     latest = json.loads(data.read("latest/latest.json"))  # each file in latest/ is its version's bytes
@@ -120,7 +120,7 @@ def test_second_run_makes_no_file_request(site, server, tmp_path, data):
     ok, report = run_daily(site, data.dir)
     assert ok and server.paths() == [CATALOG_PATH]
     assert report["counts"]["up_to_date"] == 5 and report["counts"]["downloaded"] == 0
-    assert query(tmp_path, "SELECT count(*), count(DISTINCT status) FROM runs") == [(2, 1)]
+    assert query(data.runlog_dir, "SELECT count(*), count(DISTINCT status) FROM runs") == [(2, 1)]
 
 
 @pytest.mark.parametrize(
@@ -168,7 +168,7 @@ def test_a_failing_dataset_fails_alone_and_only_it_is_retried(site, server, tmp_
     assert "HTTP 404" in entries["77hc-ibv8"][0]["error"]
     assert "HTML" in entries["632h-zaca"][0]["error"]
     assert not [key for key in data.listing("datasets/77hc-ibv8") if key.endswith(".csv")]
-    assert query(tmp_path, "SELECT identifier, status FROM versions WHERE status<>'done' ORDER BY 1") == [
+    assert query(data.runlog_dir, "SELECT identifier, status FROM versions WHERE status<>'done' ORDER BY 1") == [
         ("632h-zaca", "failed"),
         ("77hc-ibv8", "failed"),
     ]
@@ -180,7 +180,7 @@ def test_a_failing_dataset_fails_alone_and_only_it_is_retried(site, server, tmp_
     ok, report = run_daily(site, data.dir)
     assert ok and sorted(server.paths()) == sorted([CATALOG_PATH, missing, html])
     assert report["counts"]["downloaded"] == 2 and report["counts"]["up_to_date"] == 5
-    assert query(tmp_path, "SELECT count(*) FROM versions WHERE status='done'") == [(7,)]
+    assert query(data.runlog_dir, "SELECT count(*) FROM versions WHERE status='done'") == [(7,)]
 
 
 def test_invalid_items_are_reported_and_the_rest_go_on(site, server, tmp_path):

@@ -17,20 +17,6 @@ def many_datasets(site: Site, count: int) -> None:
         site.dataset(f"ds{n:02d}-hosp", "2025-04-08", {f"F{n}.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(3, 5, n))})
 
 
-@pytest.fixture
-def bucket_data(request, luigi_setting, monkeypatch, tmp_path):
-    """The `data` fixture's S3 side alone."""
-    request.node.callspec = None  # not parametrized here
-    from tests.stored_data import BucketData
-
-    server = request.getfixturevalue("s3")
-    for key, value in server.env().items():
-        monkeypatch.setenv(key, value)
-    luigi_setting("runlog", "url", f"sqlite:///{(tmp_path / 'runlog.sqlite').as_posix().lstrip('/')}")
-    luigi_setting("storage", "scratch_dir", str(tmp_path / "scratch"))
-    return BucketData(server.client(), server.new_bucket(), "hospitals")
-
-
 def no_op_requests(site: Site, s3, bucket_data, datasets: int):
     before = s3.request_counts(bucket_data.bucket)
     ok, report = run_daily(site, bucket_data.dir)
@@ -103,3 +89,17 @@ def test_the_real_command_writes_to_the_bucket_and_leaves_no_local_data(site, s3
     assert query(tmp_path, "SELECT status FROM runs") == [("succeeded",)] or True
     index = s3.client().get_object(Bucket=bucket, Key="hospitals/latest/latest.json")["Body"].read()
     assert len(json.loads(index)["datasets"]) == 3
+
+
+def test_an_upload_a_killed_writer_left_unfinished_is_aborted_by_the_next_run(site, s3, bucket_data):
+    """A multipart upload cut short leaves no key (nothing partial is ever visible), but its parts are stored
+    until aborted: the next run's sweep aborts those of every folder nobody holds the lock of."""
+    many_datasets(site, 2)
+    client, bucket = s3.client(), bucket_data.bucket
+    key = "hospitals/datasets/ds00-hosp/2025-04-08-0badc0de/source.csv"
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * (5 * 1024 * 1024))
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert run_daily(site, bucket_data.dir)[0]
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert "datasets/ds00-hosp/2025-04-08-0badc0de/source.csv" not in bucket_data.listing()
