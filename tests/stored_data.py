@@ -37,7 +37,7 @@ class LocalData:
         return sorted(
             p.relative_to(self.root).as_posix()
             for p in (self.root / prefix).rglob("*")
-            if p.is_file() and p.name != ".lock" and p.name != "runlog.sqlite"
+            if p.is_file() and p.name != ".lock" and not p.name.startswith("runlog.sqlite")
         )
 
     def folders(self, prefix: str) -> set[str]:

@@ -19,6 +19,7 @@ from pipeline.runlog_engines import SchemaTooNew
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, item, quoted_rows
 from tests.harness import CATALOG_PATH, by_identifier, query, run_daily
 from tests.old_schemas import BEFORE_USER_VERSION, FIRST_RELEASE
+from tests.stored_data import LocalData
 
 # Every test runs once per run-log engine (tests/conftest.py: runlog_engine), but those about SQLite's file.
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("runlog_engine")]
@@ -39,14 +40,18 @@ def luigi_log(tmp_path):
     handler.close()
 
 
-def latest_files(data_dir: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in (data_dir / "latest").glob("*.csv") if p.name != "index.csv"}
+def latest_files(data) -> dict[str, bytes]:
+    """latest/'s CSV files, name -> bytes (`data`: tests/stored_data.py, or a local data folder)."""
+    data = LocalData(data) if isinstance(data, Path) else data
+    return {key[7:]: data.read(key) for key in data.listing("latest/") if key.endswith(".csv") and key != INDEX}
 
 
-def version_files(data_dir: Path, identifier: str) -> set[str]:
-    return {
-        str(p.relative_to(data_dir)) for p in (data_dir / "datasets").glob(f"{identifier}/*/*") if p.name != ".lock"
-    }
+def version_files(data, identifier: str) -> set[str]:
+    data = LocalData(data) if isinstance(data, Path) else data
+    return set(data.listing(f"datasets/{identifier}/"))
+
+
+INDEX = "latest/index.csv"
 
 
 BAD_BODIES = {
@@ -58,27 +63,25 @@ BAD_BODIES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_BODIES))
-def test_a_body_that_is_not_text_fails_its_dataset_and_keeps_the_previous_version(site, tmp_path, case):
+def test_a_body_that_is_not_text_fails_its_dataset_and_keeps_the_previous_version(site, tmp_path, data, case):
     site.dataset("48nr-hqxx", "2025-01-01", {"OAS.csv": GOOD})
-    ok, _first = run_daily(site, tmp_path)
+    ok, _first = run_daily(site, data.dir)
     assert ok
-    before_latest, before_files = latest_files(tmp_path), version_files(tmp_path, "48nr-hqxx")
-    manifest = (tmp_path / "latest" / "latest.json").read_text(encoding="utf-8")
+    before_latest, before_files = latest_files(data), version_files(data, "48nr-hqxx")
+    manifest = data.read("latest/latest.json")
 
     body, message = BAD_BODIES[case]
     [path] = site.dataset("48nr-hqxx", "2025-04-08", {"OAS.csv": body}, upload=1700000100)
-    ok, report = run_daily(site, tmp_path)
+    ok, report = run_daily(site, data.dir)
     assert not ok and report["status"] == "failed"
     [entry] = by_identifier(report)["48nr-hqxx"]
     assert entry["status"] == "failed" and message in entry["error"] and path in entry["error"]
-    assert query(tmp_path, "SELECT status FROM versions WHERE modified='2025-04-08'") == [("failed",)]
-    assert query(tmp_path, "SELECT status FROM versions WHERE modified='2025-01-01'") == [("done",)]
-    assert version_files(tmp_path, "48nr-hqxx") == before_files  # nothing of the bad body was kept
-    assert latest_files(tmp_path) == before_latest == {"48nr-hqxx.csv": latest_files(tmp_path)["48nr-hqxx.csv"]}
-    assert (
-        json.loads((tmp_path / "latest" / "latest.json").read_text(encoding="utf-8"))["datasets"]
-        == json.loads(manifest)["datasets"]
-    )
+    assert query(data.runlog_dir, "SELECT status FROM versions WHERE modified='2025-04-08'") == [("failed",)]
+    assert query(data.runlog_dir, "SELECT status FROM versions WHERE modified='2025-01-01'") == [("done",)]
+    assert version_files(data, "48nr-hqxx") == before_files  # nothing of the bad body was kept
+    assert latest_files(data) == before_latest == {"48nr-hqxx.csv": latest_files(data)["48nr-hqxx.csv"]}
+    assert json.loads(data.read("latest/latest.json"))["datasets"] == json.loads(manifest)["datasets"]
+    assert not list(tmp_path.glob("scratch/cms-pipeline/*"))
 
 
 def test_bare_cr_line_endings_are_named_as_such(site, tmp_path):

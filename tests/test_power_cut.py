@@ -1,6 +1,10 @@
 """What a power cut leaves when a file was renamed into place before its data reached the disk (zero-length or
 cut short under its final name): the next run repairs it with one NOTE, downloads only what it must, and ends
-with every file as a clean run leaves it. The deep check does the same for bytes that differ at the same size."""
+with every file as a clean run leaves it. The deep check does the same for bytes that differ at the same size.
+
+In object storage a key is visible only whole, so a power cut leaves none of the version folders' states; the
+files every run reads (latest/, the last report and snapshot) are checked there too, against damage by other
+writers, and the deep check is the same."""
 
 import hashlib
 import json
@@ -14,27 +18,30 @@ import pytest
 
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, quoted_rows
 from tests.harness import Site, run_command, run_daily, write_project_cfg
+from tests.stored_data import LocalData
 
 # Once per run-log engine (tests/conftest.py: runlog_engine): reports and snapshots are rebuilt from either.
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("runlog_engine")]
 
 
-def zero(path: Path) -> None:
-    path.write_bytes(b"")  # in place: a hard link to the same file sees it too, as after a real power cut
+def zero(data, key: str) -> None:
+    data.write(key, b"")  # in place: a hard link to the same file sees it too, as after a real power cut
 
 
-def halve(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+def halve(data, key: str) -> None:
+    whole = data.read(key)
+    data.write(key, whole[: len(whole) // 2])
 
 
-def new_empty(path: Path) -> None:
-    path.unlink()
-    path.write_bytes(b"")  # a file of its own: latest/ copies (no hard links) are damaged alone
+def new_empty(data, key: str) -> None:
+    data.delete(key)
+    data.write(key, b"")  # a file of its own: latest/ copies (no hard links) are damaged alone
 
 
-def version(data: Path, identifier: str) -> Path:
-    [folder] = (data / "datasets" / identifier).iterdir()
-    return folder
+def version(data, identifier: str) -> str:
+    """The key of a dataset's only version folder (`data`: tests/stored_data.py)."""
+    [folder] = data.folders(f"datasets/{identifier}")
+    return f"datasets/{identifier}/{folder}"
 
 
 # state -> (dataset it damages, which file, how, the NOTEs the next run must print, what it downloads again)
@@ -60,6 +67,8 @@ STATES = {
     ),
 }
 DATASETS = sorted({state[0] for state in STATES.values() if state[0]})
+# What other writers can do to a bucket's files that every run reads (a power cut cannot cut an object short).
+IN_A_BUCKET = sorted(state for state, (identifier, name, *_) in STATES.items() if not identifier or name == "latest")
 
 
 def publish(site: Site) -> None:
@@ -67,36 +76,32 @@ def publish(site: Site) -> None:
         site.dataset(identifier, "2025-04-08", {"Data.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(40 + n, 5, n))})
 
 
-def damage(data: Path, state: str) -> list[str]:
+def damage(data, state: str) -> list[str]:
     """Applies a state; returns the NOTE fragments the next run must print for it."""
     identifier, name, how, notes, _ = STATES[state]
     if name == "latest":
-        path = data / "latest" / f"{identifier}.csv"
+        key = f"latest/{identifier}.csv"
     elif name == "report":
-        path = data / "reports" / "first.json"
+        key = "reports/first.json"
     elif identifier:
-        path = version(data, identifier) / name
+        key = f"{version(data, identifier)}/{name}"
     else:
-        path = data / name
-    how(path)
+        key = name
+    how(data, key)
     latest_note = f"latest/{identifier}.csv had 0 bytes" if how is not halve else f"latest/{identifier}.csv had"
     return [latest_note if note == "@latest" else note for note in notes]
 
 
-def kept_files(data: Path) -> dict[str, bytes]:
-    """Every file a run keeps, by path; latest.json without the fields that name the run that wrote it."""
+def kept_files(data) -> dict[str, bytes]:
+    """Every file a run keeps, by key; latest.json without the fields that name the run that wrote it."""
     files = {}
-    for path in sorted(data.rglob("*")):
-        if not path.is_file() or path.name in (".lock", "runlog.sqlite") or path.name.startswith("runlog.sqlite-"):
-            continue
-        relative = path.relative_to(data).as_posix()
-        if relative.startswith(("reports/", "runs/")) and "first" not in relative:
+    for key in data.listing():
+        if key.startswith(("reports/", "runs/")) and "first" not in key:
             continue  # the second run's own
-        if path.name == "latest.json":
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-            files[relative] = json.dumps(manifest["datasets"], sort_keys=True).encode()
+        if key == "latest/latest.json":
+            files[key] = json.dumps(json.loads(data.read(key))["datasets"], sort_keys=True).encode()
         else:
-            files[relative] = path.read_bytes()
+            files[key] = data.read(key)
     return files
 
 
@@ -112,19 +117,23 @@ def notes_of(report: dict) -> list[str]:
 
 
 @pytest.fixture
-def first_run(site, tmp_path):
+def first_run(site, data):
     publish(site)
-    ok, _ = run_daily(site, tmp_path, run_id="first")
+    ok, _ = run_daily(site, data.dir, run_id="first")
     assert ok
-    clean = kept_files(tmp_path)
+    clean = kept_files(data)
     site.server.clear()
     return clean
 
 
-@pytest.mark.parametrize("state", sorted(STATES))
-def test_each_power_cut_state_is_repaired_by_the_next_run_with_one_note(site, tmp_path, first_run, state):
-    expected = damage(tmp_path, state)
-    ok, report = run_daily(site, tmp_path, run_id="second")
+@pytest.mark.parametrize(
+    "state, data",
+    [*((state, "local") for state in sorted(STATES)), *((state, "s3") for state in IN_A_BUCKET)],
+    indirect=["data"],
+)
+def test_each_power_cut_state_is_repaired_by_the_next_run_with_one_note(site, data, first_run, state):
+    expected = damage(data, state)
+    ok, report = run_daily(site, data.dir, run_id="second")
     assert ok and report["status"] == "succeeded"
     notes = notes_of(report)
     assert len(notes) == len(expected), notes
@@ -132,11 +141,11 @@ def test_each_power_cut_state_is_repaired_by_the_next_run_with_one_note(site, tm
         assert any(fragment in note for note in notes), (fragment, notes)
     identifier, _, _, _, fetched = STATES[state]
     assert downloads(site) == ({_upload_folder(identifier)} if fetched else set())
-    after = kept_files(tmp_path)
+    after = kept_files(data)
     if state == "latest.json zero-length":  # rebuilt: every file counts as published by this run
         first_run["latest/latest.json"] = after["latest/latest.json"] = b""
     assert after == first_run
-    assert notes_of(run_daily(site, tmp_path, run_id="third")[1]) == []  # repaired for good
+    assert notes_of(run_daily(site, data.dir, run_id="third")[1]) == []  # repaired for good
 
 
 def _upload_folder(identifier: str) -> str:
@@ -146,7 +155,7 @@ def _upload_folder(identifier: str) -> str:
 def test_every_power_cut_state_at_once_then_the_real_command_repairs_all_without_a_traceback(site, tmp_path):
     publish(site)
     write_project_cfg(site, tmp_path)
-    data = tmp_path / "data"
+    data = LocalData(tmp_path / "data")
     first = run_command(tmp_path, "--run-id", "first")
     assert first.returncode == 0, first.stderr
     clean = kept_files(data)
@@ -169,46 +178,44 @@ def test_every_power_cut_state_at_once_then_the_real_command_repairs_all_without
     assert after == clean
 
 
-def flip(path: Path, offset: int = -3) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x01
-    path.write_bytes(bytes(data))
+def flip(data, key: str, offset: int = -3) -> None:
+    changed = bytearray(data.read(key))
+    changed[offset] ^= 0x01
+    data.write(key, bytes(changed))
 
 
-def test_the_deep_check_finds_and_repairs_flipped_bytes_in_version_and_latest_files(site, tmp_path, first_run):
+def test_the_deep_check_finds_and_repairs_flipped_bytes_in_version_and_latest_files(site, data, first_run):
     site.dataset("ds-scan0", "2025-05-01", {"Data.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(7, 5, "new"))})
-    assert run_daily(site, tmp_path, run_id="update")[0]
-    clean = kept_files(tmp_path)
-    archived = version_of(tmp_path, "ds-scan0", "2025-04-08")
-    flip(archived / "normalized.csv")  # a version no longer in the catalog
-    flip(version(tmp_path, "ds-norm0") / "normalized.csv")  # in place: its latest/ link changes too
-    latest = tmp_path / "latest" / "ds-latest.csv"
-    copy = latest.read_bytes()
-    latest.unlink()
-    latest.write_bytes(copy)
-    flip(latest)  # a latest/ file of its own
-    flip(version(tmp_path, "ds-src0") / "source.csv")
-    ok, report = run_daily(site, tmp_path, run_id="quick")
+    assert run_daily(site, data.dir, run_id="update")[0]
+    clean = kept_files(data)
+    [archived] = [f"datasets/ds-scan0/{f}" for f in data.folders("datasets/ds-scan0") if f.startswith("2025-04-08")]
+    flip(data, f"{archived}/normalized.csv")  # a version no longer in the catalog
+    flip(data, f"{version(data, 'ds-norm0')}/normalized.csv")  # on disk in place: its latest/ link changes too
+    new_empty(data, "latest/ds-latest.csv")
+    data.write("latest/ds-latest.csv", clean["latest/ds-latest.csv"])
+    flip(data, "latest/ds-latest.csv")  # a latest/ file of its own
+    flip(data, f"{version(data, 'ds-src0')}/source.csv")
+    ok, report = run_daily(site, data.dir, run_id="quick")
     assert ok and notes_of(report) == []  # sizes are right: the daily check cannot see it
     site.server.clear()
-    ok, report = run_daily(site, tmp_path, run_id="deep", deep_check=True)
+    ok, report = run_daily(site, data.dir, run_id="deep", deep_check=True)
     assert ok
+    linked = data.kind == "local"  # latest/ files are hard links on disk, copies in a bucket
     notes = notes_of(report)
     assert sorted(notes) == sorted(
         [
-            f"ds-norm0: {version(tmp_path, 'ds-norm0').relative_to(tmp_path).as_posix()}: normalized.csv does not"
-            " match header_map.json's sha256; made again from source.csv",
-            f"ds-src0: {version(tmp_path, 'ds-src0').relative_to(tmp_path).as_posix()}: source.csv does not"
-            " match header_map.json's sha256; downloaded again",
+            f"ds-norm0: {version(data, 'ds-norm0')}: normalized.csv does not match header_map.json's sha256; made"
+            " again from source.csv",
+            f"ds-src0: {version(data, 'ds-src0')}: source.csv does not match header_map.json's sha256; downloaded"
+            " again",
             "latest/ds-latest.csv does not match latest.json's sha256; put back",
-            "latest/ds-norm0.csv does not match latest.json's sha256; put back",
-            f"{archived.relative_to(tmp_path).as_posix()}: normalized.csv does not match header_map.json's sha256;"
-            " made again from source.csv",
-            "deep check: the files of 10 versions and 9 in latest/ hashed; 5 damaged",
+            *(["latest/ds-norm0.csv does not match latest.json's sha256; put back"] if linked else []),
+            f"{archived}: normalized.csv does not match header_map.json's sha256; made again from source.csv",
+            f"deep check: the files of 10 versions and 9 in latest/ hashed; {5 if linked else 4} damaged",
         ]
     ), notes
     assert downloads(site) == {_upload_folder("ds-src0")}  # nothing whole is downloaded
-    assert kept_files(tmp_path) == clean
+    assert kept_files(data) == clean
 
 
 def test_latest_files_are_read_only_so_an_edit_in_place_cannot_change_the_archive(site):
@@ -217,7 +224,7 @@ def test_latest_files_are_read_only_so_an_edit_in_place_cannot_change_the_archiv
     publish(site)
     assert run_daily(site, data / "data")[0]
     latest = data / "data" / "latest" / "ds-norm0.csv"
-    archived = version(data / "data", "ds-norm0") / "normalized.csv"
+    archived = data / "data" / version(LocalData(data / "data"), "ds-norm0") / "normalized.csv"
     assert os.path.samefile(latest, archived)
     assert stat.S_IMODE(latest.stat().st_mode) & 0o222 == 0
     before = archived.read_bytes()
@@ -244,13 +251,17 @@ def version_of(data: Path, identifier: str, modified: str) -> Path:
     return folder
 
 
+def zero_file(path: Path) -> None:
+    path.write_bytes(b"")
+
+
 def test_a_repaired_version_does_not_report_its_schema_change_again(site, tmp_path):
     site.dataset("ds-drift", "2025-04-08", {"Data.csv": csv_bytes('"Facility ID","Score"', ['"1","2"'])})
     assert run_daily(site, tmp_path)[0]
     site.dataset("ds-drift", "2025-05-01", {"Data.csv": csv_bytes('"Facility ID","Rate"', ['"1","2"'])}, upload=2)
     ok, changed = run_daily(site, tmp_path)
     assert ok and changed["datasets"][0]["schema_change"]["renamed"]
-    zero(version_of(tmp_path, "ds-drift", "2025-05-01") / "normalized.csv")
+    zero_file(version_of(tmp_path, "ds-drift", "2025-05-01") / "normalized.csv")
     ok, repaired = run_daily(site, tmp_path)
     assert ok
     [entry] = repaired["datasets"]

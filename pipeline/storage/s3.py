@@ -190,13 +190,15 @@ class S3Storage(Storage):
         when done; one a killed writer left is deleted by the next sweep on this machine."""
         self.scratch.mkdir(parents=True, exist_ok=True)
         work = self.scratch / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        with FileLock(f"{work}.lock"):
-            work.mkdir()
-            try:
-                yield work
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-        Path(f"{work}.lock").unlink(missing_ok=True)
+        try:
+            with FileLock(f"{work}.lock"):
+                work.mkdir()
+                try:
+                    yield work
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+        finally:
+            Path(f"{work}.lock").unlink(missing_ok=True)
 
     def put_file(self, local: Path, key: str, read_only: bool = False) -> None:
         size = Path(local).stat().st_size
