@@ -18,7 +18,7 @@ import logging
 import os
 from pathlib import Path
 
-from pipeline import latest, layout
+from pipeline import latest, layout, notify
 from pipeline.catalog import Catalog
 from pipeline.durable import remove_tree, write_json
 from pipeline.report import COUNTS, build_report, summary_lines, tally
@@ -44,7 +44,11 @@ def close_if_complete(data_dir: Path, run_id: str, keep_versions: int, runlog_ur
         notes += _prune(log, run_id, keep_versions)
     finished = now()
     report = build_report(run, items, counts, status, finished, notes)
-    _finish(log, data_dir, run_id, report, lambda path: log.finish_run(run_id, status, counts, finished, path, notes))
+
+    def record(path: str | None) -> None:  # with the notes _finish adds: the mail's and the ping's
+        log.finish_run(run_id, status, counts, finished, path, report["notes"])
+
+    _finish(log, data_dir, run_id, report, record)
     return report
 
 
@@ -61,6 +65,9 @@ def close_failed(data_dir: Path, run_id: str, error: str, runlog_url: str = "") 
 
 def _finish(log: RunLog, data_dir: Path, run_id: str, report: dict, record) -> None:
     path = layout.report(data_dir, run_id)
+    told = notify.run_closed(report, summary_lines(report, path))  # the mail, the final ping: a NOTE each that failed
+    report["notes"] += told
+    log.add_notes(run_id, told)
     try:
         write_json(path, report)
     except OSError as exc:
