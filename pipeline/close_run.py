@@ -6,7 +6,8 @@ done, so each of them calls `close_if_complete`. The protocol makes exactly one 
 1. claim   one run-log write transaction: an open run with nothing queued becomes 'closing'; every other
            caller finds it still queued or already claimed and returns;
 2. decide  counts and status are a pure function of the items (`report.tally`);
-3. files   latest/ (file by file, under latest/.lock), retention, the report: outside any database lock;
+3. files   latest/ (file by file, under latest/.lock), retention, the run's mail and final ping (their NOTEs
+           go in the report), the report: outside any database lock;
 4. finish  the run row gets its status, counts and report path.
 
 A kill between 1 and 4 leaves the run 'closing': the next run marks it interrupted, and since every run
@@ -65,7 +66,7 @@ def close_failed(data_dir: Path, run_id: str, error: str, runlog_url: str = "") 
 
 def _finish(log: RunLog, data_dir: Path, run_id: str, report: dict, record) -> None:
     path = layout.report(data_dir, run_id)
-    told = notify.run_closed(report, summary_lines(report, path))  # the mail, the final ping: a NOTE each that failed
+    told = notify.run_closed(report, path)  # the mail and the final ping: a NOTE for each that failed
     report["notes"] += told
     log.add_notes(run_id, told)
     try:

@@ -27,6 +27,7 @@ import requests
 from luigi import notifications
 
 from pipeline.console import expected
+from pipeline.report import summary_lines
 
 logger = logging.getLogger("luigi-interface")
 MODES = ("never", "failures", "always")
@@ -44,14 +45,16 @@ def run_started() -> None:
         logger.warning("%s", problem)
 
 
-def run_closed(report: dict, summary: list[str]) -> list[str]:
-    """The run's mail and final ping, from its report and summary lines; returns a NOTE for each that failed."""
+def run_closed(report: dict, report_path) -> list[str]:
+    """The run's mail and final ping, from its report; returns a NOTE for each that failed (and for a setting
+    that could not be used). The ping's body is the summary with the mail's NOTE, if any."""
     url, timeout, notes = _settings()
     failed, mode = report["status"] != "succeeded", _mode(notes)
-    if (mode == "always" or (failed and mode == "failures")) and (note := _mail(summary, timeout)):
+    wanted = mode == "always" or (failed and mode == "failures")
+    if wanted and (note := _mail(report, report_path, timeout)):
         notes.append(note)
     if url:
-        body = "\n".join([*summary, *(f"  NOTE {note}" for note in notes)])
+        body = "\n".join(summary_lines({**report, "notes": [*report["notes"], *notes]}, report_path))
         if note := _ping(url, "/fail" if failed else "", body, timeout):
             notes.append(note)
     return notes
@@ -61,7 +64,7 @@ def mail_bug(task, exception: BaseException) -> None:
     """Luigi's own failure mail, traceback included, for an unexpected exception in one of our tasks: the
     shipped luigi.cfg turns Luigi's per-task mails off (`[worker] send_failure_email = false`), since the run's
     mail names every expected failure; a bug must still reach the operator. Runs in the task's process."""
-    if expected(exception) or isinstance(exception, KeyboardInterrupt) or luigi.worker.worker().send_failure_email:
+    if expected(exception) or luigi.worker.worker().send_failure_email:
         return
     trace = "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
     subject = f"Luigi: {task} FAILED. Host: {socket.gethostname()}"
@@ -113,10 +116,11 @@ def _mode(notes: list[str]) -> str:
 # -- the mail ------------------------------------------------------------------------------------------------
 
 
-def _mail(summary: list[str], timeout: float) -> str | None:
+def _mail(report: dict, report_path, timeout: float) -> str | None:
     receiver = notifications.email().receiver
     if not receiver:
         return None
+    summary = summary_lines(report, report_path)
     subject = summary[0].split(". Report: ", 1)[0]
     body = "\n".join(summary) + "\n"
     if notifications.email().format == "html":
@@ -126,7 +130,8 @@ def _mail(summary: list[str], timeout: float) -> str | None:
     if problem is None:
         return None
     method = notifications.email().method
-    where = f"smtp {notifications.smtp().host}:{notifications.smtp().port or 25}" if method == "smtp" else method
+    smtp = notifications.smtp()
+    where = f"smtp {smtp.host}:{smtp.port or (465 if smtp.ssl else 25)}" if method == "smtp" else method
     return f"mail to {receiver} not sent ({where}): {_scrub(problem)}"
 
 

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from tests.harness import PROJECT_CFG
 from tests.luigid_support import free_port
 
 RECEIVER = "ops@example.org"
+# What docs/operations.md and deploy/central.cfg show: a relay on port 25 and a healthchecks.io check.
+EXAMPLE_RELAY, EXAMPLE_PING_URL = "smtp.example.org", "https://hc-ping.com/0f8e4a52-5d2a-4c6e-9d1b-3f5e2a7c9b10"
 
 
 class MailServer:
@@ -120,3 +123,16 @@ def notify_cfg(mail: MailServer | None, ping_url: str, email_mode: str = "failur
         f"[smtp]\nhost = 127.0.0.1\nport = {port}\n\n"
         f"[notify]\nemail = {email_mode}\nping_url = {ping_url}\ntimeout = {timeout:g}\n"
     )
+
+
+def made_local(example: str, smtp_port: int, ping_url: str) -> str:
+    """The documented or shipped example settings, pointed at the test's SMTP port and ping URL."""
+    assert EXAMPLE_RELAY in example and "port = 25" in example and EXAMPLE_PING_URL in example, example
+    example = example.replace(EXAMPLE_RELAY, "127.0.0.1").replace("port = 25", f"port = {smtp_port}")
+    return example.replace(EXAMPLE_PING_URL, ping_url)
+
+
+def shipped_example() -> str:
+    """deploy/central.cfg's commented-out [email], [smtp] and [notify] lines, uncommented."""
+    lines = (PROJECT_CFG.parent / "deploy" / "central.cfg").read_text(encoding="utf-8").splitlines()
+    return "\n".join(line[2:] for line in lines[lines.index("# [email]") :] if line.startswith("# ")) + "\n"

@@ -12,9 +12,17 @@ import pytest
 import pipeline.tasks
 from pipeline import notify
 from tests.fixtures import HEADER_IPF, csv_bytes, quoted_rows
-from tests.harness import Site, by_identifier, command, run_daily, write_project_cfg
+from tests.harness import Site, by_identifier, run_command, run_daily, write_project_cfg
 from tests.luigid_support import finish, free_port, loopback_env, stop_client
-from tests.notify_support import RECEIVER, MailServer, PingServer, notify_cfg, text
+from tests.notify_support import (
+    RECEIVER,
+    MailServer,
+    PingServer,
+    made_local,
+    notify_cfg,
+    shipped_example,
+    text,
+)
 from tests.test_shared_run import deployed, serve, start_assistant, start_shared_run, two_hosts
 
 SECRET_PASSWORD = "s3cret-smtp-password"
@@ -35,15 +43,7 @@ def run_job(folder: Path, run_id: str, overlay: str | None) -> tuple[subprocess.
         config = folder / "notify.cfg"
         config.write_text(overlay, encoding="utf-8")
     started = time.monotonic()
-    result = subprocess.run(
-        command("--run-id", run_id),
-        cwd=folder,
-        env=loopback_env(config),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_command(folder, "--run-id", run_id, env=loopback_env(config))
     return result, time.monotonic() - started
 
 
@@ -135,6 +135,7 @@ def test_a_mail_server_down_and_a_hanging_ping_endpoint_change_nothing_but_a_not
     for shown in (result.stdout, result.stderr, report):
         assert ping.secret not in shown
     assert ping.paths() == ["/start", "/fail"]
+    assert ping.pings[1].body.splitlines() == [line for line in printed if line != notes[1]]  # the mail's NOTE too
 
 
 def notify_cfg_port(folder: Path) -> str:
@@ -147,9 +148,9 @@ def test_a_shared_run_on_luigid_with_an_assistant_sends_one_mail(tmp_path):
     with deployed(tmp_path, latency=0.2) as (luigid, site), MailServer() as mail, PingServer() as ping:
         serve(site, 6, missing=2)
         data_dir, job_folder, helper_folder = two_hosts(tmp_path, site, luigid)
-        for folder in (job_folder, helper_folder):  # every machine of the run reads the same overlay
+        for folder in (job_folder, helper_folder):  # deploy/central.cfg's lines, uncommented, on every machine
             with open(folder / "central.cfg", "a", encoding="utf-8") as central:
-                central.write("\n" + notify_cfg(mail, ping.url))
+                central.write("\n" + made_local(shipped_example(), mail.port, ping.url))
         job, job_log = start_shared_run(job_folder, "shared", workers=2)
         assistant, _ = start_assistant(helper_folder)
         try:
@@ -159,6 +160,7 @@ def test_a_shared_run_on_luigid_with_an_assistant_sends_one_mail(tmp_path):
     out = job_log.read_text(encoding="utf-8", errors="replace")
     assert code == 30, out
     [received] = mail.mails
+    assert received["To"] == "data-team@example.org"
     assert received["Subject"].startswith("HospitalsDaily run shared failed: 6 discovered, 4 downloaded")
     assert text(received).count("  FAILED ds0") == 2
     assert ping.paths() == ["/start", "/fail"]
@@ -268,8 +270,8 @@ def test_unusable_notify_settings_are_notes_not_failures(luigi_setting):
     luigi_setting("notify", "email", "sometimes")
     luigi_setting("notify", "ping_url", "ftp://example.org/secret-part")
     luigi_setting("email", "receiver", "")
-    report = {"status": "failed"}
-    assert notify.run_closed(report, ["HospitalsDaily run x failed: ... Report: r.json"]) == [
+    report = {"status": "failed", "notes": []}
+    assert notify.run_closed(report, "r.json") == [
         "[notify] timeout = soon is not a number of seconds above 0; 10 used",
         "[notify] ping_url is not an http(s) URL (ftp://example.org/…); no ping sent",
         "[notify] email = sometimes is not one of never, failures, always; failures used",
