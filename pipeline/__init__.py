@@ -3,7 +3,7 @@
 Run: luigi --module pipeline HospitalsDaily --workers 8
 """
 
-from pipeline import console, preflight, scheduler_speedups
+from pipeline import console, notify, preflight, scheduler_speedups
 from pipeline.dry_run import HospitalsPlan
 from pipeline.tasks import DownloadCsv, FetchCatalog, HospitalsDaily, NormalizeCsv
 
@@ -11,4 +11,5 @@ __all__ = ["DownloadCsv", "FetchCatalog", "HospitalsDaily", "HospitalsPlan", "No
 
 scheduler_speedups.apply()  # Luigi 3.8.1's scheduler without a pass over every task per get_work
 console.install()
+notify.install()  # Luigi's scheduler mails a disabled task only where failure mails are on
 preflight.check()

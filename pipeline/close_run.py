@@ -6,7 +6,8 @@ done, so each of them calls `close_if_complete`. The protocol makes exactly one 
 1. claim   one run-log write transaction: an open run with nothing queued becomes 'closing'; every other
            caller finds it still queued or already claimed and returns;
 2. decide  counts and status are a pure function of the items (`report.tally`);
-3. files   latest/ (file by file, under latest/.lock), retention, the report: outside any database lock;
+3. files   latest/ (file by file, under latest/.lock), retention, the run's mail and final ping (their NOTEs
+           go in the report), the report: outside any database lock;
 4. finish  the run row gets its status, counts and report path.
 
 A kill between 1 and 4 leaves the run 'closing': the next run marks it interrupted, and since every run
@@ -17,7 +18,7 @@ import json
 import logging
 import os
 
-from pipeline import latest, layout
+from pipeline import latest, layout, notify
 from pipeline.catalog import Catalog
 from pipeline.report import COUNTS, build_report, summary_lines, tally
 from pipeline.runlog import RunLog, now
@@ -45,7 +46,11 @@ def close_if_complete(store: Storage, log: RunLog, run_id: str, keep_versions: i
         notes += _prune(store, log, run_id, keep_versions)
     finished = now()
     report = build_report(run, items, counts, status, finished, notes)
-    _finish(store, run_id, report, lambda path: log.finish_run(run_id, status, counts, finished, path, notes))
+
+    def record(path: str | None) -> None:  # with the notes _finish adds: the mail's and the ping's
+        log.finish_run(run_id, status, counts, finished, path, report["notes"])
+
+    _finish(store, log, run_id, report, record)
     return report
 
 
@@ -56,11 +61,14 @@ def close_failed(store: Storage, log: RunLog, run_id: str, error: str) -> None:
     finished = now()
     notes = json.loads(run.get("notes") or "[]")
     report = build_report(run, [], dict.fromkeys(COUNTS, 0), "failed", finished, notes, error=error)
-    _finish(store, run_id, report, lambda path: log.fail_run(run_id, error, finished, path))
+    _finish(store, log, run_id, report, lambda path: log.fail_run(run_id, error, finished, path))
 
 
-def _finish(store: Storage, run_id: str, report: dict, record) -> None:
+def _finish(store: Storage, log: RunLog, run_id: str, report: dict, record) -> None:
     path = store.location(layout.report(run_id))
+    told = notify.run_closed(report, path)  # the mail and the final ping: a NOTE for each that failed
+    report["notes"] += told
+    log.add_notes(run_id, told)
     try:
         store.write_json(layout.report(run_id), report)
     except OSError as exc:

@@ -22,7 +22,7 @@ import luigi.interface
 import luigi.rpc
 from luigi.parameter import ParameterVisibility
 
-from pipeline import latest, layout
+from pipeline import latest, layout, notify
 from pipeline.catalog import Catalog, CsvVersion
 from pipeline.close_run import close_failed, close_if_complete
 from pipeline.durable import json_text, remove, temp_path
@@ -100,6 +100,7 @@ class FetchCatalog(RunTask):
         if earlier and earlier["status"] in ("succeeded", "failed"):
             raise RunClosed(self.run_id, earlier["status"], earlier["report_path"])
         log.start_run(self.run_id, self.metastore_url, self.theme)
+        notify.run_started()  # the heartbeat's /start ping
         store = self.store
         store.sweep()
         # Files a crash may have damaged that no version task looks at: earlier runs' reports and snapshots.
@@ -321,6 +322,12 @@ class VersionTask(RunTask):
         except Exception:  # Luigi swallows errors here; say so loudly (one line if the disk is full)
             logger.exception("%s: could not record the failure in the run log", self.identifier)
         return f"{self.identifier}: {cause}"
+
+
+@RunTask.event_handler(luigi.Event.FAILURE)
+def _mail_a_bug(task: RunTask, exception: BaseException) -> None:
+    """Runs in the task's process, before on_failure: an unexpected exception's traceback to the operator."""
+    notify.mail_bug(task, exception)
 
 
 @VersionTask.event_handler(luigi.Event.PROCESS_FAILURE)

@@ -122,7 +122,7 @@ def command(*extra: str) -> list[str]:
     return [console_script("luigi"), *COMMAND[1:], *extra]
 
 
-def run_command(folder: Path, *extra: str) -> subprocess.CompletedProcess:
+def run_command(folder: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        command(*extra), cwd=folder, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+        command(*extra), cwd=folder, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
     )

@@ -846,3 +846,39 @@ def test_the_run_log_on_postgresql_with_the_password_in_pgpass_and_the_psql_fail
         assert listed.returncode == 0, listed.stderr
         [failure] = listed.stdout.splitlines()
         assert failure.startswith(f"{FAILING}|download of ") and failure.endswith("failed: HTTP 404 Not Found")
+
+
+# -- telling the operator ------------------------------------------------------------------------------------
+
+
+@runs
+@covers("notify-cfg", "notify-run", "notify-mail", "notify-notes")
+def test_the_notify_example_mails_once_pings_and_a_relay_down_or_a_silent_endpoint_is_a_note(tmp_path):
+    from pipeline.notify import redact
+    from tests.notify_support import MailServer, PingServer, made_local, text
+
+    [run] = commands(block("notify-run").text)
+    with LoopbackServer() as server:
+        site = Site(server)
+        serve_catalog(site)
+        project = Project(tmp_path / "project", site)
+        overlay = project.folder / run.split()[0].split("=")[1]
+        with MailServer() as mail, PingServer() as ping:
+            overlay.write_text(made_local(block("notify-cfg").text, mail.port, ping.url), encoding="utf-8")
+            result = project.run(run)
+        assert result.returncode == 30, result.stderr  # the dataset that is not served
+        [received] = mail.mails
+        got = [f"Subject: {received['Subject']}", "", *text(received).splitlines()]
+        assert [shape(line) for line in got] == [shape(line) for line in block("notify-mail").text.splitlines()]
+        assert ping.paths() == ["/start", "/fail"]
+
+        port = free_port()  # nothing listens there
+        with PingServer(hang=True) as silent:
+            settings = made_local(block("notify-cfg").text, port, silent.url)
+            overlay.write_text(settings.replace("timeout = 10", "timeout = 2"), encoding="utf-8")
+            result = project.run(run)
+        assert result.returncode == 30, result.stderr
+    notes = [line for line in result.stdout.splitlines() if line.startswith("  NOTE ")]
+    documented = block("notify-notes").text.replace("smtp.example.org:25", f"127.0.0.1:{port}")
+    documented = documented.replace("https://hc-ping.com/…", redact(silent.url)).replace("10 s", "2 s")
+    assert notes == documented.splitlines()
