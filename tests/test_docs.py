@@ -882,3 +882,48 @@ def test_the_notify_example_mails_once_pings_and_a_relay_down_or_a_silent_endpoi
     documented = block("notify-notes").text.replace("smtp.example.org:25", f"127.0.0.1:{port}")
     documented = documented.replace("https://hc-ping.com/…", redact(silent.url)).replace("10 s", "2 s")
     assert notes == documented.splitlines()
+
+
+# -- the data in object storage ------------------------------------------------------------------------------
+
+
+@covers("s3-install")
+def test_the_s3_extra_is_boto3_and_the_default_install_stays_without_it():
+    [install] = commands(block("s3-install").text)
+    assert install == ".venv/bin/pip install -e .[s3]"
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    extras = pyproject.split("[project.optional-dependencies]\n", 1)[1].split("\n[", 1)[0]
+    assert re.search(r'^s3 = \["boto3>=1\.34"\]$', extras, flags=re.MULTILINE), extras
+    assert not any("boto" in line for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+
+
+@runs
+@covers("s3-cfg")
+def test_the_documented_s3_overlay_runs_the_job_into_the_bucket_with_the_run_log_on_postgresql(
+    tmp_path, postgres, s3, monkeypatch
+):
+    from tests.postgres_support import PASSWORD, USER
+
+    bucket = s3.new_bucket()
+    overlay = (
+        block("s3-cfg")
+        .text.replace("s3://cms-data/", f"s3://{bucket}/")
+        .replace("postgresql://cms@db.example.org:5432/cms_runlog", postgres.url())
+    )
+    assert f"{USER}:{PASSWORD}@" in overlay  # the test's server takes a password in the URL
+    for key, value in s3.env().items():  # the standard AWS chain, from the environment
+        monkeypatch.setenv(key, value)
+    with LoopbackServer() as server:
+        site = Site(server)
+        serve_catalog(site)
+        project = Project(tmp_path / "project", site)
+        [data_dir, runlog_url] = [line for line in overlay.splitlines() if " = " in line]
+        config = (project.folder / "luigi.cfg").read_text(encoding="utf-8")
+        config = re.sub(r"^url = .*$", runlog_url, config.replace("data_dir = data", data_dir), flags=re.MULTILINE)
+        (project.folder / "luigi.cfg").write_text(config, encoding="utf-8")
+        result = project.run(daily())
+    assert result.returncode == 30, result.stderr  # one dataset failed, as in the README
+    assert f"Report: s3://{bucket}/hospitals/reports/" in result.stdout
+    assert not project.data.exists() and PASSWORD not in result.stdout + result.stderr
+    keys = {item["Key"] for item in s3.client().list_objects_v2(Bucket=bucket)["Contents"]}
+    assert "hospitals/latest/latest.json" in keys and "hospitals/latest/index.csv" in keys
