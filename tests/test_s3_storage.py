@@ -103,3 +103,92 @@ def test_an_upload_a_killed_writer_left_unfinished_is_aborted_by_the_next_run(si
     assert run_daily(site, bucket_data.dir)[0]
     assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
     assert "datasets/ds00-hosp/2025-04-08-0badc0de/source.csv" not in bucket_data.listing()
+
+
+class FaultyProxy:
+    """A reverse proxy in front of the S3 server that answers some requests itself with an S3 error (503
+    SlowDown, 403 AccessDenied) and forwards the rest byte for byte (the Host header too, so signatures hold)."""
+
+    def __init__(self, upstream_port: int, fault):
+        import http.client
+        import http.server
+        import threading
+
+        proxy = self
+        self.fault, self.seen = fault, []  # fault(method, path, n) -> (status, code) or None
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.seen.append((self.command, self.path))
+                if answer := proxy.fault(self.command, self.path, len(proxy.seen)):
+                    status, code = answer
+                    text = f"<Error><Code>{code}</Code><Message>{code} from the test</Message></Error>".encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(text) if self.command != "HEAD" else 0))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(text)
+                    return
+                upstream = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
+                upstream.request(self.command, self.path, body=body, headers=dict(self.headers.items()))
+                reply = upstream.getresponse()
+                data = reply.read()
+                self.send_response(reply.status)
+                for key, value in reply.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_slow_down_is_retried_by_the_client_and_a_refused_upload_fails_its_dataset_naming_the_key(
+    site, s3, bucket_data, monkeypatch, capfd
+):
+    """Two SlowDowns on every first upload of a file are retried (botocore's standard mode) and the run
+    succeeds; an upload refused for good fails its dataset alone, in one line naming the bucket and key."""
+    many_datasets(site, 3)
+    attempts: dict[str, int] = {}
+
+    def fault(method: str, path: str, _n: int):
+        if method != "PUT" or "source.csv" not in path:
+            return None
+        if "ds02-hosp" in path:
+            return 403, "AccessDenied"
+        attempts[path] = attempts.get(path, 0) + 1
+        return (503, "SlowDown") if attempts[path] <= 2 else None
+
+    proxy = FaultyProxy(s3.port, fault)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        ok, report = run_daily(site, bucket_data.dir)
+    finally:
+        proxy.close()
+    assert not ok and report["counts"]["downloaded"] == 2 and report["counts"]["failed"] == 1
+    assert sorted(attempts.values()) == [3, 3]  # two SlowDowns, then the upload that succeeded
+    [failed] = [entry for entry in report["datasets"] if entry["status"] == "failed"]
+    assert failed["identifier"] == "ds02-hosp"
+    assert f": s3://{bucket_data.bucket}/hospitals/datasets/ds02-hosp/" in failed["error"]
+    assert failed["error"].endswith(
+        "/source.csv: access denied (AccessDenied): check the credentials and the bucket's policy"
+    )
+    assert "Traceback" not in capfd.readouterr().err

@@ -96,9 +96,7 @@ class S3Storage(Storage):
         try:
             yield
         except botocore.exceptions.ClientError as exc:
-            error = exc.response.get("Error", {})
-            code, status = error.get("Code", "?"), exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            raise StorageError(f"{where}: {_cause(code, status, error.get('Message', ''))}") from None
+            raise StorageError(f"{where}: {_client_cause(exc)}") from None
         except botocore.exceptions.NoCredentialsError:
             raise StorageError(
                 f"{where}: no credentials found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, ~/.aws, or a role)"
@@ -107,8 +105,12 @@ class S3Storage(Storage):
             raise StorageError(f"{where}: endpoint unreachable ({exc})") from None
         except botocore.exceptions.BotoCoreError as exc:
             raise StorageError(f"{where}: {exc}") from None
-        except boto3.exceptions.S3UploadFailedError as exc:
-            raise StorageError(f"{where}: upload failed ({exc})") from None
+        except boto3.exceptions.S3UploadFailedError as exc:  # the managed transfer's wrapper of the real error
+            cause = exc.__cause__ or exc.__context__
+            text = (
+                _client_cause(cause) if isinstance(cause, botocore.exceptions.ClientError) else f"upload failed ({exc})"
+            )
+            raise StorageError(f"{where}: {text}") from None
 
     def check(self) -> None:
         with self._errors(""):
@@ -274,6 +276,12 @@ class S3Storage(Storage):
                 lock.unlink(missing_ok=True)
             except Timeout:
                 continue  # a live writer's
+
+
+def _client_cause(exc) -> str:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return _cause(error.get("Code", "?"), status, error.get("Message", ""))
 
 
 def _cause(code: str, status: int | None, message: str) -> str:
