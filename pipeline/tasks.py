@@ -200,6 +200,8 @@ class FetchCatalog(RunTask):
         message = f"metastore {self.metastore_url}: {exception}"
         try:
             close_failed(self.store, self.runlog(), self.run_id, message)
+        except StorageError as exc:  # the data folder itself is what failed: one line, no traceback
+            logger.error("Run %s: could not write its report: %s", self.run_id, exc)
         except Exception:  # Luigi swallows errors here; say so loudly instead
             logger.exception("Run %s: could not record its failure in the run log", self.run_id)
         return message

@@ -192,3 +192,23 @@ def test_slow_down_is_retried_by_the_client_and_a_refused_upload_fails_its_datas
         "/source.csv: access denied (AccessDenied): check the credentials and the bucket's policy"
     )
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_the_dry_run_plans_from_the_bucket_and_writes_only_its_plan(site, s3, bucket_data):
+    import luigi
+
+    from pipeline.dry_run import HospitalsPlan
+
+    many_datasets(site, 3)
+    assert run_daily(site, bucket_data.dir)[0]
+    site.dataset("ds01-hosp", "2025-05-01", {"F1.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(4, 5, "new"))})
+    before = set(bucket_data.listing())
+    task = HospitalsPlan(data_dir=bucket_data.dir, run_id="plan-1", metastore_url=site.metastore_url)
+    assert luigi.build([task], local_scheduler=True, log_level="WARNING")
+    assert set(bucket_data.listing()) == before | {"reports/plan-plan-1.json"}
+    plan = json.loads(bucket_data.read("reports/plan-plan-1.json"))
+    assert sorted((row["identifier"], row["status"]) for row in plan["versions"]) == [
+        ("ds00-hosp", "up_to_date"),
+        ("ds01-hosp", "changed"),
+        ("ds02-hosp", "up_to_date"),
+    ]

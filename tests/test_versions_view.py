@@ -19,16 +19,16 @@ def version(site, modified, header, rows, upload, identifier="yv7e-xc69"):
     return body
 
 
-def test_schema_drift_is_recorded_reported_and_printed(site, tmp_path, capfd):
+def test_schema_drift_is_recorded_reported_and_printed(site, data, capfd):
     version(site, "2025-01-01", '"Facility ID","Score","Footnote"', ['"1","2","3"'], 1700000000)
-    assert run_daily(site, tmp_path)[0]
-    assert by_identifier(run_daily(site, tmp_path)[1])["yv7e-xc69"][0]["schema_change"] is None
+    assert run_daily(site, data.dir)[0]
+    assert by_identifier(run_daily(site, data.dir)[1])["yv7e-xc69"][0]["schema_change"] is None
     version(site, "2025-04-01", '"Facility ID","Footnote","Score (%)","Start Date"', ['"1","3","2","x"'], 1700000100)
-    _ok, report = run_daily(site, tmp_path)
+    _ok, report = run_daily(site, data.dir)
     change = by_identifier(report)["yv7e-xc69"][0]["schema_change"]
     assert change["added"] == ["score_percent", "start_date"] and change["removed"] == ["score"]
     assert change["previous_version"]["modified"] == "2025-01-01"
-    [(stored,)] = query(tmp_path, "SELECT change FROM schema_changes WHERE modified='2025-04-01'")
+    [(stored,)] = query(data.runlog_dir, "SELECT change FROM schema_changes WHERE modified='2025-04-01'")
     assert json.loads(stored)["removed"] == ["score"]
     assert "SCHEMA yv7e-xc69: added score_percent, start_date; removed score" in capfd.readouterr().out
 
@@ -61,27 +61,27 @@ def test_latest_view_follows_the_current_version_and_survives_a_failed_one(site,
     assert not list(latest.glob("*.tmp"))
 
 
-def test_retention_keeps_the_newest_versions_and_drop_source_halves_disk(site, tmp_path, luigi_setting):
+def test_retention_keeps_the_newest_versions_and_drop_source_halves_disk(site, data, luigi_setting):
     luigi_setting("retention", "keep_versions", "2")
     luigi_setting("retention", "drop_source", "true")
     for n in range(4):
         version(site, f"2025-0{n + 1}-01", '"A","B"', [f'"{n}","x"'], 1700000000 + n)
-        assert run_daily(site, tmp_path)[0]
-    folders = sorted((tmp_path / "datasets" / "yv7e-xc69").iterdir())
-    assert [f.name[:10] for f in folders] == ["2025-03-01", "2025-04-01"]
-    assert all(not (f / "source.csv").exists() and (f / "normalized.csv").exists() for f in folders)
-    assert query(tmp_path, "SELECT modified, status FROM versions ORDER BY modified") == [
+        assert run_daily(site, data.dir)[0]
+    folders = [f"datasets/yv7e-xc69/{name}" for name in sorted(data.folders("datasets/yv7e-xc69"))]
+    assert [f.split("/")[-1][:10] for f in folders] == ["2025-03-01", "2025-04-01"]
+    assert all(not data.exists(f"{f}/source.csv") and data.exists(f"{f}/normalized.csv") for f in folders)
+    assert query(data.runlog_dir, "SELECT modified, status FROM versions ORDER BY modified") == [
         ("2025-01-01", "pruned"),
         ("2025-02-01", "pruned"),
         ("2025-03-01", "done"),
         ("2025-04-01", "done"),
     ]
-    assert (tmp_path / "latest" / "yv7e-xc69.csv").read_bytes().endswith(b'"3","x"\r\n')
+    assert data.read("latest/yv7e-xc69.csv").endswith(b'"3","x"\r\n')
     for folder in folders:  # nothing points at the deleted source
-        assert json.loads((folder / "header_map.json").read_text(encoding="utf-8"))["source_path"] is None
-    assert query(tmp_path, "SELECT count(*) FROM versions WHERE source_path IS NOT NULL") == [(0,)]
+        assert json.loads(data.read(f"{folder}/header_map.json"))["source_path"] is None
+    assert query(data.runlog_dir, "SELECT count(*) FROM versions WHERE source_path IS NOT NULL") == [(0,)]
     site.server.clear()
-    assert run_daily(site, tmp_path)[0] and site.server.paths() == [CATALOG_PATH]  # no refetch without source
+    assert run_daily(site, data.dir)[0] and site.server.paths() == [CATALOG_PATH]  # no refetch without source
 
 
 def test_retention_marks_pruned_only_what_it_deleted(site, tmp_path, luigi_setting, monkeypatch):
