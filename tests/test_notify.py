@@ -196,10 +196,10 @@ def test_a_bug_still_mails_its_traceback_and_an_expected_failure_does_not(
     publish(site, 3, missing=1)
     original = pipeline.tasks.make_normalized
 
-    def broken(folder):
+    def broken(store, folder):
         if "ds02-test" in str(folder):
             raise RuntimeError("a planted bug")
-        return original(folder)
+        return original(store, folder)
 
     monkeypatch.setattr(pipeline.tasks, "make_normalized", broken)
     with MailServer() as mail:
