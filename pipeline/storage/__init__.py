@@ -10,7 +10,16 @@ from pathlib import Path
 from pipeline.storage.base import Storage, StorageError, join, parent
 from pipeline.storage.local import LocalStorage
 
-__all__ = ["Storage", "StorageError", "data_dir_problem", "join", "normalized_data_dir", "open_storage", "parent"]
+__all__ = [
+    "Storage",
+    "StorageError",
+    "data_dir_problem",
+    "join",
+    "normalized_data_dir",
+    "open_storage",
+    "parent",
+    "sweep_scratch",
+]
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # two letters at least: C:\\data is a Windows folder
 _OPEN: dict[tuple, Storage] = {}
@@ -48,6 +57,14 @@ def normalized_data_dir(data_dir: str) -> str:
     if scheme(data_dir):
         return data_dir.rstrip("/")
     return os.path.abspath(data_dir) if data_dir else data_dir
+
+
+def sweep_scratch(scratch_dir: str) -> None:
+    """What writers killed on this machine left in its scratch folder for object storage. A run's sweep does it
+    where the run starts; an assistant, which starts none, does it as it starts."""
+    from pipeline.storage import s3  # boto3 is not needed for this
+
+    s3.sweep_scratch(Path(scratch_dir or tempfile.gettempdir()) / s3.SCRATCH)
 
 
 def open_storage(data_dir: str, runlog_url: str = "", scratch_dir: str = "") -> Storage:

@@ -245,7 +245,7 @@ class S3Storage(Storage):
         return self.locks.hold(f"{self.bucket}/{self._full(folder)}", wait)
 
     def sweep(self) -> None:
-        self._sweep_scratch()
+        sweep_scratch(self.scratch)
         self.prefetch("datasets")
         for folder, names in list(self._tree.items()):
             if NORMALIZED_STAGED in names and "source.csv" not in names:  # a download cut short
@@ -266,16 +266,18 @@ class S3Storage(Storage):
                             Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                         )
 
-    def _sweep_scratch(self) -> None:
-        if not self.scratch.is_dir():
-            return
-        for lock in self.scratch.glob("*.lock"):
-            try:
-                with FileLock(lock, timeout=0):
-                    shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
-                lock.unlink(missing_ok=True)
-            except Timeout:
-                continue  # a live writer's
+
+def sweep_scratch(scratch: Path) -> None:
+    """Delete the work folders (`S3Storage.workdir`) whose writer died: nobody holds their lock."""
+    if not scratch.is_dir():
+        return
+    for lock in scratch.glob("*.lock"):
+        try:
+            with FileLock(lock, timeout=0):
+                shutil.rmtree(lock.with_suffix(""), ignore_errors=True)
+            lock.unlink(missing_ok=True)
+        except Timeout:
+            continue  # a live writer's
 
 
 _SESSIONS: list = []
