@@ -55,7 +55,7 @@ class S3Storage(Storage):
         config = botocore.config.Config(
             retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60
         )
-        self.client = boto3.session.Session().client("s3", config=config)
+        self.client = _session().client("s3", config=config)
         self.transfer = TransferConfig(**TRANSFER)
         self.scratch = Path(scratch) / SCRATCH
         self.locks = locks.for_runlog(runlog_url, self.scratch)
@@ -274,6 +274,20 @@ class S3Storage(Storage):
                 lock.unlink(missing_ok=True)
             except Timeout:
                 continue  # a live writer's
+
+
+_SESSION = None
+
+
+def _session():
+    """One boto3 session for this process and the task processes forked from it. A session parses the S3 API
+    description and the endpoint rules (JSON, about 0.1 s of CPU) when its first client is made and keeps them:
+    a session of each task's own made every DownloadCsv and NormalizeCsv parse them again. Each process still
+    makes its own client (its own connections), as open_storage does."""
+    global _SESSION
+    if _SESSION is None:
+        _SESSION = boto3.session.Session()
+    return _SESSION
 
 
 def _cause(code: str, status: int | None, message: str) -> str:
