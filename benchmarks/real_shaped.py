@@ -86,7 +86,7 @@ def main() -> None:
     figures: dict[str, list[float]] = {"plain": []} | {kind: [] for kind in kinds}
     rss: dict[str, list[float]] = {kind: [] for kind in kinds}  # the luigi process's peak RSS, MiB
     largest: dict[str, list[float]] = {kind: [] for kind in kinds}  # the largest process's, MiB
-    s3_requests: dict[str, list[dict]] = {}  # "cold s3+postgresql" -> the S3 requests of each round's run
+    s3_requests: dict[str, list[dict]] = {}  # "cold s3+postgresql" -> the S3 requests of its runs, each count once
     try:
         with LoopbackServer(bandwidth=args.bandwidth * 1e6, latency=args.latency) as server:
             site = Site(server, work)
@@ -112,8 +112,9 @@ def main() -> None:
                         figures[name].append(result["wall"])
                         rss[name].append(result["parent_rss"])
                         largest[name].append(result["largest_rss"])
-                        if place.bucket:
-                            s3_requests.setdefault(name, []).append(dict(storages.requests(place) - before))
+                        counts = dict(storages.requests(place) - before)
+                        if place.bucket and counts not in s3_requests.setdefault(name, []):
+                            s3_requests[name].append(counts)
                     shutil.rmtree(folder)
                     if args.fsync_cost and setup == measured[0]:
                         for kind, day in (("cold", day1), ("refresh", day2)):
@@ -132,7 +133,7 @@ def main() -> None:
             f"{name}: {value:.2f} s vs plain {plain:.2f} s = {value / plain:.2f}x (median of {args.rounds}); "
             f"peak RSS: luigi process {statistics.median(rss[name]):.0f} MiB, "
             f"largest process {statistics.median(largest[name]):.0f} MiB"
-            + (f"; S3 requests {' / '.join(requests(r) for r in s3_requests[name])}" if name in s3_requests else "")
+            + (f"; S3 requests {' / '.join(requests(r) for r in rounds)}" if (rounds := s3_requests.get(name)) else "")
         )
     if args.fsync_cost:
         for kind in ("cold", "refresh"):
