@@ -142,12 +142,16 @@ class Storages:
     """The data of each measured folder: its own data/ folder, or with "s3" a fresh bucket of a SeaweedFS
     server (`weed mini`) this benchmark starts on 127.0.0.1 (tests/s3_support.py) and removes at the end."""
 
-    def __init__(self, storages: list[str]):
+    def __init__(self, storages: list[str], runlogs: RunLogs):
         self.s3 = None
         if "s3" in storages:
             from tests.s3_support import start_s3
 
-            self.s3 = start_server("--storage s3", start_s3)
+            try:
+                self.s3 = start_server("--storage s3", start_s3)
+            except SystemExit:
+                runlogs.close()  # the PostgreSQL started before it
+                raise
 
     def place(self, setup: Setup, folder: Path) -> Place:
         if setup.storage == "local" or not self.s3:

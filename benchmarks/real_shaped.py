@@ -76,7 +76,7 @@ def main() -> None:
     measured = setups(args.storage.split(","), args.runlog.split(","))
     labels = [setup.label for setup in measured]
     runlogs = RunLogs(sorted({setup.engine for setup in measured}))
-    storages = Storages(args.storage.split(","))
+    storages = Storages(args.storage.split(","), runlogs)
     compile_pipeline()
     rows = realistic_rows(1.0)
     work = Path(tempfile.mkdtemp(prefix="pipeline-real-", dir="/tmp"))

@@ -340,7 +340,7 @@ def main() -> None:
         sys.exit("--patch takes on, off or both (comma separated)")
     measured = setups(args.storage.split(","), args.runlog.split(","))
     runlogs = RunLogs(sorted({setup.engine for setup in measured}))
-    storages = Storages(args.storage.split(","))
+    storages = Storages(args.storage.split(","), runlogs)
     body = make_csv(int(args.kb * 1000))
     print(
         f"scale benchmark: {machine()}; {len(body):,}-byte CSVs, {args.latency * 1000:g} ms and "
