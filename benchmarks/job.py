@@ -4,11 +4,16 @@ for loopback."""
 
 import os
 import sys
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 LUIGI = str(Path(sys.executable).with_name("luigi"))
 CONFIG = ROOT / "luigi.cfg"
+T = TypeVar("T")
 
 
 def write_cfg(
@@ -18,9 +23,12 @@ def write_cfg(
     central_port: int | None = None,
     cms_http: int | None = None,
     runlog_url: str = "",
+    data_dir: str = "",
+    scratch_dir: str = "",
 ) -> None:
     """The shipped luigi.cfg pointed at the loopback catalog, with worker_cfg lines ("key=value") added to its
-    [worker] and, if given, another [resources] cms_http and [runlog] url.
+    [worker] and, if given, another [resources] cms_http, [runlog] url, data_dir (default: the folder's data/)
+    and [storage] scratch_dir.
 
     Its own lock_pid_dir: Luigi's pid lock is keyed by the command line, the same for anyone running the job.
     With central_port, the client of a luigid on 127.0.0.1 instead of the in-process scheduler."""
@@ -29,13 +37,15 @@ def write_cfg(
         if line.startswith("metastore_url = "):
             line = f"metastore_url = {metastore_url}"
         elif line.startswith("data_dir = "):
-            line = f"data_dir = {folder / 'data'}"
+            line = f"data_dir = {data_dir or folder / 'data'}"
         elif line.startswith("local_scheduler = ") and central_port:
             line = "local_scheduler = false"
         elif line.startswith("cms_http = ") and cms_http:
             line = f"cms_http = {cms_http}"
         elif line.startswith("url =") and runlog_url:
             line = f"url = {runlog_url}"
+        elif line.startswith("scratch_dir =") and scratch_dir:
+            line = f"scratch_dir = {scratch_dir}"
         lines.append(line)
         if line == "[core]":
             lines.append(f"lock_pid_dir = {folder / 'locks'}")
@@ -71,12 +81,7 @@ class RunLogs:
         if "postgresql" in engines:
             from tests.postgres_support import start_postgres
 
-            try:
-                self.postgres = start_postgres()
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:  # pytest's skip, where PostgreSQL is missing
-                sys.exit(f"--runlog postgresql: {exc}")
+            self.postgres = start_server("--runlog postgresql", start_postgres)
 
     def url(self, engine: str) -> str:
         return self.postgres.url() if engine == "postgresql" and self.postgres else ""
@@ -84,3 +89,80 @@ class RunLogs:
     def close(self) -> None:
         if self.postgres:
             self.postgres.remove()
+
+
+def start_server(option: str, start: Callable[[], T]) -> T:
+    """A server the tests start (tests/*_support.py), or exit naming the option and why it cannot start."""
+    try:
+        return start()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # pytest's skip, where the server is not installed
+        sys.exit(f"{option}: {exc}")
+
+
+STORAGES = ("local", "s3")
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Where a measured job keeps its data and its run log."""
+
+    storage: str
+    engine: str
+
+    @property
+    def label(self) -> str:
+        return self.engine if self.storage == "local" else f"{self.storage}+{self.engine}"
+
+
+def setups(storages: list[str], engines: list[str]) -> list[Setup]:
+    """A local folder with each run-log engine; object storage with PostgreSQL, the run log of several
+    machines sharing a bucket (object storage cannot hold the run log)."""
+    unknown = set(storages) - set(STORAGES)
+    if unknown:
+        sys.exit(f"--storage takes {' and '.join(STORAGES)}, comma separated; not {', '.join(unknown)}")
+    return [Setup("local", engine) for engine in engines if "local" in storages] + (
+        [Setup("s3", "postgresql")] if "s3" in storages else []
+    )
+
+
+@dataclass
+class Place:
+    """One measured folder's data: data_dir and scratch_dir for its luigi.cfg, what its job's environment
+    adds, and the bucket (empty for a local folder)."""
+
+    data_dir: str = ""
+    scratch_dir: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    bucket: str = ""
+
+
+class Storages:
+    """The data of each measured folder: its own data/ folder, or with "s3" a fresh bucket of a SeaweedFS
+    server (`weed mini`) this benchmark starts on 127.0.0.1 (tests/s3_support.py) and removes at the end."""
+
+    def __init__(self, storages: list[str], runlogs: RunLogs):
+        self.s3 = None
+        if "s3" in storages:
+            from tests.s3_support import start_s3
+
+            try:
+                self.s3 = start_server("--storage s3", start_s3)
+            except SystemExit:
+                runlogs.close()  # the PostgreSQL started before it
+                raise
+
+    def place(self, setup: Setup, folder: Path) -> Place:
+        if setup.storage == "local" or not self.s3:
+            return Place()
+        bucket = self.s3.new_bucket()
+        return Place(f"s3://{bucket}/hospitals", str(folder / "scratch"), self.s3.env(), bucket)
+
+    def requests(self, place: Place) -> Counter:
+        """S3 requests answered so far for the folder's bucket, by type (HEAD counts as GET); none locally."""
+        return self.s3.request_counts(place.bucket) if self.s3 and place.bucket else Counter()
+
+    def close(self) -> None:
+        if self.s3:
+            self.s3.remove()

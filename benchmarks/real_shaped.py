@@ -3,6 +3,7 @@
     python benchmarks/real_shaped.py              # 3 rounds, about 2 minutes
     python benchmarks/real_shaped.py --rounds 1   # one round
     python benchmarks/real_shaped.py --runlog sqlite,postgresql   # the run log on each engine, side by side
+    python benchmarks/real_shaped.py --storage local,s3   # the data folder local and in S3, side by side
 
 The catalog is benchmarks/run.py's realistic one: 80 HCAHPS-shaped CSVs, one of 450k rows (about 180 MB), five
 of 50k-170k rows, the rest small, in a shuffled order, served by tests.loopback_server on 127.0.0.1 with 50 ms
@@ -18,6 +19,10 @@ before every response and 20 MB/s per connection. Each round measures, side by s
 With `--runlog sqlite,postgresql` the job's runs are made once per run-log engine: runlog.sqlite in the data
 folder, and a database of a PostgreSQL started on 127.0.0.1 for the benchmark (tests/postgres_support.py).
 
+With `--storage local,s3` they are made once more with the data in object storage: data_dir is
+s3://<a fresh bucket>/hospitals on a SeaweedFS server started on 127.0.0.1 (tests/s3_support.py), the run log
+on PostgreSQL, [storage] scratch_dir in the round's folder. The S3 requests of each run are counted, by type.
+
 With --fsync-cost, each round also runs cold and refresh with the job's own fsyncs switched off (the
 benchmark-only CMS_PIPELINE_NO_FSYNC; the run log still syncs as configured), on the first engine, so their
 cost is measured side by side.
@@ -26,7 +31,6 @@ Every figure is the median over the rounds; the ratios are against the plain dow
 """
 
 import argparse
-import os
 import shutil
 import statistics
 import sys
@@ -37,22 +41,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bytecode import compile_pipeline  # noqa: E402
-from benchmarks.job import RunLogs, write_cfg  # noqa: E402
+from benchmarks.job import Place, RunLogs, Setup, Storages, setups, write_cfg  # noqa: E402
 from benchmarks.plain_download import plain_download  # noqa: E402
 from benchmarks.run import Site, realistic_rows  # noqa: E402
-from benchmarks.scale import run_luigi  # noqa: E402
+from benchmarks.scale import requests, run_luigi  # noqa: E402
 from pipeline.durable import NO_SYNC_ENV  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
 
 
-def run_job(folder: Path, metastore_url: str, expect: str, runlog_url: str = "", syncs: bool = True) -> float:
-    write_cfg(folder, metastore_url, runlog_url=runlog_url)
-    if not syncs:
-        os.environ[NO_SYNC_ENV] = "1"  # the job's environment is this one's
-    try:
-        return run_luigi(folder, "on", expect)["wall"]
-    finally:
-        os.environ.pop(NO_SYNC_ENV, None)
+def run_job(
+    folder: Path, metastore_url: str, expect: str, runlog_url: str = "", syncs: bool = True, place: Place | None = None
+) -> dict:
+    """One run: its wall time, peak RSS (the luigi process's and the largest process's), ... (scale.run_luigi)."""
+    place = place or Place()
+    write_cfg(folder, metastore_url, runlog_url=runlog_url, data_dir=place.data_dir, scratch_dir=place.scratch_dir)
+    env = place.env | ({} if syncs else {NO_SYNC_ENV: "1"})
+    return run_luigi(folder, "on", expect, env=env)
 
 
 def main() -> None:
@@ -61,17 +65,28 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.05, help="seconds before each response (default 0.05)")
     parser.add_argument("--bandwidth", type=float, default=20, help="MB/s per connection (default 20)")
     parser.add_argument("--runlog", default="sqlite", help="run-log engines, comma separated: sqlite, postgresql")
+    parser.add_argument(
+        "--storage",
+        default="local",
+        help="data folders, comma separated: local (default), s3 (a bucket on a loopback SeaweedFS, the run log "
+        "on PostgreSQL)",
+    )
     parser.add_argument("--fsync-cost", action="store_true", help="also run cold and refresh without the fsyncs")
     args = parser.parse_args()
-    engines = args.runlog.split(",")
-    runlogs = RunLogs(engines)
+    measured = setups(args.storage.split(","), args.runlog.split(","))
+    labels = [setup.label for setup in measured]
+    runlogs = RunLogs(sorted({setup.engine for setup in measured}))
+    storages = Storages(args.storage.split(","), runlogs)
     compile_pipeline()
     rows = realistic_rows(1.0)
     work = Path(tempfile.mkdtemp(prefix="pipeline-real-", dir="/tmp"))
-    kinds = [f"{kind} {engine}" for engine in engines for kind in ("cold", "refresh", "no-op")]
+    kinds = [f"{kind} {label}" for label in labels for kind in ("cold", "refresh", "no-op")]
     if args.fsync_cost:
-        kinds += [f"{kind} {engines[0]} without fsyncs" for kind in ("cold", "refresh")]
+        kinds += [f"{kind} {labels[0]} without fsyncs" for kind in ("cold", "refresh")]
     figures: dict[str, list[float]] = {"plain": []} | {kind: [] for kind in kinds}
+    rss: dict[str, list[float]] = {kind: [] for kind in kinds}  # the luigi process's peak RSS, MiB
+    largest: dict[str, list[float]] = {kind: [] for kind in kinds}  # the largest process's, MiB
+    s3_requests: dict[str, list[dict]] = {}  # "cold s3+postgresql" -> the S3 requests of its runs, each count once
     try:
         with LoopbackServer(bandwidth=args.bandwidth * 1e6, latency=args.latency) as server:
             site = Site(server, work)
@@ -80,39 +95,64 @@ def main() -> None:
             print(f"{len(rows)} CSVs, {size:,.0f} MB, the largest {site.body(max(rows)).stat().st_size / 1e6:,.0f} MB")
             for round_ in range(1, args.rounds + 1):
                 figures["plain"].append(plain_download(day1, work / "plain", 4))
-                for engine in engines:
-                    folder, runlog_url = work / f"job-{round_}-{engine}", runlogs.url(engine)
+                for setup in measured:
+                    folder, runlog_url = work / f"job-{round_}-{setup.label}", runlogs.url(setup.engine)
+                    place = storages.place(setup, folder)
                     fetched, nothing = (
                         f" {len(rows)} downloaded, 0 up to date",
                         f" 0 downloaded, {len(rows)} up to date",
                     )
-                    figures[f"cold {engine}"].append(run_job(folder, day1, fetched, runlog_url))
-                    figures[f"refresh {engine}"].append(run_job(folder, day2, fetched, runlog_url))
-                    figures[f"no-op {engine}"].append(run_job(folder, day2, nothing, runlog_url))
+                    for kind, day, expect in (
+                        ("cold", day1, fetched),
+                        ("refresh", day2, fetched),
+                        ("no-op", day2, nothing),
+                    ):
+                        name, before = f"{kind} {setup.label}", storages.requests(place)
+                        result = run_job(folder, day, expect, runlog_url, place=place)
+                        figures[name].append(result["wall"])
+                        rss[name].append(result["parent_rss"])
+                        largest[name].append(result["largest_rss"])
+                        counts = dict(storages.requests(place) - before)
+                        if place.bucket and counts not in s3_requests.setdefault(name, []):
+                            s3_requests[name].append(counts)
                     shutil.rmtree(folder)
-                    if args.fsync_cost and engine == engines[0]:
+                    if args.fsync_cost and setup == measured[0]:
                         for kind, day in (("cold", day1), ("refresh", day2)):
-                            time = run_job(folder, day, fetched, runlog_url, syncs=False)
-                            figures[f"{kind} {engine} without fsyncs"].append(time)
+                            result = run_job(folder, day, fetched, runlog_url, syncs=False)
+                            figures[f"{kind} {setup.label} without fsyncs"].append(result["wall"])
                         shutil.rmtree(folder)
                 print(f"round {round_}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in figures.items()), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         runlogs.close()
+        storages.close()
     plain = statistics.median(figures["plain"])
     for name in kinds:
         value = statistics.median(figures[name])
-        print(f"{name}: {value:.2f} s vs plain {plain:.2f} s = {value / plain:.2f}x (median of {args.rounds})")
+        print(
+            f"{name}: {value:.2f} s vs plain {plain:.2f} s = {value / plain:.2f}x (median of {args.rounds}); "
+            f"peak RSS: luigi process {statistics.median(rss[name]):.0f} MiB, "
+            f"largest process {statistics.median(largest[name]):.0f} MiB"
+            + (f"; S3 requests {' / '.join(requests(r) for r in rounds)}" if (rounds := s3_requests.get(name)) else "")
+        )
     if args.fsync_cost:
         for kind in ("cold", "refresh"):
             synced, unsynced = (
-                statistics.median(figures[f"{kind} {engines[0]}{how}"]) for how in ("", " without fsyncs")
+                statistics.median(figures[f"{kind} {labels[0]}{how}"]) for how in ("", " without fsyncs")
             )
             print(f"{kind}: the fsyncs cost {synced / unsynced - 1:+.1%} ({synced:.2f} s vs {unsynced:.2f} s)")
-    if len(engines) == 2:
+    if {"postgresql", "sqlite"} <= set(labels):
         for kind in ("cold", "refresh", "no-op"):
             pg, lite = (statistics.median(figures[f"{kind} {engine}"]) for engine in ("postgresql", "sqlite"))
             print(f"{kind}: the run log on PostgreSQL {pg:.2f} s vs SQLite {lite:.2f} s = {pg / lite:.2f}x")
+    s3, local = Setup("s3", "postgresql"), Setup("local", "sqlite")
+    if s3 in measured and local in measured:
+        for kind, goal in (("cold", 1.5), ("refresh", None), ("no-op", 2.0)):
+            there, here = (statistics.median(figures[f"{kind} {setup.label}"]) for setup in (s3, local))
+            print(
+                f"{kind}: S3 + PostgreSQL {there:.2f} s vs local + SQLite {here:.2f} s = {there / here:.2f}x"
+                + (f" (goal {goal}x: {'met' if there / here <= goal else 'not met'})" if goal else "")
+            )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,9 @@ in this order:
   PIPELINE_SCHEDULER_SPEEDUPS=0 in its environment. With --scheduler central, each run gets its own luigid
   (`python -m pipeline.scheduler_speedups luigid`, with the same switch) and the job is its client.
 
+With --storage local,s3 the runs are made once more with the data in a fresh bucket of a SeaweedFS server on
+127.0.0.1 (tests/s3_support.py) and the run log on PostgreSQL; the S3 requests of each run are counted.
+
 Every luigi run is started from a fresh intermediate Python process that only waits for it, so that process's
 getrusage(RUSAGE_CHILDREN) covers exactly that run: CPU = user + system seconds of the luigi process and all the
 task processes it forked; "largest" RSS = ru_maxrss of RUSAGE_CHILDREN, the peak RSS of the single largest
@@ -46,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bytecode import compile_pipeline  # noqa: E402
-from benchmarks.job import LUIGI, RunLogs, job_env, write_cfg  # noqa: E402
+from benchmarks.job import LUIGI, Place, RunLogs, Storages, job_env, setups, write_cfg  # noqa: E402
 from benchmarks.plain_download import plain_download  # noqa: E402
 from tests.fixtures import item, resource_path  # noqa: E402
 from tests.loopback_server import LoopbackServer  # noqa: E402
@@ -207,9 +210,14 @@ class Central:
         self.output.close()
 
 
-def run_luigi(folder: Path, patch: str, expect: str, failing: bool = False) -> dict:
+def run_luigi(folder: Path, patch: str, expect: str, failing: bool = False, env: dict[str, str] | None = None) -> dict:
+    """One run of the command in `folder` (its environment is this process's, plus `env`)."""
     out = subprocess.run(
-        [sys.executable, __file__, "--run-one", str(folder), patch], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--run-one", str(folder), patch],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=os.environ | (env or {}),
     ).stdout
     result = json.loads(out.splitlines()[-1])
     if (result["code"] != 0) != failing or expect not in result["out"]:
@@ -228,18 +236,35 @@ def machine() -> str:
     )
 
 
-def measure(folder: Path, url: str, n: int, patch: str, args, runlog_url: str = "") -> dict:
-    """One cold run, then the no-op runs (the best is kept), in a fresh folder (and with a fresh luigid).
+def measure(folder: Path, url: str, n: int, patch: str, args, runlog_url: str = "", storages=None, setup=None) -> dict:
+    """One cold run, then the no-op runs (the best is kept), in a fresh folder (and with a fresh luigid, and
+    with S3 a fresh bucket, whose requests are counted for each run).
 
     With failing CSVs there is no no-op run: each run tries the failed versions again."""
     failed = n // args.fail_every if args.fail_every else 0
     central = Central(folder / "luigid", patch) if args.scheduler == "central" else None
+    place = storages.place(setup, folder) if storages and setup else Place()
+
+    def run(expect: str, failing: bool = False) -> dict:
+        before = storages.requests(place) if storages else None
+        result = run_luigi(folder, patch, expect, failing, place.env)
+        result["requests"] = dict(storages.requests(place) - before) if storages and place.bucket else None
+        return result
+
     try:
-        write_cfg(folder, url, args.worker_cfg, central and central.port, runlog_url=runlog_url)
+        write_cfg(
+            folder,
+            url,
+            args.worker_cfg,
+            central and central.port,
+            runlog_url=runlog_url,
+            data_dir=place.data_dir,
+            scratch_dir=place.scratch_dir,
+        )
         before = central.cpu() if central else 0.0
-        cold = run_luigi(folder, patch, f" {n - failed} downloaded, 0 up to date, {failed} failed", bool(failed))
+        cold = run(f" {n - failed} downloaded, 0 up to date, {failed} failed", bool(failed))
         luigid_cpu = central.cpu() - before if central else None
-        noops = [] if failed else [run_luigi(folder, patch, f" {n} up to date") for _ in range(args.noop_runs)]
+        noops = [] if failed else [run(f" {n} up to date") for _ in range(args.noop_runs)]
     finally:
         if central:
             central.stop()
@@ -258,6 +283,8 @@ def measure(folder: Path, url: str, n: int, patch: str, args, runlog_url: str = 
         "noops": [r["wall"] for r in noops],
         "noop_cpu": noop and noop["cpu"],
         "noop_parent_rss": noop and noop["parent_rss"],
+        "cold_requests": cold["requests"],
+        "noop_requests": noop and noop["requests"],
     }
 
 
@@ -293,6 +320,12 @@ def main() -> None:
     parser.add_argument(
         "--runlog", default="sqlite", help="run-log engines, comma separated: sqlite (default), postgresql"
     )
+    parser.add_argument(
+        "--storage",
+        default="local",
+        help="data folders, comma separated: local (default), s3 (a bucket on a loopback SeaweedFS, the run log "
+        "on PostgreSQL)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--run-one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -305,8 +338,9 @@ def main() -> None:
     patches = args.patch.split(",")
     if not set(patches) <= {"on", "off"}:
         sys.exit("--patch takes on, off or both (comma separated)")
-    engines = args.runlog.split(",")
-    runlogs = RunLogs(engines)
+    measured = setups(args.storage.split(","), args.runlog.split(","))
+    runlogs = RunLogs(sorted({setup.engine for setup in measured}))
+    storages = Storages(args.storage.split(","), runlogs)
     body = make_csv(int(args.kb * 1000))
     print(
         f"scale benchmark: {machine()}; {len(body):,}-byte CSVs, {args.latency * 1000:g} ms and "
@@ -323,31 +357,49 @@ def main() -> None:
                 url = publish(server, f"s{n}", n, body, args.fail_every)
                 plain = plain_download(url, work / f"plain{n}", args.threads)
                 print(f"{n:5d} datasets: plain {args.threads}-connection download {plain:6.1f} s", flush=True)
-                for patch, engine in ((p, e) for p in patches for e in engines):
-                    row = measure(work / f"s{n}-{patch}-{engine}", url, n, patch, args, runlogs.url(engine))
-                    row.update(plain=plain, ratio=row["cold"] / plain, runlog=engine)
+                for patch, setup in ((p, s) for p in patches for s in measured):
+                    folder = work / f"s{n}-{patch}-{setup.label}"
+                    row = measure(folder, url, n, patch, args, runlogs.url(setup.engine), storages, setup)
+                    row.update(plain=plain, ratio=row["cold"] / plain, runlog=setup.engine, storage=setup.storage)
                     rows.append(row)
                     print(
-                        f"      patch {patch:3s}, run log {engine}: cold {row['cold']:6.1f} s = "
+                        f"      patch {patch:3s}, {setup.storage}, run log {setup.engine}: cold {row['cold']:6.1f} s = "
                         f"{row['ratio']:.2f}x plain "
                         f"(CPU {row['cold_cpu']:5.1f} s, luigi process {row['cold_luigi_cpu']:4.1f} s"
                         + (f", luigid {row['cold_luigid_cpu']:4.1f} s" if row["cold_luigid_cpu"] is not None else "")
                         + "); no-op "
                         + (f"{row['noop']:5.2f} s" if noop_ran(row) else "-")
                         + f"; peak RSS: luigi process {row['parent_rss']:.0f} MiB, largest process "
-                        f"{row['largest_rss']:.0f} MiB",
+                        f"{row['largest_rss']:.0f} MiB"
+                        + (f"; S3 requests: cold {requests(row['cold_requests'])}" if row["cold_requests"] else "")
+                        + (f", no-op {requests(row['noop_requests'])}" if row["noop_requests"] else ""),
                         flush=True,
                     )
     finally:
         shutil.rmtree(work, ignore_errors=True)
         runlogs.close()
+        storages.close()
     print("\n" + table(rows))
+    for s3 in (r for r in rows if r["storage"] == "s3"):
+        local = next((r for r in rows if r["datasets"] == s3["datasets"] and r["patch"] == s3["patch"]), None)
+        if local and local["storage"] == "local" and noop_ran(s3):
+            print(
+                f"{s3['datasets']:,} datasets, no-op: S3 + PostgreSQL {s3['noop']:.2f} s vs local + "
+                f"{local['runlog']} {local['noop']:.2f} s = {s3['noop'] / local['noop']:.2f}x, "
+                f"{requests(s3['noop_requests'])} S3 requests"
+            )
     if args.json:
         args.json.write_text(
             json.dumps({"machine": machine(), "args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1)
             + "\n",
             encoding="utf-8",
         )
+
+
+def requests(counts: dict[str, int]) -> str:
+    """ "1,234 (GET 1,000, PUT 234)": the total, then each type of request, the most frequent first."""
+    kinds = ", ".join(f"{kind} {count:,}" for kind, count in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return f"{sum(counts.values()):,} ({kinds})"
 
 
 def noop_ran(row: dict) -> bool:
@@ -358,6 +410,7 @@ def table(rows: list[dict]) -> str:
     head = (
         "datasets",
         "patch",
+        "storage",
         "run log",
         "plain download",
         "cold run",
@@ -372,6 +425,7 @@ def table(rows: list[dict]) -> str:
             (
                 f"{r['datasets']:,}",
                 r["patch"],
+                r.get("storage", "local"),
                 r.get("runlog", "sqlite"),
                 f"{r['plain']:.1f} s",
                 f"{r['cold']:.1f} s",
