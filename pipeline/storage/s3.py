@@ -283,17 +283,6 @@ def sweep_scratch(scratch: Path) -> None:
             continue  # a live writer's
 
 
-_SESSIONS: list = []
-
-
-def _session():
-    """One boto3 session for the process and the workers forked from it: its loaded service model makes each
-    worker's client in about 15 ms instead of 65 (the client itself, which holds connections, is per process)."""
-    if not _SESSIONS:
-        _SESSIONS.append(boto3.session.Session())
-    return _SESSIONS[0]
-
-
 def _client_cause(exc) -> str:
     error = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
