@@ -12,7 +12,7 @@ def make_normalized(store: Storage, folder: str) -> RewriteResult:
     lost or damaged is made again first. Raises ValueError/UnicodeError for bytes that cannot be normalized."""
     source, scan_key = layout.source_csv(folder), layout.source_scan(folder)
     staged, normalized = layout.normalized_staged(folder), layout.normalized_csv(folder)
-    sizes = store.sizes(folder, fresh=True)
+    sizes = store.sizes(folder)  # as the check its caller made under the folder's lock listed it
     scan, _ = store.read_json(scan_key)
     if scan is None or "source_bytes" not in scan:  # damaged, or from an earlier release: rescan the source
         with store.local_copy(source) as path, open(path, "rb") as src:

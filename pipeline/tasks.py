@@ -356,7 +356,8 @@ class DownloadCsv(VersionTask):
         with store.lock(self.folder):
             if self.complete():
                 return  # an overlapping run fetched it while we waited for the lock
-            store.remove(layout.source_scan(self.folder))  # an earlier attempt's: it vouches for source and copy
+            if "source.scan.json" in store.sizes(self.folder):  # an earlier attempt's: it vouches for the rest
+                store.remove(layout.source_scan(self.folder))
             try:
                 with store.workdir(self.folder) as work:
                     fetched = self._fetch(store, work)
@@ -370,18 +371,21 @@ class DownloadCsv(VersionTask):
         """The source and, written while the bytes arrive, the normalized copy (so Normalize does not copy the
         file again afterwards); put in place copy first, then the scan that vouches for both, then the source."""
         source, staged = temp_path(work / "source.csv"), work / layout.NORMALIZED_STAGED
+        scan_file = temp_path(work / "source.scan.json")
         try:
             with open(staged, "wb") as out:
                 scan = SourceScan(out)
                 fetched = download(self.url, source, self.config.download, self._progress, scan)
-            if scan.result():
-                store.put_file(staged, layout.normalized_staged(self.folder))
-            else:
+            files = [(staged, layout.normalized_staged(self.folder))]
+            if not scan.result():
                 staged.unlink()  # Normalize rewrites this file from the source
-            store.write_json(layout.source_scan(self.folder), scan.record())
-            store.put_file(source, layout.source_csv(self.folder))
+                files = []
+            scan_file.write_text(json_text(scan.record()), encoding="utf-8", newline="")
+            files += [(scan_file, layout.source_scan(self.folder)), (source, layout.source_csv(self.folder))]
+            store.put_files(files)
         finally:
             remove(source)
+            remove(scan_file)
         return fetched
 
     _last_report = 0.0
@@ -447,8 +451,10 @@ class NormalizeCsv(VersionTask):
         store, folder = self.store, self.folder
         normalized, header_map = layout.normalized_csv(folder), layout.header_map(folder)
         # The outputs appear together: whatever is here now was left by a killed attempt, and is rebuilt.
-        store.remove(normalized)
-        store.remove(header_map)
+        present = store.sizes(folder)  # as the check under the lock listed it
+        for key in (normalized, header_map):
+            if key.rsplit("/", 1)[1] in present:
+                store.remove(key)
         previous, old_columns = self._previous()  # the slow, fallible reads come before the first write
         drop_source = self.config.retention.drop_source
         source, scan = layout.source_csv(folder), layout.source_scan(folder)

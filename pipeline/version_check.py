@@ -48,8 +48,9 @@ def check_version(store: Storage, folder: str) -> VersionCheck:
     """A version is finished when its header map parses, its normalized file has the recorded size, and its
     source (unless dropped) has the size its scan or header map recorded. An answer from a cached listing that
     says "not finished" is asked again of the store: another process may have finished it since."""
+    cached = store.cached(folder)
     check = _check(store, folder, store.sizes(folder))
-    if not check.complete:
+    if not check.complete and cached:
         check = _check(store, folder, store.sizes(folder, fresh=True))
     return check
 

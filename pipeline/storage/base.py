@@ -62,6 +62,10 @@ class Storage(ABC):
         """The files directly in a folder, name -> size (none: empty). Object storage may answer from the run's
         listing (`prefetch`); `fresh` asks the store itself."""
 
+    def cached(self, folder: str) -> bool:
+        """Whether `sizes(folder)` would answer from a listing made earlier in this process (object storage)."""
+        return False
+
     def prefetch(self, folder: str) -> None:  # noqa: B027 - a local folder is its own listing
         """One listing of everything under `folder` that later `sizes` calls in this process answer from."""
 
@@ -120,6 +124,13 @@ class Storage(ABC):
 
     def write_json(self, key: str, data) -> None:
         self.write_text(key, json_text(data))
+
+    def put_files(self, files: list[tuple[Path, str]]) -> None:
+        """Several finished local files, each as `put_file`: in this order on disk, where each file vouches for
+        the ones before it (a rename is durable only in order); at once in object storage, where each key is
+        whole or absent whatever the order."""
+        for local, key in files:
+            self.put_file(local, key)
 
     @abstractmethod
     def move(self, source: str, dest: str, read_only: bool = False) -> None:

@@ -13,6 +13,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -64,6 +65,7 @@ class S3Storage(Storage):
         self.locks = locks.for_runlog(runlog_url, self.scratch)
         self._tree: dict[str, dict[str, int]] = {}  # folder key -> {name: size}, from listings and own writes
         self._listed: set[str] = set()  # folders whose whole subtree a listing put in _tree
+        self._direct: set[str] = set()  # folders whose files a listing of their own put in _tree
 
     # -- names and errors ---------------------------------------------------------------------------------
 
@@ -135,7 +137,10 @@ class S3Storage(Storage):
                     yield item["Key"][len(self.prefix) :], item["Size"]
 
     def _covered(self, folder: str) -> bool:
-        return any(folder == done or folder.startswith(f"{done}/") for done in self._listed)
+        return folder in self._direct or any(folder == done or folder.startswith(f"{done}/") for done in self._listed)
+
+    def cached(self, folder: str) -> bool:
+        return self._covered(folder)
 
     def prefetch(self, folder: str) -> None:
         if self._covered(folder):
@@ -147,6 +152,7 @@ class S3Storage(Storage):
     def sizes(self, folder: str, fresh: bool = False) -> dict[str, int]:
         if fresh or not self._covered(folder):
             self._tree[folder] = {PurePosixPath(key).name: size for key, size in self._list(folder, recursive=False)}
+            self._direct.add(folder)
         return dict(self._tree.get(folder, {}))
 
     def listing(self, folder: str) -> Iterator[tuple[str, int]]:
@@ -211,6 +217,12 @@ class S3Storage(Storage):
             self.client.upload_file(str(local), self.bucket, self._full(key), Config=self.transfer)
         Path(local).unlink(missing_ok=True)
         self._seen(key, size)
+
+    def put_files(self, files: list[tuple[Path, str]]) -> None:
+        """Uploaded side by side: the biggest file's source and normalized copy take one upload's time."""
+        with ThreadPoolExecutor(max_workers=max(1, len(files))) as uploads:  # boto3's clients are thread-safe
+            for done in [uploads.submit(self.put_file, local, key) for local, key in files]:
+                done.result()
 
     def copy(self, source: str, dest: str, read_only: bool = False) -> None:
         """Server-side: the bytes never pass through this machine (CopyObject copies up to 5 GB at once)."""
