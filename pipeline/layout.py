@@ -7,7 +7,8 @@ relative to the data folder (pipeline/storage/ maps them to files or objects).
 <data>/reports/plan-<run_id>.json          a dry run's plan
 <data>/datasets/<identifier>/<modified>-<url fingerprint>/
     source.csv  source.scan.json  normalized.csv  header_map.json
-    (normalized.staged: the normalized file written during the download, until Normalize moves it in place)
+    (normalized.staged: on disk, the normalized file written during the download, until Normalize moves it in
+    place; Storage.staged)
 """
 
 import hashlib
@@ -49,14 +50,6 @@ def source_csv(version: str) -> str:
 def source_scan(version: str) -> str:
     """What the download's scan found: lets Normalize copy the data without reading it in Python."""
     return _in(version, "source.scan.json")
-
-
-NORMALIZED_STAGED = "normalized.staged"
-
-
-def normalized_staged(version: str) -> str:
-    """The normalized file as the download wrote it beside the source; Normalize moves it to normalized.csv."""
-    return _in(version, NORMALIZED_STAGED)
 
 
 def normalized_csv(version: str) -> str:

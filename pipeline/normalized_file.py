@@ -11,7 +11,8 @@ def make_normalized(store: Storage, folder: str) -> RewriteResult:
     (the new header and a kernel copy of the rest with a usable scan, the full rewrite without). A scan that was
     lost or damaged is made again first. Raises ValueError/UnicodeError for bytes that cannot be normalized."""
     source, scan_key = layout.source_csv(folder), layout.source_scan(folder)
-    staged, normalized = layout.normalized_staged(folder), layout.normalized_csv(folder)
+    normalized = layout.normalized_csv(folder)
+    staged = store.staged(normalized)
     sizes = store.sizes(folder)  # as the check its caller made under the folder's lock listed it
     scan, _ = store.read_json(scan_key)
     if scan is None or "source_bytes" not in scan:  # damaged, or from an earlier release: rescan the source
@@ -19,9 +20,10 @@ def make_normalized(store: Storage, folder: str) -> RewriteResult:
             scan = scan_record(src)
         store.write_json(scan_key, scan)
     usable = "sha256" in scan  # else not UTF-8, or no usable header: rewritten from the source
-    staged_size = sizes.get(layout.NORMALIZED_STAGED)
+    staged_size = sizes.get(staged.rsplit("/", 1)[1])
     if usable and staged_size is not None and is_scanned(scan, sizes.get("source.csv", -1), staged_size):
-        store.move(staged, normalized, read_only=True)  # the download wrote it: moved in, not copied
+        if staged != normalized:
+            store.move(staged, normalized, read_only=True)  # the download wrote it: moved in, not copied
         return scanned_result(scan)
     store.remove(staged)  # none, or cut short by a kill: made from the source
     result: list[RewriteResult] = []

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import replace
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import luigi
@@ -356,28 +356,33 @@ class DownloadCsv(VersionTask):
         with store.lock(self.folder):
             if self.complete():
                 return  # an overlapping run fetched it while we waited for the lock
-            if "source.scan.json" in store.sizes(self.folder):  # an earlier attempt's: it vouches for the rest
+            present = store.sizes(self.folder)
+            # Normalized already (only its source is downloaded again): its normalized file is left alone.
+            copy = None if "header_map.json" in present else store.staged(layout.normalized_csv(self.folder))
+            if "source.scan.json" in present:  # an earlier attempt's: it vouches for the rest
                 store.remove(layout.source_scan(self.folder))
             try:
                 with store.workdir(self.folder) as work:
-                    fetched = self._fetch(store, work)
+                    fetched = self._fetch(store, work, copy)
             except (DownloadError, NotText, OSError) as exc:  # anything else is a bug: keep its traceback
-                store.remove(layout.normalized_staged(self.folder))
+                if copy:
+                    store.remove(copy)
                 raise self.failure(f"download of {self.url} failed", exc) from exc
         self._report(fetched.bytes, fetched.bytes)
         self.runlog().record_download(self.version, fetched.last_modified)
 
-    def _fetch(self, store: Storage, work: Path):
+    def _fetch(self, store: Storage, work: Path, copy: str | None):
         """The source and, written while the bytes arrive, the normalized copy (so Normalize does not copy the
-        file again afterwards); put in place copy first, then the scan that vouches for both, then the source."""
-        source, staged = temp_path(work / "source.csv"), work / layout.NORMALIZED_STAGED
-        scan_file = temp_path(work / "source.scan.json")
+        file again afterwards) to `copy`; put in place copy first, then the scan that vouches for both, then the
+        source."""
+        source, scan_file = temp_path(work / "source.csv"), temp_path(work / "source.scan.json")
+        staged = work / PurePosixPath(copy or "normalized.staged").name  # on disk: its place in the folder
         try:
             with open(staged, "wb") as out:
                 scan = SourceScan(out)
                 fetched = download(self.url, source, self.config.download, self._progress, scan)
-            files = [(staged, layout.normalized_staged(self.folder))]
-            if not scan.result():
+            files = [(staged, copy)] if copy else []
+            if not (copy and scan.result()):
                 staged.unlink()  # Normalize rewrites this file from the source
                 files = []
             scan_file.write_text(json_text(scan.record()), encoding="utf-8", newline="")
@@ -423,7 +428,8 @@ class NormalizeCsv(VersionTask):
         with store.lock(self.folder):
             check = check_version(store, self.folder)
             if check.complete:  # an overlapping run normalized it, or only its source needed downloading again
-                store.remove(layout.normalized_staged(self.folder))  # a copy of what is already here
+                if (staged := store.staged(layout.normalized_csv(self.folder))) != layout.normalized_csv(self.folder):
+                    store.remove(staged)  # a copy of what is already here, if an overlapping download left one
                 stats = stored_stats(header_map_of(store, self.folder, check))
                 self.runlog().record_done(self.run_id, self.version, stats, outcome="up_to_date")
             else:
@@ -453,7 +459,7 @@ class NormalizeCsv(VersionTask):
         # The outputs appear together: whatever is here now was left by a killed attempt, and is rebuilt.
         present = store.sizes(folder)  # as the check under the lock listed it
         for key in (normalized, header_map):
-            if key.rsplit("/", 1)[1] in present:
+            if key.rsplit("/", 1)[1] in present and key != store.staged(normalized):  # not the download's copy
                 store.remove(key)
         previous, old_columns = self._previous()  # the slow, fallible reads come before the first write
         drop_source = self.config.retention.drop_source

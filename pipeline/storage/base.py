@@ -132,6 +132,14 @@ class Storage(ABC):
         for local, key in files:
             self.put_file(local, key)
 
+    def staged(self, key: str) -> str:
+        """Where a file written while its input arrives waits until a later file vouches for it: beside its final
+        name on disk, `<stem>.staged`, since a rename into place is what makes it durable and read-only; under
+        its final key itself in object storage, where a key is whole or absent (so the bytes are not copied
+        again on the server), and where the version's header map, written last, is what says it is finished."""
+        path = PurePosixPath(key)
+        return str(path.with_name(f"{path.stem}.staged"))
+
     @abstractmethod
     def move(self, source: str, dest: str, read_only: bool = False) -> None:
         """Rename within the data folder (a server-side copy, then a delete, in object storage)."""

@@ -40,7 +40,6 @@ MB = 1024 * 1024
 # Parts of 16 MB, 4 at a time: the biggest file (about 150 MB) goes up in 10 parts with 64 MB in flight at most.
 TRANSFER = dict(multipart_threshold=16 * MB, multipart_chunksize=16 * MB, max_concurrency=4)
 SCRATCH = "cms-pipeline"
-NORMALIZED_STAGED = "normalized.staged"
 
 
 class S3Storage(Storage):
@@ -224,6 +223,9 @@ class S3Storage(Storage):
             for done in [uploads.submit(self.put_file, local, key) for local, key in files]:
                 done.result()
 
+    def staged(self, key: str) -> str:
+        return key
+
     def copy(self, source: str, dest: str, read_only: bool = False) -> None:
         """Server-side: the bytes never pass through this machine (CopyObject copies up to 5 GB at once)."""
         with self._errors(dest):
@@ -263,10 +265,10 @@ class S3Storage(Storage):
         sweep_scratch(self.scratch)
         self.prefetch("datasets")
         for folder, names in list(self._tree.items()):
-            if NORMALIZED_STAGED in names and "source.csv" not in names:  # a download cut short
-                with self.lock(folder, wait=False) as held:
+            if {"normalized.csv"} == names.keys() & {"normalized.csv", "source.csv", "header_map.json"}:
+                with self.lock(folder, wait=False) as held:  # a download cut short: its staged copy alone
                     if held and "source.csv" not in self.sizes(folder, fresh=True):
-                        self.remove(f"{folder}/{NORMALIZED_STAGED}")
+                        self.remove(f"{folder}/normalized.csv")
         with self._errors("datasets"):
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
                 Bucket=self.bucket, Prefix=self._full("datasets/")
