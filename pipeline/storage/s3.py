@@ -63,8 +63,10 @@ class S3Storage(Storage):
         self.scratch = Path(scratch) / SCRATCH
         self.locks = locks.for_runlog(runlog_url, self.scratch)
         self._tree: dict[str, dict[str, int]] = {}  # folder key -> {name: size}, from listings and own writes
-        self._listed: set[str] = set()  # folders whose whole subtree a listing put in _tree
-        self._direct: set[str] = set()  # folders whose files a listing of their own put in _tree
+        # Folders whose whole subtree a prefetch put in _tree. Only those answer from the cache: a folder's own
+        # listing is fresh when made, but a long-lived process (a worker that runs tasks itself, an assistant)
+        # would otherwise trust it after another process has changed the folder.
+        self._listed: set[str] = set()
 
     # -- names and errors ---------------------------------------------------------------------------------
 
@@ -136,7 +138,7 @@ class S3Storage(Storage):
                     yield item["Key"][len(self.prefix) :], item["Size"]
 
     def _covered(self, folder: str) -> bool:
-        return folder in self._direct or any(folder == done or folder.startswith(f"{done}/") for done in self._listed)
+        return any(folder == done or folder.startswith(f"{done}/") for done in self._listed)
 
     def cached(self, folder: str) -> bool:
         return self._covered(folder)
@@ -151,7 +153,6 @@ class S3Storage(Storage):
     def sizes(self, folder: str, fresh: bool = False) -> dict[str, int]:
         if fresh or not self._covered(folder):
             self._tree[folder] = {PurePosixPath(key).name: size for key, size in self._list(folder, recursive=False)}
-            self._direct.add(folder)
         return dict(self._tree.get(folder, {}))
 
     def listing(self, folder: str) -> Iterator[tuple[str, int]]:
