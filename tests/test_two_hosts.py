@@ -276,7 +276,7 @@ def test_an_assistant_killed_mid_download_leaves_a_run_the_next_one_completes(ho
         a, b = run.a, run.b
         assistant = start_assistant(b, run.server_log)
         job, first_log = run_job(a, "first")
-        wait_for(lambda: list(b.scratch.glob("cms-pipeline/*/normalized.staged")), 60, "host B never downloaded")
+        wait_for(lambda: list(b.scratch.glob("cms-pipeline/*/source.csv-luigi-tmp-*")), 60, "host B never downloaded")
         b.kill(assistant)  # its request to the site is still waiting for the answer
         left = b.scratch_files()
         first = job.wait(timeout=120)  # once luigid has failed the dead worker's tasks
