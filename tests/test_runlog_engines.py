@@ -169,3 +169,13 @@ def multiprocessing_free_open(url: str, folder: Path) -> RunLog:
 
     postgres._SCHEMA_CHECKED.clear()
     return open_log(folder, url)
+
+
+def test_an_unknown_run_log_scheme_is_one_error_without_its_password():
+    from pipeline.runlog_engines import RunLogUrlError
+    from pipeline.runlog_engines import url as urls
+
+    with pytest.raises(RunLogUrlError) as refused:
+        urls.public("mysql://cms:secret-pw-1@db.example.org/cms")
+    assert str(refused.value).startswith("run log URL 'mysql://cms@db.example.org/cms': unknown scheme 'mysql'")
+    assert "secret-pw-1" not in str(refused.value)

@@ -31,7 +31,7 @@ def engine(url: str) -> str:
     if scheme in POSTGRES_SCHEMES:
         return "postgresql"
     raise RunLogUrlError(
-        f"run log URL {public(url)!r}: unknown scheme {scheme!r}; use sqlite:///path or postgresql://user@host/db"
+        f"run log URL {_without_password(urlsplit(url))!r}: unknown scheme {scheme!r}; use sqlite:///path or postgresql://user@host/db"
     )
 
 
