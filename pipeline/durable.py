@@ -1,5 +1,6 @@
 """Durable atomic writes: every file the job keeps reaches its final name whole, and stays whole through a
-power cut. Every writer goes through `atomic_path` or `put_in_place`; nothing else renames a file into place.
+power cut. Every writer goes through `atomic_path` or `put_in_place` (pipeline/storage/local.py, the data
+folder on disk, is the one caller); nothing else renames a file into place.
 
 A rename is not a write barrier: on ext4 and XFS (delayed allocation) a power cut after an `os.replace`
 without `fsync` can leave the final name zero-length. So the order is: write a temp file beside the final name,
@@ -118,29 +119,6 @@ def atomic_path(dest: Path, read_only: bool = False) -> Iterator[Path]:
 def json_text(data) -> str:
     """How every JSON file of the job is written (the run log keeps some texts to rebuild them exactly)."""
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-
-
-def write_text(dest: Path, text: str) -> None:
-    with atomic_path(dest) as temp:
-        temp.write_text(text, encoding="utf-8", newline="")
-
-
-def write_json(dest: Path, data) -> None:
-    write_text(dest, json_text(data))
-
-
-def read_json(path: Path) -> tuple[dict | None, str | None]:
-    """A JSON object as a crash may have left it: (the object, None), (None, None) when there is no file, or
-    (None, why it cannot be used)."""
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None, None
-    except (ValueError, OSError) as exc:  # JSONDecodeError, cut-off UTF-8, unreadable
-        return None, f"does not parse ({exc})"
-    if not isinstance(data, dict):
-        return None, "does not parse (not a JSON object)"
-    return data, None
 
 
 def remove(path: Path) -> None:
