@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import json
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -125,6 +124,8 @@ def client(url: str, dest: str) -> None:
     start = time.perf_counter()
     got = download(url, Path(dest), HttpSettings(), scan=SourceScan())
     wall = time.perf_counter() - start
+    import resource  # POSIX only: imported where used, so the script imports on Windows
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     print(
         json.dumps(

@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import socket
 import subprocess
@@ -131,6 +130,8 @@ def _run_one(folder: str, patch: str) -> None:
     wall = time.perf_counter() - start
     done.set()
     watcher.join()
+    import resource  # POSIX only: imported where used, so the script imports on Windows
+
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(
         json.dumps(

@@ -1,11 +1,17 @@
 """What the console shows: one line for each problem of data, network, disk or scheduler, a traceback only
-for a bug. Luigi logs every failure with its traceback; this filter on its logger shortens the expected ones."""
+for a bug. Luigi logs every failure with its traceback; this filter on its logger shortens the expected ones.
+The same on Windows: in a spawned task process, and whatever character the console or log file cannot encode."""
 
+import io
 import logging
 import sqlite3
+import sys
 
+import luigi.interface
 from luigi.rpc import RPCError
+from luigi.setup_logging import InterfaceLogging
 
+from pipeline import processes
 from pipeline.catalog import CatalogError
 from pipeline.errors import DatasetError, RunClosed
 from pipeline.http import DownloadError
@@ -14,6 +20,7 @@ from pipeline.runlog_engines import RunLogUnavailable
 EXPECTED = (DatasetError, CatalogError, DownloadError, RunClosed, RunLogUnavailable)
 # SQLite's words for a full or busy disk: the machine's state, not a bug (unlike "no such column").
 _SQLITE_ENVIRONMENT = ("database or disk is full", "database is locked", "disk I/O error")
+_NEVER_FAIL = ("backslashreplace", "namereplace", "xmlcharrefreplace", "replace", "ignore")
 
 
 def expected(exc: BaseException | None) -> bool:
@@ -58,7 +65,25 @@ class OneLineForExpectedErrors(logging.Filter):
         return True
 
 
+def never_fail_on_a_character() -> None:
+    """Windows writes a redirected stdout (Task Scheduler's log file, a pipe) in the ANSI code page, strictly: one
+    "Ł" in a data path or a title ended a good run with a UnicodeEncodeError and exit 30. What the encoding
+    lacks is printed escaped (\\u0141) instead; set PYTHONIOENCODING=utf-8 to have it as it is."""
+    for stream in (sys.stdout, sys.stderr):
+        if isinstance(stream, io.TextIOWrapper) and stream.errors not in _NEVER_FAIL:  # strict, surrogateescape
+            stream.reconfigure(errors="backslashreplace")
+
+
+def log_like_the_parent() -> None:
+    """A spawned task process (Windows) starts with no logging set up: Luigi's failure lines came out through
+    Python's last-resort handler, tracebacks and all. Set it up as the luigi command does, from luigi.cfg."""
+    if processes.task_process() and not InterfaceLogging._configured:
+        InterfaceLogging.setup(luigi.interface.core())
+
+
 def install() -> None:
+    never_fail_on_a_character()
+    log_like_the_parent()
     logger = logging.getLogger("luigi-interface")
     if not any(isinstance(f, OneLineForExpectedErrors) for f in logger.filters):
         logger.addFilter(OneLineForExpectedErrors())

@@ -15,8 +15,10 @@ import shutil
 import stat
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+from pipeline import windows_links
 
 TEMP_MARK = "-luigi-tmp-"  # Luigi's own temp-file infix, so one sweep finds every writer's leftovers
 NO_SYNC_ENV = "CMS_PIPELINE_NO_FSYNC"  # benchmarks only: measures what the syncs cost; never set it in production
@@ -77,10 +79,6 @@ def set_read_only(path: Path) -> None:
     os.chmod(path, READ_ONLY)
 
 
-def _make_writable(path: Path) -> None:
-    os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | stat.S_IWUSR)
-
-
 def put_in_place(temp: Path, dest: Path, read_only: bool = False) -> None:
     """The last steps of the protocol for a temp file that is written and closed: sync, rename, sync the folder.
     `read_only` protects the file (and its hard links in latest/) from writes in place."""
@@ -88,13 +86,17 @@ def put_in_place(temp: Path, dest: Path, read_only: bool = False) -> None:
     if read_only:
         set_read_only(temp)
     if _WINDOWS and dest.exists() and not os.access(dest, os.W_OK):
-        # Windows refuses to replace a read-only file; POSIX renames over it like any other.
-        _make_writable(dest)
+        # Windows refuses to replace a read-only file, and clearing the attribute would clear it under every hard
+        # link (the archived version behind a latest/ file). So the old name moves aside (a file held open, as
+        # Excel holds it, refuses: nothing changes), the new file takes its place, and the old name alone goes.
+        aside = temp_path(dest)
+        os.replace(dest, aside)
         try:
             os.replace(temp, dest)
         except OSError:
-            set_read_only(dest)
+            os.replace(aside, dest)
             raise
+        windows_links.delete_name(aside)
     else:
         os.replace(temp, dest)
     # POSIX rename does nothing when both names are hard links to one file (latest/ re-linking its own file).
@@ -122,14 +124,15 @@ def json_text(data) -> str:
 
 
 def remove(path: Path) -> None:
-    """Delete a file if it is there, read-only or not (Windows refuses to delete a read-only file)."""
+    """Delete a file if it is there, read-only or not (Windows refuses to delete a read-only file); its other
+    hard links keep their protection."""
     try:
         Path(path).unlink(missing_ok=True)
     except PermissionError:
         if not _WINDOWS:
             raise
-        _make_writable(path)
-        Path(path).unlink(missing_ok=True)
+        with suppress(FileNotFoundError):
+            windows_links.delete_name(Path(path))
 
 
 def remove_tree(folder: Path) -> None:
@@ -137,10 +140,9 @@ def remove_tree(folder: Path) -> None:
 
     def writable_and_again(function, path, error) -> None:
         exc = error[1] if isinstance(error, tuple) else error
-        if not (_WINDOWS and isinstance(exc, PermissionError)):
+        if not (_WINDOWS and isinstance(exc, PermissionError) and function in (os.unlink, os.remove)):
             raise exc
-        _make_writable(Path(path))
-        function(path)
+        windows_links.delete_name(Path(path))
 
     if sys.version_info >= (3, 12):
         shutil.rmtree(folder, onexc=writable_and_again)

@@ -10,14 +10,20 @@ A run log server that is down, refuses the password or has no such database woul
 of the run one by one: one line naming host:port/db and the cause, and exit code 3, before anything is done.
 So would a bucket that is missing, refuses the credentials or whose endpoint is down: one line naming the
 bucket and the cause, and exit code 4.
+
+A relative data_dir in a config file means the folder beside that file, wherever the command starts (Task
+Scheduler starts in System32: with LUIGI_CONFIG_PATH set, `data_dir = data` became C:\\Windows\\System32\\data).
+Last, a daily run takes its data folder's run lock (pipeline/run_lock.py), or exits 10.
 """
 
+import configparser
 import os
 import sys
 from pathlib import Path
 
 import luigi.configuration
 
+from pipeline import processes, run_lock
 from pipeline.runlog import RunLog
 from pipeline.runlog_engines import RunLogUnavailable, RunLogUrlError, SchemaTooNew, engine_for, url
 from pipeline.storage import StorageError, data_dir_problem, normalized_data_dir, open_storage
@@ -25,12 +31,16 @@ from pipeline.storage import StorageError, data_dir_problem, normalized_data_dir
 NO_CONFIG = 2
 RUNLOG_UNAVAILABLE = 3
 STORAGE_UNAVAILABLE = 4
+ALREADY_RUNNING = 10  # [retcode] already_running
+DATA_DIR_NAMES = ("--data-dir", "--HospitalsDaily-data-dir", "--HospitalsPlan-data-dir")
 
 
 def started_by_luigi_command(argv: list[str]) -> bool:
-    return Path(argv[0]).stem.lower() in ("luigi", "luigi-script") and any(
-        task in argv for task in ("HospitalsDaily", "HospitalsPlan")
-    )
+    """`luigi ...` (luigi.exe, luigi-script.py) or `python -m luigi ...` (argv[0] is luigi/__main__.py)."""
+    program = Path(argv[0])
+    by_name = program.stem.lower() in ("luigi", "luigi-script")
+    as_module = program.name == "__main__.py" and program.parent.name == "luigi"
+    return (by_name or as_module) and any(task in argv for task in ("HospitalsDaily", "HospitalsPlan"))
 
 
 def missing_config_message(argv: list[str]) -> str | None:
@@ -58,8 +68,45 @@ def _option(argv: list[str], names: tuple[str, ...], default: str) -> str:
 
 def data_dir(argv: list[str]) -> str:
     """--data-dir (or --HospitalsDaily-data-dir, --HospitalsPlan-data-dir), else [HospitalsDaily] data_dir."""
-    names = ("--data-dir", "--HospitalsDaily-data-dir", "--HospitalsPlan-data-dir")
-    return _option(argv, names, luigi.configuration.get_config().get("HospitalsDaily", "data_dir", "data"))
+    return _option(argv, DATA_DIR_NAMES, luigi.configuration.get_config().get("HospitalsDaily", "data_dir", "data"))
+
+
+def file_setting(section: str, option: str) -> Path | None:
+    """The config file whose value Luigi uses for section/option: the last one read that sets it."""
+    config = luigi.configuration.get_config()
+    found = None
+    for name in getattr(type(config), "_config_paths", []):
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(name, encoding="utf-8")
+        except (configparser.Error, UnicodeDecodeError):
+            continue  # Luigi itself reports a file it cannot read
+        if parser.has_option(section, option):
+            found = Path(name).absolute()
+    return found
+
+
+def anchor_data_dir(argv: list[str]) -> None:
+    """A relative data_dir from a config file is relative to that file's folder, not to where the command
+    started; one given on the command line stays relative to the current folder, as any path argument."""
+    config = luigi.configuration.get_config()
+    value = config.get("HospitalsDaily", "data_dir", "")
+    if _option(argv, DATA_DIR_NAMES, "") or not value or "://" in value or Path(value).is_absolute():
+        return
+    if (source := file_setting("HospitalsDaily", "data_dir")) is not None:
+        config.set("HospitalsDaily", "data_dir", str(source.parent / value))
+
+
+def run_lock_message(argv: list[str]) -> str | None:
+    """Take the data folder's run lock for a daily run (the dry run writes nothing, so it needs none)."""
+    if "HospitalsDaily" not in argv:
+        return None
+    folder = _option(argv, ("--lock-pid-dir",), luigi.configuration.get_config().get("core", "lock_pid_dir", ""))
+    target = normalized_data_dir(data_dir(argv))
+    if run_lock.take(folder or run_lock.default_folder(), target) is None:
+        lock = run_lock.lock_path(folder or run_lock.default_folder(), target)
+        return f"pipeline: a run on {target} is already running on this machine (it holds {lock}); nothing was done"
+    return None
 
 
 def data_dir_message(argv: list[str]) -> str | None:
@@ -100,8 +147,11 @@ def runlog_message(argv: list[str]) -> str | None:
 
 
 def check(argv: list[str] = sys.argv) -> None:
-    if not started_by_luigi_command(argv):
+    # A spawned task process (Windows) imports the pipeline again with the command's argv: the checks, and the
+    # run lock its parent holds, are the command's alone.
+    if not started_by_luigi_command(argv) or processes.task_process():
         return
+    anchor_data_dir(argv)
     if message := missing_config_message(argv) or data_dir_message(argv):
         print(message, file=sys.stderr, flush=True)
         sys.exit(NO_CONFIG)
@@ -111,3 +161,6 @@ def check(argv: list[str] = sys.argv) -> None:
     if message := storage_message(argv):
         print(message, file=sys.stderr, flush=True)
         sys.exit(STORAGE_UNAVAILABLE)
+    if message := run_lock_message(argv):
+        print(message, file=sys.stderr, flush=True)
+        sys.exit(ALREADY_RUNNING)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import latest, layout
+from pipeline import latest, layout, run_lock
 from pipeline import preflight as preflight_module
 from pipeline.catalog import CsvVersion
 from pipeline.dry_run import HospitalsPlan
@@ -538,7 +538,10 @@ def check_exit_2_and_10(tmp_path: Path, project: Project, site: Site, job: str) 
             time.sleep(0.05)
         second = project.run(job)
         assert second.returncode == 10, second.stdout + second.stderr
-        assert re.fullmatch(r"Pid\(s\) \{\d+\} already running\n", second.stdout)
+        assert second.stderr == (
+            f"pipeline: a run on {project.data} is already running on this machine (it holds "
+            f"{run_lock.lock_path(project.tmp / 'luigi', str(project.data))}); nothing was done\n"
+        )
         assert running.wait(timeout=60) == 0, log.read_text()
     finally:
         Project.stop(running)
@@ -802,6 +805,18 @@ def test_the_inner_loop_runs_the_pure_tests():
     # Whether they pass is the suite's business (CI runs it); here: the command runs them, and only them.
     assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
     assert re.search(r"\d+ passed.*, \d+ deselected in ", result.stdout.splitlines()[-1])
+
+
+@covers("windows-lane")
+def test_the_windows_lane_commands_name_the_lane_and_the_windows_set():
+    lane, one = commands(block("windows-lane").text)
+    assert lane == ".venv/bin/python -m pytest tests/test_windows_lane.py"
+    assert (ROOT / lane.split()[-1]).is_file()
+    prefix = ".venv/bin/python -m tests.windows_env python -m pytest -p no:cacheprovider tests/test_windows.py -k "
+    assert one.startswith(prefix)
+    from tests import test_windows
+
+    assert any(one.removeprefix(prefix) in name for name in dir(test_windows) if name.startswith("test_"))
 
 
 @covers("postgres-install")

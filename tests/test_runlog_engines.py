@@ -24,7 +24,8 @@ STATS = {
     "bytes": 3 * 2**31,  # past a 32-bit integer: a 6 GB file
     "sha256": "x",
 }
-fork = multiprocessing.get_context("fork")
+# Fork where there is one (fast); Windows spawns, and every racer imports this module again.
+fork = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
 
 def version(n: int) -> CsvVersion:
