@@ -102,10 +102,13 @@ def run_lock_message(argv: list[str]) -> str | None:
     if "HospitalsDaily" not in argv:
         return None
     folder = _option(argv, ("--lock-pid-dir",), luigi.configuration.get_config().get("core", "lock_pid_dir", ""))
+    folder = folder or run_lock.default_folder()
     target = normalized_data_dir(data_dir(argv))
-    if run_lock.take(folder or run_lock.default_folder(), target) is None:
-        lock = run_lock.lock_path(folder or run_lock.default_folder(), target)
-        return f"pipeline: a run on {target} is already running on this machine (it holds {lock}); nothing was done"
+    run_id = _option(argv, ("--run-id", "--HospitalsDaily-run-id"), "")
+    if run_lock.take(folder, target, run_id) is None:
+        lock = run_lock.lock_path(folder, target, run_id)
+        run = f"run {run_id}" if run_id else "a run"
+        return f"pipeline: {run} on {target} is already running on this machine (it holds {lock}); nothing was done"
     return None
 
 

@@ -7,7 +7,8 @@ OS lock cannot be faked by a stale file: the OS drops it when the command ends, 
 the task processes it forked have ended too). It is keyed by the data folder, not the command line, so two
 differently worded commands on one folder are one run too. It lives where Luigi kept its pid files
 (`[core] lock_pid_dir`), so two hosts (two lock folders) may still run on one shared folder at the same time:
-the version folders' own locks make them take turns (docs/operations.md).
+the version folders' own locks make them take turns (docs/operations.md). A run given its own `--run-id` is
+another run on purpose: its lock is its own.
 """
 
 import hashlib
@@ -23,14 +24,14 @@ def default_folder() -> str:
     return str(Path(tempfile.gettempdir()) / "luigi")  # Luigi's own default lock_pid_dir
 
 
-def lock_path(folder: str | Path, data_dir: str) -> Path:
-    digest = hashlib.sha256(data_dir.encode("utf-8")).hexdigest()[:16]
+def lock_path(folder: str | Path, data_dir: str, run_id: str = "") -> Path:
+    digest = hashlib.sha256(f"{data_dir}\n{run_id}".encode()).hexdigest()[:16]
     return Path(folder) / f"cms-hospitals-{digest}.lock"
 
 
-def take(folder: str | Path, data_dir: str) -> Path | None:
+def take(folder: str | Path, data_dir: str, run_id: str = "") -> Path | None:
     """Hold the data folder's run lock until this process ends; None if it is taken, else the lock's path."""
-    path = lock_path(folder, data_dir)
+    path = lock_path(folder, data_dir, run_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(path, timeout=0)
     try:

@@ -1,7 +1,7 @@
 """What a Windows user meets, through the real `luigi` command (`luigi.exe` on Windows): a daily cycle of cold run,
 no-op, refresh and failure, a file held open as Excel holds it, a power cut's zero-length files, a data path
-outside the ANSI code page with output to a pipe, a start in System32, a second copy, `python -m luigi` and
-deploy/run-daily.cmd.
+outside the ANSI code page with output to a pipe, a start in System32, a second copy, `python -m luigi`,
+deploy/run-daily.cmd and the README's Task Scheduler action.
 
 The same tests run on Linux in the suite and on Windows CPython in the Windows lane (tests/test_windows_lane.py),
 so both systems are held to one behaviour; the few that need Windows itself say so."""
@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import run_lock
+from tests.doc_commands import block
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, quoted_rows
 from tests.harness import Site, command, query, write_project_cfg
 from tests.loopback_server import LoopbackServer
@@ -281,3 +282,26 @@ def test_deploy_run_daily_cmd_runs_the_job_and_passes_its_exit_code_on(project):
     assert result.returncode == 0, log
     assert "HospitalsDaily run" in log and "succeeded: 3 discovered, 3 downloaded" in log
     assert all((folder / "data" / "latest" / f"{name}.csv").is_file() for name in ("aaa-1111", "bbb-2222", "ccc-3333"))
+
+
+@pytest.mark.skipif(not WINDOWS, reason="Task Scheduler's fields name luigi.exe")
+def test_the_readmes_task_scheduler_action_runs_the_job(project):
+    """The README's three fields, as Task Scheduler uses them: the program, its arguments, the start folder
+    (the project folder moved to this one)."""
+    _site, folder = project
+    fields = dict(line.split(":", 1) for line in block("task-scheduler").text.splitlines())
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    program = Path(fields["Program/script"].replace(fields["Start in"], str(folder)))
+    program.parent.mkdir(parents=True)
+    shutil.copy(command()[0], program)  # what `py -m venv .venv && pip install -e .` leaves there
+    result = subprocess.run(
+        [str(program), *fields["Add arguments"].split()],
+        cwd=folder,  # "Start in"
+        env=loopback_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert summary(result) == ("succeeded", 3, 3, 0)
