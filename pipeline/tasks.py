@@ -227,9 +227,11 @@ class VersionTask(RunTask):
         visibility=ParameterVisibility.HIDDEN,
         description="the distribution's size last time: the longest start first",
     )
-    # A failed version is retried by the next run, never within this one: the scheduler disables it at once, so
-    # a keep-alive worker (a shared run on luigid) no longer waits for it and the run ends.
-    retry_count = 1
+    # A failed version stays FAILED in luigid's UI (a DISABLED one would not count as failed there). The next run
+    # retries it; luigid offers a FAILED task again only after its [scheduler] retry_delay (15 minutes), to a run
+    # still going, and disables it at a second failure. A keep-alive worker does not wait for it: it leaves once
+    # its run is closed (pipeline/keep_alive.py).
+    retry_count = 2
 
     @classmethod
     def for_version(cls, task: luigi.Task, version: CsvVersion, **extra):

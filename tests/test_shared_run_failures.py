@@ -1,0 +1,138 @@
+"""A shared run fails the way a single run does (issue 28): through the real commands, with a real luigid
+(deploy/luigid.cfg), the run log on PostgreSQL, the data in a SeaweedFS bucket (deploy/central.cfg's lines
+uncommented), an SMTP server, a ping endpoint and an assistant. Each case checks the exit code, the time to exit,
+the lines printed, the run-log row, the mails and pings received and luigid's own task counts."""
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.runlog_engines import engine_for
+from tests.harness import Site, project_cfg_lines
+from tests.loopback_server import LoopbackServer
+from tests.luigid_support import Luigid, finish, free_port, stop_client
+from tests.notify_support import MailServer, PingServer, notify_cfg, text
+from tests.test_shared_run import DEPLOY, END_BOUND, serve, start_assistant, start_shared_run, with_runlog_url
+
+pytestmark = pytest.mark.integration
+
+BUCKET_LINES = "# [HospitalsDaily]\n# data_dir = s3://cms-data/hospitals\n"
+# The catalog's retries made short: an unreachable catalog fails in about a second, not thirty.
+FAST_DOWNLOAD = "\n[download]\nretries = 1\nbackoff_factor = 0.01\nconnect_timeout = 2\n"
+STARTUP_BOUND = 10.0  # seconds a refused start may take (the S3 client's own retries of an endpoint that is down)
+
+
+@dataclass
+class Shared:
+    """One deployment: luigid, the servers, the job's and the helper's project folders."""
+
+    luigid: Luigid
+    site: Site
+    mail: MailServer
+    ping: PingServer
+    runlog_url: str
+    s3: Any
+    bucket: str
+    job: Path
+    helper: Path
+
+    def rows(self, sql: str) -> list[tuple]:
+        with engine_for(self.runlog_url, Path("unused")).read_only() as db:
+            return [tuple(row) for row in db.execute(sql).fetchall()] if db is not None else []
+
+    def report(self, run_id: str) -> dict:
+        body = self.s3.client().get_object(Bucket=self.bucket, Key=f"hospitals/reports/{run_id}.json")["Body"]
+        return json.loads(body.read())
+
+
+def host(root: Path, name: str, site: Site, luigid: Luigid, runlog_url: str, bucket: str, overlay: str) -> Path:
+    """A machine's project folder: the shipped luigi.cfg (the loopback catalog, its own scratch folder) and
+    deploy/central.cfg with luigid's port, the test's run log and bucket, and `overlay` appended."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    lines = project_cfg_lines(site, scratch_dir=str(root / f"{name}-scratch"))
+    (folder / "luigi.cfg").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    central = with_runlog_url((DEPLOY / "central.cfg").read_text(encoding="utf-8"), runlog_url)
+    assert "scheduler_port = 8082\n" in central and BUCKET_LINES in central
+    central = central.replace("scheduler_port = 8082", f"scheduler_port = {luigid.port}")
+    central = central.replace(BUCKET_LINES, f"[HospitalsDaily]\ndata_dir = s3://{bucket}/hospitals\n")
+    (folder / "central.cfg").write_text(central + FAST_DOWNLOAD + overlay, encoding="utf-8")
+    return folder
+
+
+@contextmanager
+def shared(tmp_path: Path, postgres, s3, monkeypatch, *, latency: float = 0.2):
+    for key, value in s3.env().items():  # the job's and the assistant's keys, as ~/.aws would give them
+        monkeypatch.setenv(key, value)
+    runlog_url, bucket = postgres.url(), s3.new_bucket()
+    with (
+        Luigid(tmp_path / "luigid", (DEPLOY / "luigid.cfg").read_text(encoding="utf-8")) as luigid,
+        LoopbackServer(latency=latency) as server,
+        MailServer() as mail,
+        PingServer() as ping,
+    ):
+        site = Site(server)
+        told = notify_cfg(mail, ping.url, timeout=5)
+        job = host(tmp_path, "host-a", site, luigid, runlog_url, bucket, told)
+        helper = host(tmp_path, "host-b", site, luigid, runlog_url, bucket, told)
+        yield Shared(luigid, site, mail, ping, runlog_url, s3, bucket, job, helper)
+
+
+def output(log: Path) -> str:
+    return log.read_text(encoding="utf-8", errors="replace")
+
+
+# -- 1 and 5: a run that fails ends within seconds, once told, and luigid shows what failed as FAILED -----------
+
+
+@pytest.mark.parametrize("case", ["catalog unreachable", "a version fails"])
+def test_a_failed_shared_run_ends_within_seconds_mails_once_and_luigid_counts_the_failure_as_failed(
+    tmp_path, postgres, s3, monkeypatch, case
+):
+    with shared(tmp_path, postgres, s3, monkeypatch) as run:
+        if case == "catalog unreachable":
+            dead = f"http://127.0.0.1:{free_port()}/provider-data/api/1/metastore/schemas/dataset/items"
+            for folder in (run.job, run.helper):
+                config = (folder / "luigi.cfg").read_text(encoding="utf-8")
+                (folder / "luigi.cfg").write_text(config.replace(run.site.metastore_url, dead), encoding="utf-8")
+        else:
+            serve(run.site, 4, missing=1)
+        assistant, assistant_log = start_assistant(run.helper)
+        started = time.monotonic()
+        job, job_log = start_shared_run(run.job, "fails", workers=2)
+        try:
+            code = finish(job, timeout=120)
+            took = time.monotonic() - started
+            ended = time.time()
+            failed, disabled = run.luigid.families("FAILED"), run.luigid.families("DISABLED")
+            pending = run.luigid.families("PENDING")
+            assert assistant.poll() is None, output(assistant_log)
+        finally:
+            stop_client(assistant)
+    out = output(job_log)
+    assert code == 30, out
+    [(status, finished_at, error, failures)] = run.rows("SELECT status, finished_at, error, failed FROM runs")
+    assert status == "failed"
+    assert ended - datetime.fromisoformat(finished_at).timestamp() < END_BOUND + 1, out  # was: the 10-minute limit
+    assert "Traceback" not in out and out.count("HospitalsDaily run fails failed: ") == 1, out
+    [received] = run.mail.mails  # the run's, and no traceback mail
+    assert received["Subject"].startswith("HospitalsDaily run fails failed: ")
+    assert run.ping.paths() == ["/start", "/fail"]
+    assert disabled == {}, disabled
+    if case == "catalog unreachable":
+        assert error.startswith(f"metastore {dead}: "), error
+        assert f"  ERROR metastore {dead}: " in out and "  ERROR metastore " in text(received)
+        assert failed == {"FetchCatalog": 1} and pending == {"HospitalsDaily": 1}, (failed, pending)
+        assert took < 30, took
+    else:
+        assert error is None and failures == 1
+        [line] = [line for line in out.splitlines() if line.startswith("  FAILED ")]
+        assert line.startswith("  FAILED ds00-test: download of ") and line.endswith("HTTP 404 Not Found"), line
+        assert failed == {"DownloadCsv": 1}, failed
+        assert run.report("fails")["status"] == "failed"
