@@ -3,6 +3,7 @@
 Run: luigi --module pipeline HospitalsDaily --workers 8
 """
 
+import pipeline.config_path  # noqa: F401 - first, before Luigi is imported (python -m pipeline.*)
 from pipeline import console, keep_alive, notify, preflight, scheduler_speedups
 from pipeline.dry_run import HospitalsPlan
 from pipeline.tasks import DownloadCsv, FetchCatalog, HospitalsDaily, NormalizeCsv

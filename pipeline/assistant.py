@@ -13,7 +13,7 @@ import tempfile
 import luigi
 
 import pipeline  # noqa: F401 - registers the task classes the assistant is given
-from pipeline import settings
+from pipeline import config_path, preflight, settings
 from pipeline.storage import sweep_scratch
 
 
@@ -21,6 +21,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.assistant")
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args(argv)
+    if message := config_path.problem():
+        print(message, file=sys.stderr, flush=True)
+        return preflight.NO_CONFIG
     scratch = settings.storage().scratch_dir or tempfile.gettempdir()
     os.environ[settings.ASSISTANT_SCRATCH_ENV] = scratch
     sweep_scratch(scratch)  # what an assistant killed here left

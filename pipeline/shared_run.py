@@ -6,6 +6,8 @@ machines take part, one of them may run the run's last step and print its summar
 it", so this wrapper runs the very same command (`luigi --module pipeline HospitalsDaily ...`) and then takes
 the outcome from the run log, which every process writes: it prints the run's summary and exits 0 exactly
 when the run succeeded, 30 when it failed (see docs/operations.md for every code).
+
+Before anything, the `luigi` command's start-up checks (pipeline/preflight.py), with the same line and exit code.
 """
 
 import os
@@ -15,6 +17,7 @@ import time
 import luigi.cmdline_parser
 import luigi.retcodes
 
+from pipeline import preflight
 from pipeline.close_run import SUMMARY_BY_WRAPPER
 from pipeline.report import summary_lines
 from pipeline.runlog import RunLog
@@ -24,7 +27,6 @@ from pipeline.storage import Storage, StorageError
 
 EXIT = {"succeeded": 0, "failed": 30}
 ALREADY_RUNNING, NO_OUTCOME = 10, 30
-RUNLOG_UNAVAILABLE = 3  # as the luigi command's preflight (pipeline/preflight.py)
 SETTLE_SECONDS = 30.0  # a run whose last task just settled elsewhere may still be writing its report
 
 
@@ -44,24 +46,30 @@ def _open(args: list[str]) -> tuple[RunLog, Storage]:
         return task.runlog(), task.store
 
 
+def _refused(line: str, code: int) -> int:
+    print(line, file=sys.stderr, flush=True)
+    return code
+
+
 def main(argv: list[str]) -> int:
     argv, run_id = _with_run_id(argv)
     args = ["--module", "pipeline", "HospitalsDaily", *argv]
+    if found := preflight.problem(args):
+        return _refused(found[1], found[0])
+    os.environ[SUMMARY_BY_WRAPPER] = "1"  # inherited by this job's worker processes, not by assistants elsewhere
     try:
         log, store = _open(args)
-    except (RunLogUnavailable, StorageError) as exc:
-        print(f"pipeline: {exc}", file=sys.stderr, flush=True)
-        return RUNLOG_UNAVAILABLE
+    except RunLogUnavailable as exc:
+        return _refused(f"pipeline: {exc}", preflight.RUNLOG_UNAVAILABLE)
+    except StorageError as exc:
+        return _refused(f"pipeline: {exc}", preflight.STORAGE_UNAVAILABLE)
     earlier = log.run(run_id)
     if earlier and earlier["status"] in ("running", "closing"):
-        print(
+        return _refused(
             f"run {run_id} is already running (started {earlier['started_at']}); a second copy does not join "
             "it: wait for it, or start a new run without --run-id",
-            file=sys.stderr,
-            flush=True,
+            ALREADY_RUNNING,
         )
-        return ALREADY_RUNNING
-    os.environ[SUMMARY_BY_WRAPPER] = "1"  # inherited by this job's worker processes, not by assistants elsewhere
     try:
         luigi.retcodes.run_with_retcodes(args)
         luigi_code = 0

@@ -4,6 +4,8 @@ uncommented), an SMTP server, a ping endpoint and an assistant. Each case checks
 the lines printed, the run-log row, the mails and pings received and luigid's own task counts."""
 
 import json
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,9 +16,9 @@ from typing import Any
 import pytest
 
 from pipeline.runlog_engines import engine_for
-from tests.harness import Site, project_cfg_lines
+from tests.harness import Site, console_script, project_cfg_lines
 from tests.loopback_server import LoopbackServer
-from tests.luigid_support import Luigid, finish, free_port, stop_client
+from tests.luigid_support import Luigid, finish, free_port, loopback_env, stop_client
 from tests.notify_support import MailServer, PingServer, notify_cfg, text
 from tests.test_shared_run import DEPLOY, END_BOUND, serve, start_assistant, start_shared_run, with_runlog_url
 
@@ -136,3 +138,115 @@ def test_a_failed_shared_run_ends_within_seconds_mails_once_and_luigid_counts_th
         assert line.startswith("  FAILED ds00-test: download of ") and line.endswith("HTTP 404 Not Found"), line
         assert failed == {"DownloadCsv": 1}, failed
         assert run.report("fails")["status"] == "failed"
+
+
+# -- 2 and 4: the start-up checks, the same line and exit code from the luigi command and shared_run ------------
+
+
+def job_command(command: str) -> list[str]:
+    if command == "luigi":
+        return [console_script("luigi"), "--module", "pipeline", "HospitalsDaily", "--workers", "2"]
+    if command == "shared_run":
+        return [sys.executable, "-m", "pipeline.shared_run", "--workers", "2"]
+    return [sys.executable, "-m", "pipeline.assistant", "--workers", "2"]
+
+
+def refused(folder: Path, command: str, config: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """The command as cron or systemd starts it, with LUIGI_CONFIG_PATH=`config` and `env` added (a value of
+    "" removes a variable); returns its result and the seconds it took."""
+    environment = {**loopback_env(config), **env}
+    environment = {key: value for key, value in environment.items() if value != ""}
+    started = time.monotonic()
+    result = subprocess.run(
+        job_command(command),
+        cwd=folder,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    return result, time.monotonic() - started
+
+
+def nothing_was_done(run: Shared) -> None:
+    assert run.site.server.paths() == [], "not even the catalog"
+    assert run.rows("SELECT run_id FROM runs") == [] if _has_runs(run) else True
+    assert run.mail.mails == [] and run.ping.pings == []
+    assert run.luigid.tasks() == {}
+
+
+def _has_runs(run: Shared) -> bool:
+    with engine_for(run.runlog_url, Path("unused")).read_only() as db:
+        return db is not None
+
+
+@pytest.mark.parametrize("command", ["luigi", "shared_run"])
+@pytest.mark.parametrize("case", ["bucket missing", "keys refused", "no keys", "endpoint down", "boto3 missing"])
+def test_a_bucket_that_cannot_be_used_stops_either_command_with_the_same_line_and_exit_4(
+    tmp_path, postgres, s3, monkeypatch, case, command
+):
+    from tests.s3_support import SECRET_KEY
+
+    with shared(tmp_path, postgres, s3, monkeypatch) as run:
+        serve(run.site, 2)
+        run.site.server.clear()
+        central = run.job / "central.cfg"
+        bucket, env = run.bucket, {"HOME": str(tmp_path)}  # no ~/.aws to fall back on
+        if case == "bucket missing":
+            bucket = "cms-dta"  # the issue's typo
+            central.write_text(central.read_text(encoding="utf-8").replace(run.bucket, bucket), encoding="utf-8")
+            expected = f"pipeline: s3://{bucket}: the bucket does not exist (NoSuchBucket)"
+        elif case == "keys refused":
+            env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret-key-31f7"
+            expected = f"pipeline: s3://{bucket}: access denied (403): check the credentials and the bucket's policy"
+        elif case == "no keys":
+            env.update(AWS_ACCESS_KEY_ID="", AWS_SECRET_ACCESS_KEY="")
+            expected = f"pipeline: s3://{bucket}: no credentials found ("
+        elif case == "endpoint down":
+            env["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{free_port()}"
+            expected = f"pipeline: s3://{bucket}: endpoint unreachable (Could not connect to the endpoint URL: "
+        else:
+            hidden = tmp_path / "no-boto3" / "boto3"
+            hidden.mkdir(parents=True)
+            (hidden / "__init__.py").write_text("raise ImportError(\"No module named 'boto3'\")\n", encoding="utf-8")
+            env["PYTHONPATH"] = str(hidden.parent)
+            expected = f"pipeline: data_dir s3://{bucket}/hospitals is in object storage but boto3 is not installed: "
+        result, took = refused(run.job, command, central, **env)
+        assert result.returncode == 4, result.stdout + result.stderr
+        [line] = result.stderr.splitlines()
+        assert line.startswith(expected), line
+        assert result.stdout == "" and took < STARTUP_BOUND, took
+        assert SECRET_KEY not in line and "not-the-secret" not in line
+        nothing_was_done(run)
+
+
+@pytest.mark.parametrize("command", ["luigi", "shared_run", "assistant"])
+def test_a_config_path_that_names_no_file_is_refused_in_one_line_before_anything_is_done(
+    tmp_path, postgres, s3, monkeypatch, command
+):
+    with shared(tmp_path, postgres, s3, monkeypatch) as run:
+        serve(run.site, 2)
+        run.site.server.clear()
+        typo = run.job / "centrl.cfg"
+        result, took = refused(run.job, command, typo)
+        nothing_was_done(run)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    if command == "luigi":  # Luigi warns as it is imported, before the pipeline can say anything
+        assert lines[:-1] == [
+            f"{Path(luigi_configuration_core())}:63: UserWarning: Config file does not exist: {typo}",
+            '  warnings.warn("Config file does not exist: {path}".format(path=path))',
+        ], lines
+    assert lines[-1] == (
+        f"pipeline: LUIGI_CONFIG_PATH={typo} names no file (looked from {run.job}); nothing was done: "
+        "correct the path, or unset LUIGI_CONFIG_PATH to run on luigi.cfg alone"
+    )
+    assert command == "luigi" or len(lines) == 1
+    assert result.stdout == "" and took < STARTUP_BOUND, took
+
+
+def luigi_configuration_core() -> str:
+    import luigi.configuration.core
+
+    return luigi.configuration.core.__file__
