@@ -7,9 +7,13 @@ it", so this wrapper runs the very same command (`luigi --module pipeline Hospit
 the outcome from the run log, which every process writes: it prints the run's summary and exits 0 exactly
 when the run succeeded, 30 when it failed (see docs/operations.md for every code).
 
-Before anything, the `luigi` command's start-up checks (pipeline/preflight.py), with the same line and exit code.
+It is also the one that tells the operator, with the job's settings: the /start ping before the run, the mail
+and the final ping once the run is closed, whichever machine closed it (an assistant started before the
+job's overlay gained [email] or [notify] would not). Before anything, the `luigi` command's start-up checks
+(pipeline/preflight.py), with the same line and exit code.
 """
 
+import json
 import os
 import sys
 import time
@@ -17,12 +21,13 @@ import time
 import luigi.cmdline_parser
 import luigi.retcodes
 
-from pipeline import preflight
-from pipeline.close_run import SUMMARY_BY_WRAPPER
-from pipeline.report import summary_lines
+from pipeline import layout, notify, preflight
+from pipeline.close_run import add_told
+from pipeline.errors import RunClosed
+from pipeline.report import COUNTS, summary_lines
 from pipeline.runlog import RunLog
 from pipeline.runlog_engines import RunLogUnavailable
-from pipeline.settings import default_run_id
+from pipeline.settings import BY_WRAPPER_ENV, default_run_id
 from pipeline.storage import Storage, StorageError
 
 EXIT = {"succeeded": 0, "failed": 30}
@@ -46,6 +51,19 @@ def _open(args: list[str]) -> tuple[RunLog, Storage]:
         return task.runlog(), task.store
 
 
+def _report(store: Storage, run) -> dict:
+    """The closed run's report, or, where it could not be written, what the run log has of it."""
+    report = store.read_json(layout.report(run["run_id"]))[0] if run["report_path"] else None
+    return report or {
+        "run_id": run["run_id"],
+        "status": run["status"],
+        "error": run["error"],
+        "notes": json.loads(run["notes"] or "[]"),
+        "counts": {name: run[name] or 0 for name in COUNTS},
+        "datasets": [],
+    }
+
+
 def _refused(line: str, code: int) -> int:
     print(line, file=sys.stderr, flush=True)
     return code
@@ -56,7 +74,7 @@ def main(argv: list[str]) -> int:
     args = ["--module", "pipeline", "HospitalsDaily", *argv]
     if found := preflight.problem(args):
         return _refused(found[1], found[0])
-    os.environ[SUMMARY_BY_WRAPPER] = "1"  # inherited by this job's worker processes, not by assistants elsewhere
+    os.environ[BY_WRAPPER_ENV] = "1"  # in the run's settings, which every task carries (pipeline/settings.py)
     try:
         log, store = _open(args)
     except RunLogUnavailable as exc:
@@ -70,6 +88,9 @@ def main(argv: list[str]) -> int:
             "it: wait for it, or start a new run without --run-id",
             ALREADY_RUNNING,
         )
+    if earlier and earlier["status"] in EXIT:  # told already, when it closed
+        return _refused(f"ERROR: {RunClosed(run_id, earlier['status'], earlier['report_path'])}", NO_OUTCOME)
+    notify.run_started()
     try:
         luigi.retcodes.run_with_retcodes(args)
         luigi_code = 0
@@ -82,9 +103,11 @@ def main(argv: list[str]) -> int:
         status = run["status"] if run else "never started"
         print(f"run {run_id} did not finish ({status}); the luigi command exited {luigi_code}", file=sys.stderr)
         return luigi_code or NO_OUTCOME
+    report = _report(store, run)
+    add_told(log, run_id, report, notify.run_closed(report, run["report_path"]))
     if run["report_path"]:
-        report = store.read_json(store.key(run["report_path"]))[0] or {}
-        print("\n".join(summary_lines(report, run["report_path"])), flush=True)
+        store.write_json(layout.report(run_id), report)
+    print("\n".join(summary_lines(report, run["report_path"])), flush=True)
     return EXIT[run["status"]]
 
 

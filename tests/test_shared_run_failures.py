@@ -250,3 +250,51 @@ def luigi_configuration_core() -> str:
     import luigi.configuration.core
 
     return luigi.configuration.core.__file__
+
+
+# -- 3: whatever closes the run, the job tells, with the job's settings ----------------------------------------
+
+
+def wait_for_assistant(luigid: Luigid, proc: subprocess.Popen, log: Path, timeout: float = 30) -> None:
+    """Until luigid has seen the assistant ask for work."""
+    deadline = time.monotonic() + timeout
+    while not any(worker.get("assistant") for worker in luigid.rpc("worker_list")):
+        assert time.monotonic() < deadline and proc.poll() is None, output(log)
+        time.sleep(0.1)
+
+
+def test_a_run_closed_by_an_assistant_started_before_the_overlay_gained_mail_and_ping_is_told_once(
+    tmp_path, postgres, s3, monkeypatch
+):
+    """The assistant read its overlay before [email], [smtp] and [notify] were added to it; with 8 versions and
+    4 of its workers against the job's 1 it settles most of them, so it usually closes the run. The mail and the
+    final ping come from the job, with the job's settings, whoever closed it."""
+    with shared(tmp_path, postgres, s3, monkeypatch, latency=0.3) as run:
+        serve(run.site, 8, missing=2)
+        central = run.helper / "central.cfg"
+        edited = central.read_text(encoding="utf-8")
+        before = edited.split("\n[email]\n")[0]
+        central.write_text(before, encoding="utf-8")
+        assistant, assistant_log = start_assistant(run.helper, workers=4)
+        try:
+            wait_for_assistant(run.luigid, assistant, assistant_log)
+            central.write_text(edited, encoding="utf-8")  # the operator's edit, with the assistant running
+            job, job_log = start_shared_run(run.job, "edited", workers=1)
+            code = finish(job, timeout=120)
+            failed = run.luigid.families("FAILED")
+        finally:
+            stop_client(assistant)
+    out = output(job_log)
+    assert code == 30, out + output(assistant_log)
+    helped = [line for line in output(assistant_log).splitlines() if "/8] ds0" in line or "HTTP 404" in line]
+    assert helped, "the assistant settled versions of the run"
+    [received] = run.mail.mails
+    assert received["Subject"].startswith("HospitalsDaily run edited failed: 8 discovered, 6 downloaded")
+    assert text(received).count("  FAILED ds0") == 2
+    assert run.ping.paths() == ["/start", "/fail"]
+    [summary] = [line for line in out.splitlines() if line.startswith("HospitalsDaily run edited failed: ")]
+    assert run.ping.pings[1].body.splitlines()[0] == summary
+    assert "HospitalsDaily run edited" not in output(assistant_log)
+    assert failed == {"DownloadCsv": 2}, failed
+    [(status, failures, notes)] = run.rows("SELECT status, failed, notes FROM runs")
+    assert (status, failures, json.loads(notes or "[]")) == ("failed", 2, [])
