@@ -298,3 +298,36 @@ def test_a_run_closed_by_an_assistant_started_before_the_overlay_gained_mail_and
     assert failed == {"DownloadCsv": 2}, failed
     [(status, failures, notes)] = run.rows("SELECT status, failed, notes FROM runs")
     assert (status, failures, json.loads(notes or "[]")) == ("failed", 2, [])
+
+
+# -- 6: an assistant that loses luigid says so in one line and comes back with it -----------------------------
+
+
+def test_an_assistant_that_loses_luigid_says_so_in_one_line_and_takes_part_again_once_it_is_back(
+    tmp_path, postgres, s3, monkeypatch
+):
+    with shared(tmp_path, postgres, s3, monkeypatch) as run:
+        serve(run.site, 3)
+        assistant, assistant_log = start_assistant(run.helper)
+        try:
+            wait_for_assistant(run.luigid, assistant, assistant_log)
+            port = run.luigid.port
+            run.luigid.stop()
+            deadline = time.monotonic() + 60  # deploy/central.cfg: 3 attempts 10 s apart, then the line
+            while "cannot reach the central scheduler" not in output(assistant_log):
+                assert time.monotonic() < deadline and assistant.poll() is None, output(assistant_log)
+                time.sleep(0.2)
+            run.luigid.start(port)  # as systemd restarts it
+            wait_for_assistant(run.luigid, assistant, assistant_log, timeout=60)
+            job, job_log = start_shared_run(run.job, "back", workers=1)
+            assert finish(job, timeout=120) == 0, output(job_log)
+            assert assistant.poll() is None, output(assistant_log)
+        finally:
+            stop_client(assistant)
+    said = [line for line in output(assistant_log).splitlines() if "central scheduler" in line]
+    assert said and "Traceback" not in output(assistant_log), output(assistant_log)
+    assert said[0] == (
+        "ERROR: assistant: cannot reach the central scheduler: Errors (3 attempts) when connecting to remote "
+        f"scheduler 'http://127.0.0.1:{port}' (ConnectionRefusedError: [Errno 111] Connection refused); "
+        "is luigid running? Trying again in 10 s"
+    )
