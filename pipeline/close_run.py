@@ -7,7 +7,8 @@ done, so each of them calls `close_if_complete`. The protocol makes exactly one 
            caller finds it still queued or already claimed and returns;
 2. decide  counts and status are a pure function of the items (`report.tally`);
 3. files   latest/ (file by file, under latest/.lock), retention, the run's mail and final ping (their NOTEs
-           go in the report), the report: outside any database lock;
+           go in the report; a shared run's job sends them itself, pipeline/shared_run.py), the report: outside
+           any database lock;
 4. finish  the run row gets its status, counts and report path.
 
 A kill between 1 and 4 leaves the run 'closing': the next run marks it interrupted, and since every run

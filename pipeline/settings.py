@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 
 import luigi
 import luigi.configuration
+import luigi.interface
 from luigi.freezing import FrozenOrderedDict
 from luigi.parameter import ParameterVisibility
 
@@ -111,6 +112,10 @@ def _configured_runlog_url() -> str:
 runlog_urls.PASSWORD_SOURCES.append(_configured_runlog_url)
 # Luigi calls a config_path fallback "deprecated"; here it is the point: `[runlog] url`, read by every task.
 warnings.filterwarnings("ignore", r"The use of the configuration \[runlog\] url", DeprecationWarning)
+# Luigi reads these [core] keys (luigi/rpc.py) without declaring them: an overlay that sets them (central.cfg) got
+# an UnconsumedParameterWarning for each on every command.
+_RPC_KEYS = {"rpc_retry_attempts", "rpc_retry_wait", "rpc_connect_timeout"}
+luigi.interface.core.ignore_unconsumed = {*luigi.interface.core.ignore_unconsumed, *_RPC_KEYS}
 
 
 class RunLogUrlParameter(luigi.Parameter):
