@@ -3,7 +3,8 @@
 Run: luigi --module pipeline HospitalsDaily --workers 8
 """
 
-from pipeline import console, notify, preflight, scheduler_speedups
+import pipeline.config_path  # noqa: F401 - first, before Luigi is imported (python -m pipeline.*)
+from pipeline import console, keep_alive, notify, preflight, scheduler_speedups
 from pipeline.dry_run import HospitalsPlan
 from pipeline.tasks import DownloadCsv, FetchCatalog, HospitalsDaily, NormalizeCsv
 
@@ -11,5 +12,6 @@ __all__ = ["DownloadCsv", "FetchCatalog", "HospitalsDaily", "HospitalsPlan", "No
 
 scheduler_speedups.apply()  # Luigi 3.8.1's scheduler without a pass over every task per get_work
 console.install()
+keep_alive.install()  # a keep-alive worker leaves once its run is closed
 notify.install()  # Luigi's scheduler mails a disabled task only where failure mails are on
 preflight.check()

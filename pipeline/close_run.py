@@ -7,7 +7,8 @@ done, so each of them calls `close_if_complete`. The protocol makes exactly one 
            caller finds it still queued or already claimed and returns;
 2. decide  counts and status are a pure function of the items (`report.tally`);
 3. files   latest/ (file by file, under latest/.lock), retention, the run's mail and final ping (their NOTEs
-           go in the report), the report: outside any database lock;
+           go in the report; a shared run's job sends them itself, pipeline/shared_run.py), the report: outside
+           any database lock;
 4. finish  the run row gets its status, counts and report path.
 
 A kill between 1 and 4 leaves the run 'closing': the next run marks it interrupted, and since every run
@@ -16,7 +17,6 @@ publishes the whole catalog, its publish brings latest/ up to date.
 
 import json
 import logging
-import os
 
 from pipeline import latest, layout, notify
 from pipeline.catalog import Catalog
@@ -25,11 +25,13 @@ from pipeline.runlog import RunLog, now
 from pipeline.storage import Storage, parent
 
 logger = logging.getLogger("luigi-interface")
-SUMMARY_BY_WRAPPER = "CMS_PIPELINE_SUMMARY_BY_WRAPPER"
 
 
-def close_if_complete(store: Storage, log: RunLog, run_id: str, keep_versions: int) -> dict | None:
-    """Close the run if nothing of it is left to do; returns the report when this call closed it."""
+def close_if_complete(
+    store: Storage, log: RunLog, run_id: str, keep_versions: int, by_wrapper: bool = False
+) -> dict | None:
+    """Close the run if nothing of it is left to do; returns the report when this call closed it. `by_wrapper`:
+    the job's pipeline/shared_run.py mails, pings and prints the summary, not this process."""
     claim = log.claim_close(run_id)
     if claim is None:
         return None
@@ -50,25 +52,24 @@ def close_if_complete(store: Storage, log: RunLog, run_id: str, keep_versions: i
     def record(path: str | None) -> None:  # with the notes _finish adds: the mail's and the ping's
         log.finish_run(run_id, status, counts, finished, path, report["notes"])
 
-    _finish(store, log, run_id, report, record)
+    _finish(store, log, run_id, report, record, by_wrapper)
     return report
 
 
-def close_failed(store: Storage, log: RunLog, run_id: str, error: str) -> None:
+def close_failed(store: Storage, log: RunLog, run_id: str, error: str, by_wrapper: bool = False) -> None:
     """A run that failed as a whole (metastore unusable, theme not found): still a report and a summary."""
     row = log.run(run_id)
     run = dict(row) if row else {"run_id": run_id, "started_at": None, "metastore_url": None, "theme": None}
     finished = now()
     notes = json.loads(run.get("notes") or "[]")
     report = build_report(run, [], dict.fromkeys(COUNTS, 0), "failed", finished, notes, error=error)
-    _finish(store, log, run_id, report, lambda path: log.fail_run(run_id, error, finished, path))
+    _finish(store, log, run_id, report, lambda path: log.fail_run(run_id, error, finished, path), by_wrapper)
 
 
-def _finish(store: Storage, log: RunLog, run_id: str, report: dict, record) -> None:
+def _finish(store: Storage, log: RunLog, run_id: str, report: dict, record, by_wrapper: bool) -> None:
     path = store.location(layout.report(run_id))
-    told = notify.run_closed(report, path)  # the mail and the final ping: a NOTE for each that failed
-    report["notes"] += told
-    log.add_notes(run_id, told)
+    if not by_wrapper:
+        add_told(log, run_id, report, notify.run_closed(report, path))
     try:
         store.write_json(layout.report(run_id), report)
     except OSError as exc:
@@ -76,8 +77,14 @@ def _finish(store: Storage, log: RunLog, run_id: str, report: dict, record) -> N
         record(None)
         return
     record(path)
-    if not os.environ.get(SUMMARY_BY_WRAPPER):  # pipeline/shared_run.py prints it in the job's process
+    if not by_wrapper:
         print("\n".join(summary_lines(report, path)), flush=True)
+
+
+def add_told(log: RunLog, run_id: str, report: dict, notes: list[str]) -> None:
+    """The NOTEs of the mail and the final ping that failed, in the report and the run log."""
+    report["notes"] += notes
+    log.add_notes(run_id, notes)
 
 
 def _prune(store: Storage, log: RunLog, run_id: str, keep: int) -> list[str]:

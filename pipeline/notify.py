@@ -224,7 +224,7 @@ def _scrub(text: str) -> str:
 
 class _SchedulerMails:
     """`luigi.notifications` as Luigi's scheduler sees it, but for its one mail, "DISABLED <task> due to excessive
-    failures": a version is disabled at its first failure (by design, pipeline/tasks.py), so that mail is the
+    failures": a version is disabled at its second failure in a run (pipeline/tasks.py), so that mail is the
     failure mail again and follows the same switch, `[worker] send_failure_email`. (Luigi's `[scheduler]
     batch_emails` would hold it back too, but its batcher cannot be pickled: the spawn start method, Windows'
     only one, pickles the in-process scheduler with each task process.)"""

@@ -4,7 +4,8 @@ run log given), a run log on PostgreSQL must be reachable, and so must a bucket.
 
 Luigi reads ./luigi.cfg (the current folder) or the files named by LUIGI_CONFIG_PATH. Started elsewhere
 (cron starts in $HOME, Task Scheduler in System32) it finds none, falls back to a central scheduler on
-localhost:8082 and to exit codes that hide failures. One line and exit code 2 say what to do instead.
+localhost:8082 and to exit codes that hide failures. One line and exit code 2 say what to do instead; so for a
+LUIGI_CONFIG_PATH that names no file (pipeline/config_path.py).
 
 A run log server that is down, refuses the password or has no such database would otherwise fail every task
 of the run one by one: one line naming host:port/db and the cause, and exit code 3, before anything is done.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import luigi.configuration
 
-from pipeline import processes, run_lock
+from pipeline import config_path, processes, run_lock
 from pipeline.runlog import RunLog
 from pipeline.runlog_engines import RunLogUnavailable, RunLogUrlError, SchemaTooNew, engine_for, url
 from pipeline.storage import StorageError, data_dir_problem, normalized_data_dir, open_storage
@@ -149,21 +150,27 @@ def runlog_message(argv: list[str]) -> str | None:
     return None
 
 
+def problem(argv: list[str]) -> tuple[int, str] | None:
+    """The first start-up check that fails, as (exit code, line); also for pipeline/shared_run.py. A relative
+    data_dir from a config file is made absolute first, beside that file."""
+    anchor_data_dir(argv)
+    if message := config_path.problem() or missing_config_message(argv) or data_dir_message(argv):
+        return NO_CONFIG, message
+    if message := runlog_message(argv):
+        return RUNLOG_UNAVAILABLE, message
+    if message := storage_message(argv):
+        return STORAGE_UNAVAILABLE, message
+    return None
+
+
 def check(argv: list[str] = sys.argv) -> None:
     # A spawned task process (Windows) imports the pipeline again with the command's argv: the checks, and the
     # run lock its parent holds, are the command's alone.
     if not started_by_luigi_command(argv) or processes.task_process():
         return
-    anchor_data_dir(argv)
-    if message := missing_config_message(argv) or data_dir_message(argv):
-        print(message, file=sys.stderr, flush=True)
-        sys.exit(NO_CONFIG)
-    if message := runlog_message(argv):
-        print(message, file=sys.stderr, flush=True)
-        sys.exit(RUNLOG_UNAVAILABLE)
-    if message := storage_message(argv):
-        print(message, file=sys.stderr, flush=True)
-        sys.exit(STORAGE_UNAVAILABLE)
+    if found := problem(argv):
+        print(found[1], file=sys.stderr, flush=True)
+        sys.exit(found[0])
     if message := run_lock_message(argv):
         print(message, file=sys.stderr, flush=True)
         sys.exit(ALREADY_RUNNING)

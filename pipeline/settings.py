@@ -4,7 +4,8 @@ carries them to the workers.
 Luigi reads a Config class where it is instantiated. A worker process started by spawning (Windows) re-reads
 luigi.cfg but never sees the command line, so the settings are resolved once, where HospitalsDaily is created,
 and handed down to every task as a hidden, insignificant parameter (a dict on the wire, `Settings` in code);
-but for the scratch folder, which is an assistant's own (`Settings.scratch_dir`).
+but for the scratch folder, which is an assistant's own (`Settings.scratch_dir`). With them goes whether the
+job's wrapper (pipeline/shared_run.py) tells the operator, so that no assistant does it with its own settings.
 The defaults live in the dataclasses only; the Config classes and luigi.cfg take them from there.
 """
 
@@ -16,6 +17,7 @@ from datetime import datetime, timezone
 
 import luigi
 import luigi.configuration
+import luigi.interface
 from luigi.freezing import FrozenOrderedDict
 from luigi.parameter import ParameterVisibility
 
@@ -38,6 +40,9 @@ class StorageSettings:
 # Set by an assistant (pipeline/assistant.py) to its machine's own scratch folder: the run's is a folder on the
 # job's machine. Through the environment, so its task processes see it, spawned ones too.
 ASSISTANT_SCRATCH_ENV = "PIPELINE_ASSISTANT_SCRATCH_DIR"
+# Set by pipeline/shared_run.py in the job's process, where the run's settings are made: it prints the summary and
+# sends the mail and the pings itself, with the job's configuration (which an assistant may not have).
+BY_WRAPPER_ENV = "CMS_PIPELINE_SUMMARY_BY_WRAPPER"
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class Settings:
     download: HttpSettings
     retention: Retention
     storage: StorageSettings = StorageSettings()
+    by_wrapper: bool = False  # the summary, the mail and the pings are the job's wrapper's (BY_WRAPPER_ENV)
 
     @property
     def scratch_dir(self) -> str:
@@ -53,10 +59,20 @@ class Settings:
 
     @classmethod
     def from_dict(cls, data) -> "Settings":
-        return cls(HttpSettings(**data["download"]), Retention(**data["retention"]), StorageSettings(**data["storage"]))
+        return cls(
+            HttpSettings(**data["download"]),
+            Retention(**data["retention"]),
+            StorageSettings(**data["storage"]),
+            bool(data.get("by_wrapper", False)),
+        )
 
     def to_dict(self) -> dict:
-        return {"download": asdict(self.download), "retention": asdict(self.retention), "storage": asdict(self.storage)}
+        return {
+            "download": asdict(self.download),
+            "retention": asdict(self.retention),
+            "storage": asdict(self.storage),
+            "by_wrapper": self.by_wrapper,
+        }
 
 
 _HTTP, _RETENTION, _STORAGE = HttpSettings(), Retention(), StorageSettings()
@@ -96,6 +112,10 @@ def _configured_runlog_url() -> str:
 runlog_urls.PASSWORD_SOURCES.append(_configured_runlog_url)
 # Luigi calls a config_path fallback "deprecated"; here it is the point: `[runlog] url`, read by every task.
 warnings.filterwarnings("ignore", r"The use of the configuration \[runlog\] url", DeprecationWarning)
+# Luigi reads these [core] keys (luigi/rpc.py) without declaring them: an overlay that sets them (central.cfg) got
+# an UnconsumedParameterWarning for each on every command.
+_RPC_KEYS = {"rpc_retry_attempts", "rpc_retry_wait", "rpc_connect_timeout"}
+luigi.interface.core.ignore_unconsumed = {*luigi.interface.core.ignore_unconsumed, *_RPC_KEYS}
 
 
 class RunLogUrlParameter(luigi.Parameter):
@@ -121,7 +141,8 @@ def current() -> dict:
     # Every HttpSettings field is a [download] setting, but the deadline: fixed here, once, where the run starts.
     values = {f.name: getattr(d, f.name) for f in fields(HttpSettings) if f.name != "deadline"}
     http = HttpSettings(**values, deadline=time.time() + 60 * d.run_minutes if d.run_minutes else 0.0)
-    return Settings(http, Retention(r.keep_versions, r.drop_source), StorageSettings(s.scratch_dir)).to_dict()
+    kept = Retention(r.keep_versions, r.drop_source)
+    return Settings(http, kept, StorageSettings(s.scratch_dir), bool(os.environ.get(BY_WRAPPER_ENV))).to_dict()
 
 
 class SettingsParameter(luigi.DictParameter):

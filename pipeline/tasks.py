@@ -72,7 +72,8 @@ class RunTask(luigi.Task):
 
     def close_run_if_complete(self) -> None:
         """Called by every task that may settle the run's last item; pipeline/close_run.py has the protocol."""
-        close_if_complete(self.store, self.runlog(), self.run_id, self.config.retention.keep_versions)
+        keep = self.config.retention.keep_versions
+        close_if_complete(self.store, self.runlog(), self.run_id, keep, self.config.by_wrapper)
 
 
 class FetchCatalog(RunTask):
@@ -100,7 +101,8 @@ class FetchCatalog(RunTask):
         if earlier and earlier["status"] in ("succeeded", "failed"):
             raise RunClosed(self.run_id, earlier["status"], earlier["report_path"])
         log.start_run(self.run_id, self.metastore_url, self.theme)
-        notify.run_started()  # the heartbeat's /start ping
+        if not self.config.by_wrapper:  # pipeline/shared_run.py sends it with the job's settings
+            notify.run_started()  # the heartbeat's /start ping
         store = self.store
         store.sweep()
         # Files a crash may have damaged that no version task looks at: earlier runs' reports and snapshots.
@@ -199,7 +201,7 @@ class FetchCatalog(RunTask):
             return str(exception)
         message = f"metastore {self.metastore_url}: {exception}"
         try:
-            close_failed(self.store, self.runlog(), self.run_id, message)
+            close_failed(self.store, self.runlog(), self.run_id, message, self.config.by_wrapper)
         except StorageError as exc:  # the data folder itself is what failed: one line, no traceback
             logger.error("Run %s: could not write its report: %s", self.run_id, exc)
         except Exception:  # Luigi swallows errors here; say so loudly instead
@@ -227,9 +229,11 @@ class VersionTask(RunTask):
         visibility=ParameterVisibility.HIDDEN,
         description="the distribution's size last time: the longest start first",
     )
-    # A failed version is retried by the next run, never within this one: the scheduler disables it at once, so
-    # a keep-alive worker (a shared run on luigid) no longer waits for it and the run ends.
-    retry_count = 1
+    # A failed version stays FAILED in luigid's UI (a DISABLED one would not count as failed there). The next run
+    # retries it; luigid offers a FAILED task again only after its [scheduler] retry_delay (15 minutes), to a run
+    # still going, and disables it at a second failure. A keep-alive worker does not wait for it: it leaves once
+    # its run is closed (pipeline/keep_alive.py).
+    retry_count = 2
 
     @classmethod
     def for_version(cls, task: luigi.Task, version: CsvVersion, **extra):

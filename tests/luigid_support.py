@@ -82,9 +82,10 @@ class Luigid:
     def output(self) -> str:
         return (self.folder / "luigid.out").read_text(encoding="utf-8", errors="replace")
 
-    def start(self) -> Luigid:
+    def start(self, port: int = 0) -> Luigid:
+        """On a free port, or on `port` (a luigid restarted where its clients look for it)."""
         for _ in range(3):  # another process may take the free port between probe and bind
-            self.port = free_port()
+            self.port = port or free_port()
             self._output = open(self.folder / "luigid.out", "ab")  # noqa: SIM115 - closed in stop()
             self.proc = subprocess.Popen(
                 [
