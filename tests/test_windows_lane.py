@@ -41,9 +41,9 @@ def test_the_windows_lane_passes_with_every_windows_test_run(tmp_path):
             "pytest",
             "-p",
             "no:cacheprovider",
-            "-q",
-            "-rA",  # a line per test with its outcome (the junit report would ask platform.node(), which
-            *SELECTION,  # crashes under Wine 8)
+            "-v",  # a line per test with its outcome (the junit report would ask platform.node(), which
+            "-rfEs",  # crashes under Wine 8)
+            *SELECTION,
             f"--basetemp={windows_path(tmp_path / 'base')}",
         ],
         cwd=ROOT,
@@ -51,11 +51,12 @@ def test_the_windows_lane_passes_with_every_windows_test_run(tmp_path):
     )
     seconds = time.monotonic() - started
     output = result.stdout + result.stderr
-    print(output[-20000:], f"\nWindows lane: {seconds:.0f} s", sep="\n")
-    assert result.returncode == 0, output[-20000:]
+    failures = output[output.find("= FAILURES =") :] if "= FAILURES =" in output else output[-20000:]
+    print(failures[-30000:], f"\nWindows lane: {seconds:.0f} s", sep="\n")
+    assert result.returncode == 0, failures[-30000:]
     [closing] = [line for line in result.stdout.splitlines() if re.fullmatch(r"=* ?\d+ passed.* in [\d.]+s.*", line)]
     assert "failed" not in closing and "error" not in closing, closing
-    outcomes = re.findall(r"^(PASSED|FAILED|SKIPPED|ERROR)\S* tests[/\\]test_windows\.py::(\w+)", output, re.M)
-    windows_set = {name: outcome for outcome, name in outcomes}
+    outcomes = re.findall(r"^tests[/\\]test_windows\.py::(\w+) (PASSED|FAILED|SKIPPED|ERROR)", output, re.M)
+    windows_set = dict(outcomes)
     expected = {name for name in dir(test_windows) if name.startswith("test_")}
     assert windows_set == dict.fromkeys(expected, "PASSED"), windows_set  # every one ran there, and passed
