@@ -828,12 +828,17 @@ def test_the_windows_lane_commands_name_the_lane_and_the_windows_set():
     assert any(one.removeprefix(prefix) in name for name in dir(test_windows) if name.startswith("test_"))
 
 
+def optional_dependencies() -> str:
+    """pyproject.toml's [project.optional-dependencies] section (tomllib is 3.11+)."""
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    return pyproject.split("[project.optional-dependencies]\n", 1)[1].split("\n[", 1)[0]
+
+
 @covers("postgres-install")
 def test_the_postgres_extra_is_the_driver_and_the_default_install_stays_without_it():
     [install] = commands(block("postgres-install").text)
     assert install == ".venv/bin/pip install -e .[postgres]"
-    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")  # tomllib is 3.11+
-    extras = pyproject.split("[project.optional-dependencies]\n", 1)[1].split("\n[", 1)[0]
+    extras = optional_dependencies()
     assert re.search(r'^postgres = \["psycopg2-binary>=2\.9\.9"\]$', extras, flags=re.MULTILINE), extras
     assert not any("psycopg" in line for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
 
@@ -917,8 +922,7 @@ def test_the_notify_example_mails_once_pings_and_a_relay_down_or_a_silent_endpoi
 def test_the_s3_extra_is_boto3_and_the_default_install_stays_without_it():
     [install] = commands(block("s3-install").text)
     assert install == ".venv/bin/pip install -e .[s3]"
-    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    extras = pyproject.split("[project.optional-dependencies]\n", 1)[1].split("\n[", 1)[0]
+    extras = optional_dependencies()
     assert re.search(r'^s3 = \["boto3>=1\.34"\]$', extras, flags=re.MULTILINE), extras
     assert not any("boto" in line for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
 
@@ -978,8 +982,7 @@ def test_the_documented_s3_overlay_and_aws_files_run_the_job_into_the_bucket_wit
 def test_the_shared_install_is_one_command_with_both_extras():
     [install] = commands(block("shared-install").text)
     assert install == ".venv/bin/pip install -e '.[postgres,s3]'"
-    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    extras = pyproject.split("[project.optional-dependencies]\n", 1)[1].split("\n[", 1)[0]
+    extras = optional_dependencies()
     assert re.search(r"^postgres = \[", extras, flags=re.MULTILINE) and re.search(r"^s3 = \[", extras, re.MULTILINE)
     assert "'.[postgres,s3]'" in (ROOT / "deploy" / "central.cfg").read_text(encoding="utf-8")
 

@@ -21,7 +21,7 @@ import pytest
 from pipeline import run_lock
 from tests.doc_commands import block
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, quoted_rows
-from tests.harness import Site, command, query, write_project_cfg
+from tests.harness import COMMAND, Site, command, query, write_project_cfg
 from tests.loopback_server import LoopbackServer
 from tests.luigid_support import loopback_env
 from tests.stored_data import LocalData
@@ -39,11 +39,11 @@ def rows(tag: str, count: int = 30) -> bytes:
     return csv_bytes(HEADER_OAS_CAHPS, quoted_rows(count, 5, tag))
 
 
-def run(folder: Path, *extra: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The README's command, its output to pipes (as Task Scheduler's log redirect or a CI runner gives it)."""
+def run_program(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A program with its output to pipes (as Task Scheduler's log redirect or a CI runner gives it)."""
     result = subprocess.run(
-        command(*extra),
-        cwd=cwd or folder,
+        args,
+        cwd=cwd,
         env=env or loopback_env(),
         capture_output=True,
         text=True,
@@ -53,6 +53,11 @@ def run(folder: Path, *extra: str, cwd: Path | None = None, env: dict | None = N
     )
     print(result.stdout, result.stderr, sep="\n")  # shown when a test fails
     return result
+
+
+def run(folder: Path, *extra: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The README's command."""
+    return run_program(command(*extra), cwd or folder, env)
 
 
 def summary(result: subprocess.CompletedProcess) -> tuple[str, int, int, int]:
@@ -215,15 +220,7 @@ def test_started_elsewhere_with_luigi_config_path_the_data_stays_beside_the_conf
 
 
 def test_python_m_luigi_gets_the_same_start_up_checks(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "luigi", "--module", "pipeline", "HospitalsDaily", "--workers", "8"],
-        cwd=tmp_path,
-        env=loopback_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_program([sys.executable, "-m", "luigi", *COMMAND[1:]], tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.splitlines() == [
         f"pipeline: no luigi.cfg with [HospitalsDaily] metastore_url was found (looked in {tmp_path / 'luigi.cfg'}); "
@@ -294,14 +291,6 @@ def test_the_readmes_task_scheduler_action_runs_the_job(project):
     program = Path(fields["Program/script"].replace(fields["Start in"], str(folder)))
     program.parent.mkdir(parents=True)
     shutil.copy(command()[0], program)  # what `py -m venv .venv && pip install -e .` leaves there
-    result = subprocess.run(
-        [str(program), *fields["Add arguments"].split()],
-        cwd=folder,  # "Start in"
-        env=loopback_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    result = run_program([str(program), *fields["Add arguments"].split()], cwd=folder)  # "Start in"
     assert result.returncode == 0, result.stdout + result.stderr
     assert summary(result) == ("succeeded", 3, 3, 0)
