@@ -9,6 +9,7 @@ without a request. Outcomes go to the SQLite run log. Whichever task settles the
 the run (latest/, the report, the run's status): pipeline/close_run.py holds that protocol.
 """
 
+import csv
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from luigi.parameter import ParameterVisibility
 
 from pipeline import latest, layout, notify
 from pipeline.catalog import Catalog, CsvVersion
+from pipeline.change_report import make_change_report
 from pipeline.close_run import close_failed, close_if_complete
 from pipeline.durable import json_text, remove, temp_path
 from pipeline.errors import DatasetError, RunClosed
@@ -36,7 +38,7 @@ from pipeline.run_files import repair_closed_runs
 from pipeline.runlog import STATS, RunLog
 from pipeline.schema_drift import diff_columns, previous_version
 from pipeline.settings import FolderParameter, RunIdParameter, RunLogUrlParameter, Settings, SettingsParameter
-from pipeline.storage import Storage, StorageError, open_storage
+from pipeline.storage import Storage, StorageError, open_storage, parent
 from pipeline.version_check import VersionCheck, check_version, deep_check, hash_problem, header_map_of
 
 logger = logging.getLogger("luigi-interface")
@@ -437,7 +439,8 @@ class NormalizeCsv(VersionTask):
         self.close_run_if_complete()
 
     def _previous(self) -> tuple[tuple[str, str] | None, list[str] | None]:
-        """The (modified, url) and normalized columns of the version this one replaces, if any."""
+        """The (modified, url) and normalized columns of the version this one replaces, if any (its folder in
+        `self._previous_folder`)."""
         position, siblings, candidates = self.runlog().drift_context(self.run_id, self.version)
         header_maps = {c["header_map_path"]: self._read_header_map(c["header_map_path"]) for c in candidates}
         readable = [c for c in candidates if header_maps[c["header_map_path"]]]  # a damaged one is left out
@@ -445,6 +448,7 @@ class NormalizeCsv(VersionTask):
         if not previous:
             return None, None
         columns = header_maps[previous["header_map_path"]]["columns"]  # type: ignore[index]
+        self._previous_folder = parent(self.store.key(previous["header_map_path"]))
         return (previous["modified"], previous["download_url"]), [c["normalized"] for c in columns]
 
     def _read_header_map(self, location: str) -> dict | None:
@@ -494,13 +498,28 @@ class NormalizeCsv(VersionTask):
             self.set_progress_percentage(100)
         change = diff_columns(old_columns, result.normalized) if old_columns is not None else None
         drift = json.dumps(change) if change else None
+        figure = self._report_changes(change) if previous else None
         done, failed, total = self.runlog().record_done(self.run_id, self.version, stats, drift, previous)
         self.show_run_progress(done, failed, total)
         print(
-            f"[{done + failed}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "
-            f"{result.bytes / 1e6:,.1f} MB" + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
+            f"[{done + failed}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows"
+            + (f" ({figure})" if figure else "")
+            + f", {result.bytes / 1e6:,.1f} MB"
+            + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
             flush=True,
         )
+
+    def _report_changes(self, drift: dict | None) -> str | None:
+        """The change report against the version this one replaces; one that cannot be made is a NOTE, never a
+        failure of a version whose CSV is good."""
+        store = self.store
+        try:
+            report = make_change_report(store, self.folder, self._previous_folder, drift, None)
+        except (OSError, ValueError, UnicodeError, csv.Error) as exc:
+            store.remove(layout.changes_csv(self.folder))
+            self.runlog().note(self.run_id, self.version, f"change report: {exc}; retried next run")
+            return None
+        return report["summary"]
 
 
 class HospitalsDaily(RunTask):
