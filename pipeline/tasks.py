@@ -170,7 +170,8 @@ class FetchCatalog(RunTask):
                 report_only = check.complete and all(key == layout.changes_csv(folder) for key in damaged)
                 if header_map and report_only:  # only the change report: made again from what is here
                     action = "change report made again"
-                    if note := write_change_report(store, folder, header_map, None)[1]:
+                    key = self.config.changes.key_for(header_map["identifier"])
+                    if note := write_change_report(store, folder, header_map, key)[1]:
                         problems.append(note)
                         action = "left as it is"
                 elif header_map and check.source_whole and layout.source_csv(folder) not in damaged:
@@ -543,7 +544,8 @@ class NormalizeCsv(VersionTask):
         """The change report against the version the header map names; one that cannot be made is a NOTE, never
         a failure of a version whose CSV is good."""
         assert header_map is not None
-        report, note = write_change_report(self.store, self.folder, header_map, None)
+        key = self.config.changes.key_for(self.identifier)
+        report, note = write_change_report(self.store, self.folder, header_map, key)
         if note:
             self.runlog().note(self.run_id, self.version, f"{note}; retried next run")
         return report

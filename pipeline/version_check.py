@@ -14,7 +14,7 @@ from pathlib import PurePosixPath
 
 from pipeline import layout
 from pipeline.header_rewrite import CHUNK, rewrite_csv
-from pipeline.storage import Storage
+from pipeline.storage import Storage, parent
 
 FILES = ("header_map.json", "normalized.csv", "source.csv", "source.scan.json")
 REPORT = "changes.json"  # written last; changes.csv before it, when there is an earlier version
@@ -155,6 +155,16 @@ def file_sha256(store: Storage, key: str) -> str:
         while chunk := file.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def change_summary(store: Storage, item: dict) -> dict | None:
+    """A finished version's change report as the run report links it, {path, summary}; None without one (it could
+    not be made). `item` has the version's output_path."""
+    folder = parent(store.key(item["output_path"]))
+    report, _ = store.read_json(layout.changes_json(folder))
+    if report is None or "summary" not in report:
+        return None
+    return {"path": store.location(layout.changes_json(folder)), "summary": report["summary"]}
 
 
 def report_of(store: Storage, folder: str, check: VersionCheck) -> dict | None:

@@ -178,3 +178,41 @@ def test_a_report_that_cannot_be_made_is_a_note_the_run_succeeds_and_a_later_run
     assert ok and entry_notes(report) == [f"yv7e-xc69: {new}: changes.json is missing; change report made again"]
     assert json.loads(data.read(f"{new}/changes.json"))["summary"] == "+1, -1, 1 changed"
     assert csv_downloads(site) == []
+
+
+def index_rows(data) -> dict[str, dict[str, str]]:
+    text = data.read("latest/index.csv").decode("utf-8-sig")
+    return {row["identifier"]: row for row in csv.DictReader(io.StringIO(text))}
+
+
+def test_the_run_report_links_the_report_index_csv_shows_its_figure_and_a_configured_key_is_used(
+    site, data, luigi_setting
+):
+    luigi_setting("changes", "keys", "yv7e-xc69: facility_id+measure_id+start_date, other-id: state")
+    site.dataset("yv7e-xc69", "2025-07-01", {"Timely.csv": body(FACILITY, OLD_ROWS)})
+    ok, report = run_daily(site, data.dir)
+    [first] = by_identifier(report)["yv7e-xc69"]
+    assert (
+        ok
+        and first["changes"] == "no earlier version"
+        and index_rows(data)["yv7e-xc69"]["changes"] == ("no earlier version")
+    )
+    site.dataset("yv7e-xc69", "2025-10-01", {"Timely.csv": body(FACILITY, NEW_ROWS)}, upload=1700000999)
+    ok, report = run_daily(site, data.dir)
+    [entry] = by_identifier(report)["yv7e-xc69"]
+    assert ok and entry["changes"] == "+1, -1, 1 changed"
+    assert entry["paths"]["changes"] == f"{folder_of(entry)}/changes.json"
+    summary = json.loads(data.read(entry["paths"]["changes"]))
+    assert summary["key"] == ["facility_id", "measure_id", "start_date"] and summary["key_source"] == "configured"
+    assert data.read(f"{folder_of(entry)}/changes.csv").decode().splitlines() == [
+        "facility_id,measure_id,start_date,column,old,new",
+        "010001,OP_18b,01/01/2024,score,10,99",
+    ]
+    index = data.read("latest/index.csv")
+    assert index_rows(data)["yv7e-xc69"]["changes"] == "+1, -1, 1 changed"
+    manifest = json.loads(data.read("latest/latest.json"))
+    assert manifest["datasets"][0]["changes"] == "+1, -1, 1 changed"
+    ok, report = run_daily(site, data.dir)  # nothing new: the figure stays, without reading the report again
+    [entry] = by_identifier(report)["yv7e-xc69"]
+    assert ok and entry["status"] == "up_to_date" and entry["changes"] is None and entry["paths"]["changes"] is None
+    assert data.read("latest/index.csv") == index

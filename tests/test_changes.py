@@ -200,3 +200,15 @@ def test_a_file_without_a_final_line_ending():
     old = body(FACILITY, rows)
     summary, _ = diff(old, old[:-2])
     assert summary.figure() == "no row changed" and summary.new_rows == 12
+
+
+def test_configured_keys_are_parsed_and_a_typo_is_refused():
+    from pipeline.settings import ChangeSettings, parse_keys
+
+    keys = ChangeSettings("yv7e-xc69: facility_id+measure_id, 4pq5-n9py: state + measure_id,")
+    assert keys.key_for("yv7e-xc69") == ["facility_id", "measure_id"]
+    assert keys.key_for("4pq5-n9py") == ["state", "measure_id"] and keys.key_for("xubh-q36u") is None
+    assert parse_keys("") == {}
+    for typo in ("yv7e-xc69 facility_id", "yv7e-xc69: facility_id+", ": facility_id"):
+        with pytest.raises(ValueError, match=r"\[changes\] keys: .* is not <identifier>: column\+column"):
+            ChangeSettings(typo)
