@@ -216,3 +216,21 @@ def test_the_run_report_links_the_report_index_csv_shows_its_figure_and_a_config
     [entry] = by_identifier(report)["yv7e-xc69"]
     assert ok and entry["status"] == "up_to_date" and entry["changes"] is None and entry["paths"]["changes"] is None
     assert data.read("latest/index.csv") == index
+
+
+def test_retention_deletes_a_version_with_its_report_and_a_report_lost_after_that_says_so(site, data, luigi_setting):
+    luigi_setting("retention", "keep_versions", "1")
+    first, second = (data.key(folder) for folder in two_versions(site, data))
+    assert data.listing(first) == []  # the whole folder, its change report with it
+    assert {key.rsplit("/", 1)[1] for key in data.listing(second)} >= {"changes.json", "changes.csv"}
+    site.dataset("yv7e-xc69", "2026-01-01", {"Timely.csv": body(FACILITY, OLD_ROWS)}, upload=1700009999)
+    ok, report = run_daily(site, data.dir)
+    [entry] = by_identifier(report)["yv7e-xc69"]
+    assert ok and entry["changes"] == "+1, -1, 1 changed"  # against the second version, kept until now
+    third = data.key(folder_of(entry))
+    assert data.listing(second) == [] and data.exists(f"{third}/changes.csv")
+    lose(data, third)
+    ok, report = run_daily(site, data.dir)
+    assert ok and entry_notes(report) == [f"yv7e-xc69: {third}: changes.json is missing; change report made again"]
+    assert json.loads(data.read(f"{third}/changes.json"))["summary"] == "earlier version no longer kept"
+    assert not data.exists(f"{third}/changes.csv")
