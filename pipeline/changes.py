@@ -29,7 +29,7 @@ import tempfile
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import accumulate, combinations, compress, filterfalse
+from itertools import accumulate, combinations, compress
 from operator import itemgetter, methodcaller, not_
 from typing import IO, BinaryIO, TextIO
 
@@ -219,21 +219,22 @@ class _KeyHashes:
 
     def __init__(self, tried: list[tuple[str, ...]], at: dict[str, int]) -> None:
         self.getters = [itemgetter(*(at[name] for name in combo)) for combo in tried]
-        reach = max((at[name] for combo in tried for name in combo), default=0) + 1
-        self.split = methodcaller("split", b",", reach)  # no further than the last key column
+        self.reach = max((at[name] for combo in tried for name in combo), default=0) + 1
+        self.split = methodcaller("split", b",", self.reach)  # no further than the last key column
         self.hashes = [array("q") for _ in tried]
         self.ragged = False  # a record too short for a key: no key is trusted
 
     def add(self, batch: list[bytes]) -> None:
         if not self.getters or self.ragged:
             return
-        plain = list(map(self.split, filterfalse(_HAS_QUOTE, batch)))
-        quoted = list(filter(_HAS_QUOTE, batch))
-        if quoted:  # one csv reader for the batch's quoted records
-            plain += [[cell.encode("utf-8") for cell in row] for row in csv.reader(r.decode("utf-8") for r in quoted)]
+        parts = list(map(self.split, batch))
+        # A quote up to the last key column (a name with a comma): those records through one csv reader.
+        quoted = [i for i in compress(range(len(batch)), map(_HAS_QUOTE, batch)) if b'"' in b"".join(parts[i][:-1])]
+        for i, row in zip(quoted, csv.reader(batch[i].decode("utf-8") for i in quoted)):  # noqa: B905 - one each
+            parts[i] = [cell.encode("utf-8") for cell in row]
         try:
             for get, kept in zip(self.getters, self.hashes):  # noqa: B905 - made together
-                kept.extend(map(hash, map(get, plain)))
+                kept.extend(map(hash, map(get, parts)))
         except IndexError:
             self.ragged = True
 
@@ -241,6 +242,16 @@ class _KeyHashes:
 def _after_header(first: list[bytes], rest: Iterator[list[bytes]]) -> Iterator[list[bytes]]:
     yield first[1:]
     yield from rest
+
+
+def _key_hashes(open_file: Callable[[], BinaryIO], combo: tuple[str, ...], at: dict[str, int]) -> "_KeyHashes":
+    """One candidate key's hashes for every data record of a file."""
+    keys = _KeyHashes([combo], at)
+    with open_file() as file:
+        it = batches(file)
+        for batch in _after_header(next(it, []), it):
+            keys.add(batch)
+    return keys
 
 
 def _hash_file(file: BinaryIO, offsets: Offsets) -> array:
@@ -323,7 +334,7 @@ def _compare(open_old, open_new, cells_out: TextIO, renamed: dict[str, str], key
     with open_old() as old_file:
         old_hashes = _hash_file(old_file, old_offsets)
     old_set = set(old_hashes)
-    keys = _KeyHashes(tried, new_at)
+    keys = _KeyHashes(tried[:1], new_at)  # the others only if it is not unique: a pass of their own
     added, removed = _Spool(), _Spool()
     try:
         with open_new() as new_file:
@@ -342,7 +353,12 @@ def _compare(open_old, open_new, cells_out: TextIO, renamed: dict[str, str], key
 
         chosen = None
         if not (keys.ragged or old_repeats):  # a row repeated whole repeats its key
-            for combo, key_hashes in zip(tried, keys.hashes):  # noqa: B905 - made together
+            for combo in tried:
+                if combo != tried[0]:
+                    keys = _key_hashes(open_new, combo, new_at)
+                if keys.ragged:
+                    break
+                key_hashes = keys.hashes[0]
                 if _unique_in_both(key_hashes, removed, added, [old_at[n] for n in combo], [new_at[n] for n in combo]):
                     chosen = list(combo)
                     break

@@ -212,3 +212,14 @@ def test_configured_keys_are_parsed_and_a_typo_is_refused():
     for typo in ("yv7e-xc69 facility_id", "yv7e-xc69: facility_id+", ": facility_id"):
         with pytest.raises(ValueError, match=r"\[changes\] keys: .* is not <identifier>: column\+column"):
             ChangeSettings(typo)
+
+
+def test_a_candidate_the_sample_left_but_not_unique_gives_way_to_the_next_one(monkeypatch):
+    """The first candidate is hashed on every row as the new file is read; the next ones, read again, only when
+    it is not unique in the whole file (here the sample, two rows, did not show it)."""
+    monkeypatch.setattr(changes, "SAMPLE", 2)
+    old_rows = facility_rows()
+    new_rows = [replace_cell(old_rows[0], 10, "99"), *old_rows[1:]]
+    summary, cells = diff(body(FACILITY, old_rows), body(FACILITY, new_rows))
+    assert summary.key == ["facility_id", "measure_id"]  # measure_id alone repeats past the sample
+    assert cells[1:] == [["010001", "OP_18b", "score", "10", "99"]]
