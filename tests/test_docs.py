@@ -186,7 +186,7 @@ def test_the_exit_code_table_lists_the_codes_the_command_can_give():
     assert documented == {0} | preflight | retcodes
 
 
-@covers("benchmark-args")
+@covers("benchmark-args", "benchmark-changes")
 def test_benchmark_commands_are_accepted_by_their_scripts(monkeypatch):
     class Parsed(Exception):
         pass
