@@ -424,10 +424,9 @@ class NormalizeCsv(VersionTask):
     def requires(self):
         # A version whose data is whole and only its change report is missing or damaged: made again from what is
         # here, without downloading the file again.
-        checked = self.__dict__.pop("_checked", None)  # what complete() just found: no second listing for a new one
-        if checked is None or checked.complete:
-            checked = check_version(self.store, self.folder)
-        return [] if checked.complete else DownloadCsv.for_version(self, self.version)
+        if "header_map.json" not in self.store.sizes(self.folder):  # never normalized, the usual case: no read
+            return DownloadCsv.for_version(self, self.version)
+        return [] if check_version(self.store, self.folder).complete else DownloadCsv.for_version(self, self.version)
 
     def output(self):
         return {
@@ -436,7 +435,7 @@ class NormalizeCsv(VersionTask):
         }
 
     def complete(self):
-        check = self._checked = check_version(self.store, self.folder)  # parsed and sized as recorded
+        check = check_version(self.store, self.folder)  # parsed and sized as recorded, not merely there
         # A report that could not be made is a NOTE of this run, and the next run's to try again.
         return check.finished or (check.complete and self.runlog().settled(self.run_id, self.version))
 
