@@ -234,3 +234,20 @@ def test_retention_deletes_a_version_with_its_report_and_a_report_lost_after_tha
     assert ok and entry_notes(report) == [f"yv7e-xc69: {third}: changes.json is missing; change report made again"]
     assert json.loads(data.read(f"{third}/changes.json"))["summary"] == "earlier version no longer kept"
     assert not data.exists(f"{third}/changes.csv")
+
+
+def test_the_deep_check_makes_again_the_damaged_report_of_a_version_no_longer_in_the_catalog(site, data):
+    _, folder = two_versions(site, data)
+    archived = data.key(folder)
+    site.dataset("yv7e-xc69", "2026-01-01", {"Timely.csv": body(FACILITY, OLD_ROWS)}, upload=1700009999)
+    assert run_daily(site, data.dir)[0]
+    cells = data.read(f"{archived}/changes.csv")
+    flip(data, f"{archived}/changes.csv")
+    site.server.clear()
+    ok, report = run_daily(site, data.dir, deep_check=True)
+    assert (
+        ok
+        and f"{archived}: changes.csv does not match changes.json's sha256; change report made again"
+        in (report["notes"])
+    )
+    assert data.read(f"{archived}/changes.csv") == cells and csv_downloads(site) == []
