@@ -124,15 +124,8 @@ def _changes(store: Storage, entry: dict, current: dict | None) -> str | None:
     for the same version; else (latest.json rebuilt, or written before change reports) read from its folder."""
     if entry.get("changes"):
         return entry["changes"]["summary"]
-    if (
-        current
-        and "changes" in current
-        and current["version"]
-        == {
-            "modified": entry["modified"],
-            "download_url": entry["download_url"],
-        }
-    ):
+    version = {"modified": entry["modified"], "download_url": entry["download_url"]}
+    if current is not None and "changes" in current and current["version"] == version:
         return current["changes"]
     if entry.get("outcome") == "downloaded":  # read by the run already: it has none
         return None
