@@ -23,6 +23,7 @@ from pipeline.catalog import Catalog
 from pipeline.report import COUNTS, build_report, summary_lines, tally
 from pipeline.runlog import RunLog, now
 from pipeline.storage import Storage, parent
+from pipeline.version_check import change_summary
 
 logger = logging.getLogger("luigi-interface")
 
@@ -42,6 +43,8 @@ def close_if_complete(
         raise OSError(f"{store.location(layout.catalog_snapshot(run_id))}: {problem or 'is missing'}")
     catalog = Catalog.from_json(snapshot)
     done = [item for item in items if item["outcome"] in ("downloaded", "up_to_date")]
+    for item in done:  # a new version's change report: read here once, for the report and latest/index.csv
+        item["changes"] = change_summary(store, item) if item["outcome"] == "downloaded" else None
     notes = json.loads(run["notes"] or "[]")  # what the catalog task repaired
     notes += latest.publish(store, latest.latest_names(catalog.versions), done, retired, run_id, now())
     if keep_versions > 0:

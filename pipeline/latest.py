@@ -14,11 +14,12 @@ from pipeline.catalog import CsvVersion, VersionKey, file_name
 from pipeline.durable import json_text
 from pipeline.layout import LATEST, safe_component
 from pipeline.storage import Storage, join
-from pipeline.version_check import file_sha256
+from pipeline.version_check import change_summary, file_sha256
 
 MANIFEST = "latest.json"
 INDEX = "index.csv"
-INDEX_COLUMNS = ("identifier", "title", "file", "rows", "modified", "released", "data_dictionary", "retired")
+INDEX_COLUMNS = ("identifier", "title", "file", "rows", "changes", "modified", "released", "data_dictionary", "retired")
+EARLIER_INDEX_COLUMNS = tuple(name for name in INDEX_COLUMNS if name != "changes")  # before change reports
 
 
 def latest_names(versions: list[CsvVersion]) -> dict[VersionKey, str]:
@@ -54,8 +55,9 @@ def publish(
     store: Storage, names: dict[VersionKey, str], entries: list[dict], retired: set[str], run_id: str, now: str
 ) -> list[str]:
     """Point latest/ at each finished entry (identifier, modified, download_url, title, output_path, rows, sha256,
-    released, described_by). `names` holds every CSV distribution of the catalog: a dataset in it keeps exactly
-    those files, whatever failed today; datasets not in it (retired, or invalid today) keep theirs.
+    released, described_by; changes: a new version's change report, {path, summary}, else None). `names` holds
+    every CSV distribution of the catalog: a dataset in it keeps exactly those files, whatever failed today;
+    datasets not in it (retired, or invalid today) keep theirs.
     Returns a note for each file that could not be updated."""
     with store.lock(LATEST):  # one publisher at a time, whichever run it closes
         return _publish(store, names, entries, retired, run_id, now)
@@ -89,6 +91,7 @@ def _publish(store: Storage, names, entries, retired, run_id, now) -> list[str]:
             "path": name,
             "released": entry["released"],
             "described_by": entry["described_by"],
+            "changes": _changes(store, entry, current),
             "updated_run": run_id
             if current is None or current["sha256"] != entry["sha256"]
             else current.get("updated_run", run_id),
@@ -116,6 +119,20 @@ def _publish(store: Storage, names, entries, retired, run_id, now) -> list[str]:
     return notes
 
 
+def _changes(store: Storage, entry: dict, current: dict | None) -> str | None:
+    """The figure of the entry's change report: a new version's, as the run read it; else as latest.json has it
+    for the same version; else (latest.json rebuilt, or written before change reports) read from its folder."""
+    if entry.get("changes"):
+        return entry["changes"]["summary"]
+    version = {"modified": entry["modified"], "download_url": entry["download_url"]}
+    if current is not None and "changes" in current and current["version"] == version:
+        return current["changes"]
+    if entry.get("outcome") == "downloaded":  # read by the run already: it has none
+        return None
+    found = change_summary(store, entry)
+    return found["summary"] if found else None
+
+
 def _json_writer(data: dict):
     def write(temp: Path) -> None:
         temp.write_text(json_text(data), encoding="utf-8", newline="")
@@ -131,11 +148,11 @@ def _index_problem(raw: bytes | None, listed: int | None) -> str | None:
         rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
     except (UnicodeError, csv.Error) as exc:
         return f"does not parse ({exc})"
-    if not rows or tuple(rows[0]) != INDEX_COLUMNS:
+    if not rows or tuple(rows[0]) not in (INDEX_COLUMNS, EARLIER_INDEX_COLUMNS):
         return "has no header row" if not rows else "does not start with its header row"
     if listed is not None and len(rows) - 1 != listed:
         return f"lists {len(rows) - 1} files, latest.json {listed}"
-    if any(len(row) != len(INDEX_COLUMNS) for row in rows):
+    if any(len(row) != len(rows[0]) for row in rows):
         return "has a row cut short"
     return None
 
@@ -174,6 +191,7 @@ def _index_writer(rows: list[dict]):
                         d["title"],
                         d["path"],
                         d["rows"],
+                        d.get("changes") or "",
                         d["version"]["modified"],
                         d["released"],
                         d["described_by"],

@@ -77,3 +77,13 @@ def plan_report(run_id: str) -> str:
 
 
 LATEST = "latest"
+
+
+def changes_json(version: str) -> str:
+    """The change report's summary against the version this one replaces: written last, it vouches for the CSV."""
+    return _in(version, "changes.json")
+
+
+def changes_csv(version: str) -> str:
+    """The change report's changed cells: the key's columns, column, old, new."""
+    return _in(version, "changes.csv")

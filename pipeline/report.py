@@ -46,6 +46,7 @@ def build_report(
                     "source": item["source_path"],
                     "normalized": item["output_path"],
                     "header_map": item["header_map_path"],
+                    "changes": (item.get("changes") or {}).get("path"),
                 }
                 if done
                 else None,
@@ -55,6 +56,7 @@ def build_report(
                 "source_encoding": item["source_encoding"] if done else None,
                 "released": item["released"],
                 "described_by": item["described_by"],
+                "changes": (item.get("changes") or {}).get("summary"),
                 "schema_change": {
                     "previous_version": {"modified": item["previous_modified"], "download_url": item["previous_url"]},
                     **json.loads(item["schema_change"]),

@@ -7,6 +7,7 @@ from pipeline import layout
 from pipeline.report import COUNTS, build_report, tally
 from pipeline.runlog import RunLog
 from pipeline.storage import Storage
+from pipeline.version_check import change_summary
 
 
 def repair_closed_runs(store: Storage, log: RunLog, run_id: str, every: bool) -> list[str]:
@@ -16,7 +17,7 @@ def repair_closed_runs(store: Storage, log: RunLog, run_id: str, every: bool) ->
         if run["report_path"]:
             key = layout.report(run["run_id"])
             if problem := _damage(store, key):
-                store.write_json(key, rebuilt_report(run, items))
+                store.write_json(key, rebuilt_report(store, run, items))
                 notes.append(f"{key} {problem}; rebuilt from the run log")
         if run["catalog"]:
             key = layout.catalog_snapshot(run["run_id"])
@@ -26,12 +27,14 @@ def repair_closed_runs(store: Storage, log: RunLog, run_id: str, every: bool) ->
     return notes
 
 
-def rebuilt_report(run: dict, items: list[dict]) -> dict:
-    """The report close_run wrote, from what the run log kept of the run."""
+def rebuilt_report(store: Storage, run: dict, items: list[dict]) -> dict:
+    """The report close_run wrote, from what the run log kept of the run and the change reports it linked."""
     notes = json.loads(run["notes"] or "[]")
     if run["error"]:  # failed as a whole, before any item
         return build_report(run, [], dict.fromkeys(COUNTS, 0), "failed", run["finished_at"], notes, run["error"])
     counts, status = tally(items)
+    for item in items:
+        item["changes"] = change_summary(store, item) if item["outcome"] == "downloaded" else None
     return build_report(run, items, counts, status, run["finished_at"], notes)
 
 

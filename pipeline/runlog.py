@@ -324,6 +324,15 @@ class RunLog:
             ).fetchall()
         return {(r[0], r[1]): r[2] for r in rows}  # later rows, newer versions, win
 
+    def settled(self, run_id: str, version: CsvVersion) -> bool:
+        """Whether the run has settled the version (done, or failed)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT outcome FROM run_items WHERE run_id=? AND identifier=? AND modified=? AND download_url=?",
+                (run_id, *_key(version)),
+            ).fetchone()
+        return row is not None and row[0] in ("downloaded", "up_to_date", "failed")
+
     def note(self, run_id: str, version: CsvVersion, text: str) -> None:
         """A NOTE about one version of the run (verify, a repair); its outcome stays as it is."""
         with self.transaction() as db:

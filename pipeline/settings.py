@@ -1,5 +1,5 @@
-"""The run's settings: sections [download], [retention] and [storage], one typed object, and the task parameter that
-carries them to the workers.
+"""The run's settings: sections [download], [retention], [storage] and [changes], one typed object, and the task
+parameter that carries them to the workers.
 
 Luigi reads a Config class where it is instantiated. A worker process started by spawning (Windows) re-reads
 luigi.cfg but never sees the command line, so the settings are resolved once, where HospitalsDaily is created,
@@ -37,6 +37,30 @@ class StorageSettings:
     scratch_dir: str = ""  # where downloads for object storage are made before upload; empty: the system's temp
 
 
+@dataclass(frozen=True)
+class ChangeSettings:
+    keys: str = ""  # per-dataset keys of the change report: "<identifier>: col1+col2, <identifier>: col"
+
+    def __post_init__(self) -> None:
+        parse_keys(self.keys)  # a typo stops the run where it starts, not in a task
+
+    def key_for(self, identifier: str) -> list[str] | None:
+        """The configured key of a dataset, or None: found from the data."""
+        return parse_keys(self.keys).get(identifier)
+
+
+def parse_keys(text: str) -> dict[str, list[str]]:
+    """`[changes] keys`: identifier -> the normalized column names of its key."""
+    keys = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        identifier, colon, columns = part.partition(":")
+        names = [name.strip() for name in columns.split("+")]
+        if not colon or not identifier.strip() or not all(names):
+            raise ValueError(f"[changes] keys: {part!r} is not <identifier>: column+column")
+        keys[identifier.strip()] = names
+    return keys
+
+
 # Set by an assistant (pipeline/assistant.py) to its machine's own scratch folder: the run's is a folder on the
 # job's machine. Through the environment, so its task processes see it, spawned ones too.
 ASSISTANT_SCRATCH_ENV = "PIPELINE_ASSISTANT_SCRATCH_DIR"
@@ -51,6 +75,7 @@ class Settings:
     retention: Retention
     storage: StorageSettings = StorageSettings()
     by_wrapper: bool = False  # the summary, the mail and the pings are the job's wrapper's (BY_WRAPPER_ENV)
+    changes: ChangeSettings = ChangeSettings()
 
     @property
     def scratch_dir(self) -> str:
@@ -64,6 +89,7 @@ class Settings:
             Retention(**data["retention"]),
             StorageSettings(**data["storage"]),
             bool(data.get("by_wrapper", False)),
+            ChangeSettings(**data.get("changes", {})),
         )
 
     def to_dict(self) -> dict:
@@ -72,10 +98,11 @@ class Settings:
             "retention": asdict(self.retention),
             "storage": asdict(self.storage),
             "by_wrapper": self.by_wrapper,
+            "changes": asdict(self.changes),
         }
 
 
-_HTTP, _RETENTION, _STORAGE = HttpSettings(), Retention(), StorageSettings()
+_HTTP, _RETENTION, _STORAGE, _CHANGES = HttpSettings(), Retention(), StorageSettings(), ChangeSettings()
 
 
 class download(luigi.Config):  # Luigi names the config section after the class
@@ -101,6 +128,13 @@ class retention(luigi.Config):
 class storage(luigi.Config):
     scratch_dir = luigi.Parameter(
         default=_STORAGE.scratch_dir, description="local folder for downloads to object storage; empty: system temp"
+    )
+
+
+class changes(luigi.Config):
+    keys = luigi.Parameter(
+        default=_CHANGES.keys,
+        description="change report keys: <identifier>: col1+col2, ...; empty: found from the data",
     )
 
 
@@ -137,12 +171,13 @@ class RunLogUrlParameter(luigi.Parameter):
 
 
 def current() -> dict:
-    d, r, s = download(), retention(), storage()
+    d, r, s, c = download(), retention(), storage(), changes()
     # Every HttpSettings field is a [download] setting, but the deadline: fixed here, once, where the run starts.
     values = {f.name: getattr(d, f.name) for f in fields(HttpSettings) if f.name != "deadline"}
     http = HttpSettings(**values, deadline=time.time() + 60 * d.run_minutes if d.run_minutes else 0.0)
     kept = Retention(r.keep_versions, r.drop_source)
-    return Settings(http, kept, StorageSettings(s.scratch_dir), bool(os.environ.get(BY_WRAPPER_ENV))).to_dict()
+    wrapped = bool(os.environ.get(BY_WRAPPER_ENV))
+    return Settings(http, kept, StorageSettings(s.scratch_dir), wrapped, ChangeSettings(c.keys)).to_dict()
 
 
 class SettingsParameter(luigi.DictParameter):

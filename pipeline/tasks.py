@@ -9,6 +9,7 @@ without a request. Outcomes go to the SQLite run log. Whichever task settles the
 the run (latest/, the report, the run's status): pipeline/close_run.py holds that protocol.
 """
 
+import csv
 import json
 import logging
 import time
@@ -24,6 +25,7 @@ from luigi.parameter import ParameterVisibility
 
 from pipeline import latest, layout, notify
 from pipeline.catalog import Catalog, CsvVersion
+from pipeline.change_report import make_change_report
 from pipeline.close_run import close_failed, close_if_complete
 from pipeline.durable import json_text, remove, temp_path
 from pipeline.errors import DatasetError, RunClosed
@@ -36,7 +38,7 @@ from pipeline.run_files import repair_closed_runs
 from pipeline.runlog import STATS, RunLog
 from pipeline.schema_drift import diff_columns, previous_version
 from pipeline.settings import FolderParameter, RunIdParameter, RunLogUrlParameter, Settings, SettingsParameter
-from pipeline.storage import Storage, StorageError, open_storage
+from pipeline.storage import Storage, StorageError, open_storage, parent
 from pipeline.version_check import VersionCheck, check_version, deep_check, hash_problem, header_map_of
 
 logger = logging.getLogger("luigi-interface")
@@ -118,7 +120,7 @@ class FetchCatalog(RunTask):
             done = NormalizeCsv.for_version(self, version)
             folders.add(done.folder)
             check, problems = done.inspect(deep=self.deep_check)
-            if check.complete:
+            if check.finished:
                 # Where the listing alone decided (object storage), the run log knows what the header map says.
                 stats = recorded.get(store.location(layout.normalized_csv(done.folder)))
                 up_to_date.append((version, stats or stored_stats(header_map_of(store, done.folder, check))))
@@ -167,7 +169,14 @@ class FetchCatalog(RunTask):
                     continue
                 action = "not in the catalog now: left as it is"
                 header_map = header_map_of(store, folder, check)
-                if header_map and check.source_whole and layout.source_csv(folder) not in damaged:
+                report_only = check.complete and all(key == layout.changes_csv(folder) for key in damaged)
+                if header_map and report_only:  # only the change report: made again from what is here
+                    action = "change report made again"
+                    key = self.config.changes.key_for(header_map["identifier"])
+                    if note := write_change_report(store, folder, header_map, key)[1]:
+                        problems.append(note)
+                        action = "left as it is"
+                elif header_map and check.source_whole and layout.source_csv(folder) not in damaged:
                     store.remove(layout.normalized_csv(folder))
                     try:
                         if make_normalized(store, folder).sha256 == header_map["sha256"]:
@@ -276,6 +285,8 @@ class VersionTask(RunTask):
             check = check_version(store, self.folder)
             damaged = deep_check(store, self.folder, check)
             for key in damaged:
+                if key == layout.changes_csv(self.folder):  # the report as a whole, what vouches for it first
+                    store.remove(layout.changes_json(self.folder))
                 store.remove(key)
             if not damaged:
                 return check, check.problems
@@ -415,7 +426,11 @@ class DownloadCsv(VersionTask):
 
 class NormalizeCsv(VersionTask):
     def requires(self):
-        return DownloadCsv.for_version(self, self.version)
+        # A version whose data is whole and only its change report is missing or damaged: made again from what is
+        # here, without downloading the file again.
+        if "header_map.json" not in self.store.sizes(self.folder):  # never normalized, the usual case: no read
+            return DownloadCsv.for_version(self, self.version)
+        return [] if check_version(self.store, self.folder).complete else DownloadCsv.for_version(self, self.version)
 
     def output(self):
         return {
@@ -424,24 +439,29 @@ class NormalizeCsv(VersionTask):
         }
 
     def complete(self):
-        return check_version(self.store, self.folder).complete  # parsed and sized as recorded, not merely there
+        check = check_version(self.store, self.folder)  # parsed and sized as recorded, not merely there
+        # A report that could not be made is a NOTE of this run, and the next run's to try again.
+        return check.finished or (check.complete and self.runlog().settled(self.run_id, self.version))
 
     def run(self):
         self._luigid()
         store = self.store
         with store.lock(self.folder):
             check = check_version(store, self.folder)
-            if check.complete:  # an overlapping run normalized it, or only its source needed downloading again
+            if check.complete:  # an overlapping run normalized it, or only its source or report needed making again
                 if (staged := store.staged(layout.normalized_csv(self.folder))) != layout.normalized_csv(self.folder):
                     store.remove(staged)  # a copy of what is already here, if an overlapping download left one
-                stats = stored_stats(header_map_of(store, self.folder, check))
-                self.runlog().record_done(self.run_id, self.version, stats, outcome="up_to_date")
+                header_map = header_map_of(store, self.folder, check)
+                if not check.report_ok:
+                    self._report_changes(header_map)
+                self.runlog().record_done(self.run_id, self.version, stored_stats(header_map), outcome="up_to_date")
             else:
                 self._normalize()
         self.close_run_if_complete()
 
     def _previous(self) -> tuple[tuple[str, str] | None, list[str] | None]:
-        """The (modified, url) and normalized columns of the version this one replaces, if any."""
+        """The (modified, url) and normalized columns of the version this one replaces, if any (its folder in
+        `self._previous_folder`)."""
         position, siblings, candidates = self.runlog().drift_context(self.run_id, self.version)
         header_maps = {c["header_map_path"]: self._read_header_map(c["header_map_path"]) for c in candidates}
         readable = [c for c in candidates if header_maps[c["header_map_path"]]]  # a damaged one is left out
@@ -449,6 +469,7 @@ class NormalizeCsv(VersionTask):
         if not previous:
             return None, None
         columns = header_maps[previous["header_map_path"]]["columns"]  # type: ignore[index]
+        self._previous_folder = parent(self.store.key(previous["header_map_path"]))
         return (previous["modified"], previous["download_url"]), [c["normalized"] for c in columns]
 
     def _read_header_map(self, location: str) -> dict | None:
@@ -466,6 +487,13 @@ class NormalizeCsv(VersionTask):
             if key.rsplit("/", 1)[1] in present and key != store.staged(normalized):  # not the download's copy
                 store.remove(key)
         previous, old_columns = self._previous()  # the slow, fallible reads come before the first write
+        # A version made again after a crash keeps the version its report was made against (the run log no
+        # longer gives one for a version it counts as finished).
+        kept, _ = store.read_json(layout.changes_json(folder)) if "changes.json" in present else (None, None)
+        if kept is not None and "previous_version" in kept:
+            against = kept["previous_version"]
+        else:
+            against = store.location(self._previous_folder) if previous else None
         drop_source = self.config.retention.drop_source
         source, scan = layout.source_csv(folder), layout.source_scan(folder)
         try:
@@ -484,6 +512,7 @@ class NormalizeCsv(VersionTask):
                 "bytes": result.bytes,
                 "sha256": result.sha256,
                 "columns": result.header_map(),
+                "changes_against": against,
             }
             store.write_json(header_map, stats)
         except (ValueError, UnicodeError) as exc:  # HeaderError, NotText, a changed download
@@ -498,13 +527,31 @@ class NormalizeCsv(VersionTask):
             self.set_progress_percentage(100)
         change = diff_columns(old_columns, result.normalized) if old_columns is not None else None
         drift = json.dumps(change) if change else None
+        # A report kept from before a crash is used if it was made from these bytes and its CSV is whole.
+        report = kept or {}
+        stale = report.get("normalized_sha256") != result.sha256
+        if stale or report.get("cells_bytes") not in (None, present.get("changes.csv")):
+            report = self._report_changes(stats) or {}
+        figure = report["summary"] if "added" in report else None  # none without an earlier version
         done, failed, total = self.runlog().record_done(self.run_id, self.version, stats, drift, previous)
         self.show_run_progress(done, failed, total)
         print(
-            f"[{done + failed}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows, "
-            f"{result.bytes / 1e6:,.1f} MB" + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
+            f"[{done + failed}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows"
+            + (f" ({figure})" if figure else "")
+            + f", {result.bytes / 1e6:,.1f} MB"
+            + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
             flush=True,
         )
+
+    def _report_changes(self, header_map: dict | None) -> dict | None:
+        """The change report against the version the header map names; one that cannot be made is a NOTE, never
+        a failure of a version whose CSV is good."""
+        assert header_map is not None
+        key = self.config.changes.key_for(self.identifier)
+        report, note = write_change_report(self.store, self.folder, header_map, key)
+        if note:
+            self.runlog().note(self.run_id, self.version, f"{note}; retried next run")
+        return report
 
 
 class HospitalsDaily(RunTask):
@@ -552,6 +599,17 @@ class HospitalsDaily(RunTask):
 def _report_status(store: Storage, run_id: str) -> str | None:
     report, _ = store.read_json(layout.report(run_id))  # one a crash cut short counts as none: closed again
     return report.get("status") if report else None
+
+
+def write_change_report(
+    store: Storage, folder: str, header_map: dict, key: list[str] | None
+) -> tuple[dict | None, str | None]:
+    """Makes the version's change report: (what changes.json holds, None), or (None, why it cannot be made)."""
+    try:
+        return make_change_report(store, folder, header_map, key), None
+    except (OSError, ValueError, UnicodeError, csv.Error) as exc:
+        store.remove(layout.changes_csv(folder))
+        return None, f"change report: {exc}"
 
 
 def stored_stats(header_map: dict | None) -> dict:

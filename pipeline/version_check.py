@@ -2,8 +2,11 @@
 place before its data reached the disk is zero-length or cut short under its final name. The cheap check (every
 run) lists, stats and parses; the deep check (on demand) also hashes. Neither writes anything.
 
-In object storage a key is visible only whole, so there a version whose four files are all listed is finished
-without reading any of them: a no-op day costs a listing, not two reads per version."""
+A version's data (the normalized file and what vouches for it) and its change report are checked apart: a report
+lost or damaged is made again from the files that are there, without downloading anything.
+
+In object storage a key is visible only whole, so there a version whose five files are all listed is finished
+without reading any of them: a no-op day costs a listing, not three reads per version."""
 
 import hashlib
 from dataclasses import dataclass, field
@@ -11,9 +14,10 @@ from pathlib import PurePosixPath
 
 from pipeline import layout
 from pipeline.header_rewrite import CHUNK, rewrite_csv
-from pipeline.storage import Storage
+from pipeline.storage import Storage, parent
 
 FILES = ("header_map.json", "normalized.csv", "source.csv", "source.scan.json")
+REPORT = "changes.json"  # written last; changes.csv before it, when there is an earlier version
 
 
 @dataclass
@@ -25,14 +29,24 @@ class VersionCheck:
     normalized_whole: bool = False
     scan_ok: bool = True  # absent (older downloads of non-UTF-8 files) or parsed, matching the source
     source_dropped: bool = False  # [retention] drop_source deleted it once the version was finished
+    report: dict | None = None  # changes.json as parsed (not read where the listing alone decides)
+    report_ok: bool = False  # changes.json parses, is of this normalized file, and its changes.csv has its size
 
     @property
     def complete(self) -> bool:
+        """The version's data is whole: nothing needs downloading or normalizing."""
         return self.normalized_whole and self.scan_ok and (self.source_dropped or self.source_whole)
+
+    @property
+    def finished(self) -> bool:
+        """Complete, and its change report too: nothing to do."""
+        return self.complete and self.report_ok
 
     @property
     def repair(self) -> str:
         """What the run does about it: the same as for a version never finished, from what is still whole."""
+        if self.complete:
+            return "change report made again"
         return "made again from source.csv" if self.source_whole else "downloaded again"
 
 
@@ -50,14 +64,14 @@ def check_version(store: Storage, folder: str) -> VersionCheck:
     says "not finished" is asked again of the store: another process may have finished it since."""
     cached = store.cached(folder)
     check = _check(store, folder, store.sizes(folder))
-    if not check.complete and cached:
+    if not check.finished and cached:
         check = _check(store, folder, store.sizes(folder, fresh=True))
     return check
 
 
 def _check(store: Storage, folder: str, sizes: dict[str, int]) -> VersionCheck:
-    if store.whole_when_visible and all(name in sizes for name in FILES):
-        return VersionCheck(source_whole=True, normalized_whole=True)
+    if store.whole_when_visible and all(name in sizes for name in (*FILES, REPORT)):
+        return VersionCheck(source_whole=True, normalized_whole=True, report_ok=True)
     check = VersionCheck()
     if "header_map.json" in sizes:
         check.header_map, problem = store.read_json(layout.header_map(folder))
@@ -91,7 +105,31 @@ def _check(store: Storage, folder: str, sizes: dict[str, int]) -> VersionCheck:
         check.normalized_whole = problem is None
         if problem:
             check.problems.append(problem)
+        _check_report(store, folder, sizes, check)
     return check
+
+
+def _check_report(store: Storage, folder: str, sizes: dict[str, int], check: VersionCheck) -> None:
+    """changes.json parses, was made from the normalized file the header map describes, and the changes.csv it
+    vouches for has the size it recorded. A header map without `changes_against` was written before change
+    reports existed: its report is made without a NOTE."""
+    assert check.header_map is not None
+    expected = "changes_against" in check.header_map
+    if REPORT not in sizes:
+        if expected:
+            check.problems.append(f"{REPORT} is missing")
+        return
+    if store.whole_when_visible:  # listed is enough: written last, whole or absent (no read on a no-op day)
+        check.report_ok = True
+        return
+    check.report, problem = store.read_json(layout.changes_json(folder))
+    if check.report is not None and check.report.get("normalized_sha256") != check.header_map["sha256"]:
+        check.report, problem = None, "was made from other bytes than normalized.csv"
+    if check.report is not None and (recorded := check.report.get("cells_bytes")) is not None:
+        problem = _sizes_problem("changes.csv", sizes.get("changes.csv"), REPORT, recorded)
+    check.report_ok = check.report is not None and problem is None
+    if problem:
+        check.problems.append(problem if problem.startswith("changes.csv") else f"{REPORT} {problem}")
 
 
 def header_map_of(store: Storage, folder: str, check: VersionCheck) -> dict | None:
@@ -122,9 +160,27 @@ def file_sha256(store: Storage, key: str) -> str:
     return digest.hexdigest()
 
 
+def change_summary(store: Storage, item: dict) -> dict | None:
+    """A finished version's change report as the run report links it, {path, summary}; None without one (it could
+    not be made). `item` has the version's output_path."""
+    folder = parent(store.key(item["output_path"]))
+    report, _ = store.read_json(layout.changes_json(folder))
+    if report is None or "summary" not in report:
+        return None
+    return {"path": store.location(layout.changes_json(folder)), "summary": report["summary"]}
+
+
+def report_of(store: Storage, folder: str, check: VersionCheck) -> dict | None:
+    """The change report of a finished version: as the check parsed it, or read now where the listing decided."""
+    if check.report is None and check.report_ok:
+        check.report = store.read_json(layout.changes_json(folder))[0]
+    return check.report
+
+
 def deep_check(store: Storage, folder: str, check: VersionCheck) -> list[str]:
     """Hash what the cheap check found whole against the header map's sha256: the normalized file, and the
-    source by the normalized file it gives. Returns the keys of the files that differ."""
+    source by the normalized file it gives; and the changed cells against changes.json's sha256. Returns the
+    keys of the files that differ."""
     header_map = header_map_of(store, folder, check)
     if header_map is None:
         return []
@@ -141,8 +197,13 @@ def deep_check(store: Storage, folder: str, check: VersionCheck) -> list[str]:
                 matches = False
         if not matches:
             damaged.append(source)
+    report = report_of(store, folder, check) if check.report_ok else None
+    cells = layout.changes_csv(folder)
+    if report and report.get("cells_sha256") and file_sha256(store, cells) != report["cells_sha256"]:
+        damaged.append(cells)
     return damaged
 
 
 def hash_problem(key: str) -> str:
-    return f"{PurePosixPath(key).name} does not match header_map.json's sha256"
+    name = PurePosixPath(key).name
+    return f"{name} does not match {REPORT if name == 'changes.csv' else 'header_map.json'}'s sha256"

@@ -5,6 +5,17 @@ from tests.harness import Site
 from tests.loopback_server import LoopbackServer
 
 
+@pytest.fixture(scope="session", autouse=True)
+def luigi_logging():
+    """Luigi's logging, set up once per process by the first luigi.build, as every run_daily has it: here, so its
+    handler writes to the session's stderr, not to the capture of whichever test (capfd) happened to run first,
+    which is closed after it (a later test would see "--- Logging error ---" tracebacks)."""
+    import luigi.interface
+    from luigi.setup_logging import InterfaceLogging
+
+    InterfaceLogging.setup(luigi.interface.core(log_level="WARNING"))
+
+
 @pytest.fixture
 def server():
     with LoopbackServer() as srv:

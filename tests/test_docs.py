@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import gzip
 import importlib.util
+import io
 import json
 import os
 import re
@@ -185,7 +186,7 @@ def test_the_exit_code_table_lists_the_codes_the_command_can_give():
     assert documented == {0} | preflight | retcodes
 
 
-@covers("benchmark-args")
+@covers("benchmark-args", "benchmark-changes")
 def test_benchmark_commands_are_accepted_by_their_scripts(monkeypatch):
     class Parsed(Exception):
         pass
@@ -1020,3 +1021,51 @@ def test_the_shared_run_cron_line_runs_the_documented_job_and_deploy_crontab_has
     without_run_id = job.split(" --run-id ")[0]
     assert cron == f"15 6 * * * cd /opt/cms-hospitals && {without_run_id} >> /var/log/cms-hospitals/daily.log 2>&1"
     assert f"# {cron}" in (ROOT / "deploy" / "crontab").read_text(encoding="utf-8").splitlines()
+
+
+SAMPLE = ROOT.parent / "shared" / "cms-sample" / "csv" / "97xg-v3wv.csv"  # real CMS data, read where it is
+
+
+def refreshed(sample: bytes) -> bytes:
+    """A later release of a real CMS file, as CMS makes them: a facility's measure reported at last (its score,
+    sample and footnote change), the last two rows gone, a measure added; the rest byte for byte."""
+    lines = sample.split(b"\r\n")
+    header, rows = lines[0], [line for line in lines[1:] if line]
+    cells = next(csv.reader([rows[2].decode()]))  # 010779 REH_OP_18c: Not Available, Not Available, "1, 3"
+    cells[11:14] = ["141", "27", ""]
+    added = next(csv.reader([rows[0].decode()]))
+    added[9:14] = ["REH_OP_22", "Left before being seen", "1", "148", ""]
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\r\n").writerows([cells, added])
+    changed, new = text.getvalue().encode().split(b"\r\n")[:2]
+    return b"\r\n".join([header, rows[0], rows[1], changed, *rows[3:-2], new]) + b"\r\n"
+
+
+def _docs_paths(text: str, data: Path) -> str:
+    return re.sub(r"(\d{4}-\d{2}-\d{2})-[0-9a-f]{8}", r"\1-<hash>", text.replace(str(data), "/opt/cms-hospitals/data"))
+
+
+@runs
+@covers("change-report-line", "change-report-json", "change-report-cells")
+@pytest.mark.skipif(not SAMPLE.is_file(), reason=f"needs the real CMS sample {SAMPLE}")
+def test_the_change_report_shown_is_the_one_a_refresh_of_a_real_file_gets(tmp_path):
+    sample = SAMPLE.read_bytes()
+    with LoopbackServer() as server:
+        site = Site(server)
+        site.dataset("97xg-v3wv", "2025-07-01", {"REH_Timely_and_Effective_Care.csv": sample}, upload=1751500000)
+        project = Project(tmp_path / "project", site)
+        assert project.run(daily()).returncode == 0
+        site.dataset(
+            "97xg-v3wv", "2025-10-01", {"REH_Timely_and_Effective_Care.csv": refreshed(sample)}, upload=1759300000
+        )
+        second = project.run(daily())
+    assert second.returncode == 0, second.stderr
+    [line] = [line for line in second.stdout.splitlines() if line.startswith("[1/1] 97xg-v3wv")]
+    assert line == block("change-report-line").text.strip()
+    [folder] = project.data.glob("datasets/97xg-v3wv/2025-10-01-*")
+    report = (folder / "changes.json").read_text(encoding="utf-8")
+    assert json.loads(_docs_paths(report, project.data)) == json.loads(
+        _docs_paths(block("change-report-json").text, project.data)
+    )
+    cells = (folder / "changes.csv").read_text(encoding="utf-8")
+    assert cells.splitlines() == block("change-report-cells").text.splitlines()

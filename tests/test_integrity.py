@@ -360,8 +360,8 @@ def test_latest_names_come_from_the_catalog_whatever_failed(site, server, tmp_pa
     assert [d["path"] for d in manifest["datasets"]] == ["hbf-map.csv"]
     index = (tmp_path / "latest" / "index.csv").read_text(encoding="utf-8-sig").splitlines()
     assert index == [
-        "identifier,title,file,rows,modified,released,data_dictionary,retired",
-        "hbf-map,Dataset hbf-map,hbf-map.csv,1,2025-02-01,2025-02-01,,",
+        "identifier,title,file,rows,changes,modified,released,data_dictionary,retired",
+        'hbf-map,Dataset hbf-map,hbf-map.csv,1,"+1, -1",2025-02-01,2025-02-01,,',  # whole rows: name is no key
     ]
 
 
