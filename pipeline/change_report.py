@@ -7,7 +7,6 @@ version's folder, or null), so a report lost to a crash is made again against th
 run log says by then. Every version finished since change reports exist gets a changes.json, so a listing of the
 folder says whether it is there: one without an earlier version says so (`previous_version` null, no CSV)."""
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -16,6 +15,7 @@ from pipeline import layout
 from pipeline.changes import compare
 from pipeline.schema_drift import diff_columns
 from pipeline.storage import Storage
+from pipeline.version_check import stream_sha256
 
 NO_PREVIOUS = "no earlier version"
 NOT_KEPT = "earlier version no longer kept"
@@ -47,7 +47,8 @@ def make_change_report(store: Storage, folder: str, header_map: dict, key: list[
         ):
             result.append(compare(_opener(old), _opener(new), out, renamed, key))
         result.append(temp.stat().st_size)
-        result.append(_sha256(temp))
+        with open(temp, "rb") as written:
+            result.append(stream_sha256(written))
 
     store.write_file(layout.changes_csv(folder), write)
     summary, size, sha256 = result
@@ -69,14 +70,6 @@ def _write(store: Storage, folder: str, report: dict) -> dict:
 
 def _columns(header_map: dict) -> list[str]:
     return [column["normalized"] for column in header_map["columns"]]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _opener(path: Path) -> Callable[[], BinaryIO]:

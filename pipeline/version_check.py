@@ -152,12 +152,17 @@ class _HashOnly:
         return 0
 
 
-def file_sha256(store: Storage, key: str) -> str:
+def stream_sha256(file) -> str:
+    """The sha256 of an open binary file, read in CHUNK pieces."""
     digest = hashlib.sha256()
-    with store.open_read(key) as file:
-        while chunk := file.read(CHUNK):
-            digest.update(chunk)
+    while chunk := file.read(CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_sha256(store: Storage, key: str) -> str:
+    with store.open_read(key) as file:
+        return stream_sha256(file)
 
 
 def change_summary(store: Storage, item: dict) -> dict | None:
