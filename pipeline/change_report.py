@@ -7,6 +7,7 @@ version's folder, or null), so a report lost to a crash is made again against th
 run log says by then. Every version finished since change reports exist gets a changes.json, so a listing of the
 folder says whether it is there: one without an earlier version says so (`previous_version` null, no CSV)."""
 
+import csv
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +20,17 @@ from pipeline.version_check import stream_sha256
 
 NO_PREVIOUS = "no earlier version"
 NOT_KEPT = "earlier version no longer kept"
+
+
+def write_change_report(
+    store: Storage, folder: str, header_map: dict, key: list[str] | None
+) -> tuple[dict | None, str | None]:
+    """Makes the version's change report: (what changes.json holds, None), or (None, why it cannot be made)."""
+    try:
+        return make_change_report(store, folder, header_map, key), None
+    except (OSError, ValueError, UnicodeError, csv.Error) as exc:
+        store.remove(layout.changes_csv(folder))
+        return None, f"change report: {exc}"
 
 
 def make_change_report(store: Storage, folder: str, header_map: dict, key: list[str] | None) -> dict:

@@ -9,7 +9,6 @@ without a request. Outcomes go to the SQLite run log. Whichever task settles the
 the run (latest/, the report, the run's status): pipeline/close_run.py holds that protocol.
 """
 
-import csv
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ from luigi.parameter import ParameterVisibility
 
 from pipeline import latest, layout, notify
 from pipeline.catalog import Catalog, CsvVersion
-from pipeline.change_report import make_change_report
+from pipeline.change_report import write_change_report
 from pipeline.close_run import close_failed, close_if_complete
 from pipeline.durable import json_text, remove, temp_path
 from pipeline.errors import DatasetError, RunClosed
@@ -599,17 +598,6 @@ class HospitalsDaily(RunTask):
 def _report_status(store: Storage, run_id: str) -> str | None:
     report, _ = store.read_json(layout.report(run_id))  # one a crash cut short counts as none: closed again
     return report.get("status") if report else None
-
-
-def write_change_report(
-    store: Storage, folder: str, header_map: dict, key: list[str] | None
-) -> tuple[dict | None, str | None]:
-    """Makes the version's change report: (what changes.json holds, None), or (None, why it cannot be made)."""
-    try:
-        return make_change_report(store, folder, header_map, key), None
-    except (OSError, ValueError, UnicodeError, csv.Error) as exc:
-        store.remove(layout.changes_csv(folder))
-        return None, f"change report: {exc}"
 
 
 def stored_stats(header_map: dict | None) -> dict:
