@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pipeline.task_threads import SWITCH as TASK_THREADS_ENV  # noqa: E402
+
 LUIGI = str(Path(sys.executable).with_name("luigi"))
 CONFIG = ROOT / "luigi.cfg"
 T = TypeVar("T")
@@ -110,21 +114,31 @@ class Setup:
 
     storage: str
     engine: str
+    tasks: str = "threads"  # or "processes": Luigi's process per task (PIPELINE_TASK_THREADS=0)
 
     @property
     def label(self) -> str:
-        return self.engine if self.storage == "local" else f"{self.storage}+{self.engine}"
+        where = self.engine if self.storage == "local" else f"{self.storage}+{self.engine}"
+        return where if self.tasks == "threads" else f"{where} processes"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {} if self.tasks == "threads" else {TASK_THREADS_ENV: "0"}
 
 
-def setups(storages: list[str], engines: list[str]) -> list[Setup]:
+def setups(storages: list[str], engines: list[str], tasks: tuple[str, ...] = ("threads",)) -> list[Setup]:
     """A local folder with each run-log engine; object storage with PostgreSQL, the run log of several
-    machines sharing a bucket (object storage cannot hold the run log)."""
+    machines sharing a bucket (object storage cannot hold the run log); each with the tasks in threads, and in
+    a process each where asked (to compare)."""
     unknown = set(storages) - set(STORAGES)
     if unknown:
         sys.exit(f"--storage takes {' and '.join(STORAGES)}, comma separated; not {', '.join(unknown)}")
-    return [Setup("local", engine) for engine in engines if "local" in storages] + (
-        [Setup("s3", "postgresql")] if "s3" in storages else []
+    if set(tasks) - {"threads", "processes"}:
+        sys.exit(f"--tasks takes threads and processes, comma separated; not {', '.join(tasks)}")
+    places = [("local", engine) for engine in engines if "local" in storages] + (
+        [("s3", "postgresql")] if "s3" in storages else []
     )
+    return [Setup(storage, engine, kind) for storage, engine in places for kind in tasks]
 
 
 @dataclass
@@ -155,9 +169,9 @@ class Storages:
 
     def place(self, setup: Setup, folder: Path) -> Place:
         if setup.storage == "local" or not self.s3:
-            return Place()
+            return Place(env=setup.env)
         bucket = self.s3.new_bucket()
-        return Place(f"s3://{bucket}/hospitals", str(folder / "scratch"), self.s3.env(), bucket)
+        return Place(f"s3://{bucket}/hospitals", str(folder / "scratch"), self.s3.env() | setup.env, bucket)
 
     def requests(self, place: Place) -> Counter:
         """S3 requests answered so far for the folder's bucket, by type (HEAD counts as GET); none locally."""

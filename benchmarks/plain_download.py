@@ -1,11 +1,13 @@
 """The yardstick of the benchmarks: GET the metastore, then every CSV with N threads (one requests.Session
 each), straight to disk, in a child process of its own as the pipeline's are. A missing file (404) is skipped;
-DEST is deleted afterwards.
+DEST is deleted afterwards. With BUCKET (object storage's yardstick), each file is then PUT twice into it, as
+source and as normalized copy, by one boto3 client (its endpoint and keys from the environment).
 
-    python benchmarks/plain_download.py METASTORE_URL DEST THREADS   prints {"wall": seconds, "files": n}
+    python benchmarks/plain_download.py METASTORE_URL DEST THREADS [BUCKET]   prints {"wall": seconds, "files": n}
 """
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,16 +19,25 @@ from pathlib import Path
 import requests
 
 
-def plain_download(metastore_url: str, dest: Path, threads: int) -> float:
+def plain_download(metastore_url: str, dest: Path, threads: int, bucket: str = "", env: dict | None = None) -> float:
     """Seconds from the first request to the last byte, measured in the child."""
     out = subprocess.run(
-        [sys.executable, __file__, metastore_url, str(dest), str(threads)], check=True, capture_output=True, text=True
+        [sys.executable, __file__, metastore_url, str(dest), str(threads), *([bucket] if bucket else [])],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=os.environ | (env or {}),
     ).stdout
     return json.loads(out.splitlines()[-1])["wall"]
 
 
-def _download(metastore_url: str, dest: str, threads: int) -> None:
+def _download(metastore_url: str, dest: str, threads: int, bucket: str = "") -> None:
     local = threading.local()
+    client = None
+    if bucket:
+        import boto3
+
+        client = boto3.client("s3")
 
     def get(job):
         index, url = job
@@ -39,6 +50,9 @@ def _download(metastore_url: str, dest: str, threads: int) -> None:
             with open(f"{dest}/{index}.csv", "wb") as out:
                 for chunk in response.iter_content(1 << 20):
                     out.write(chunk)
+        if client:
+            for name in ("source.csv", "normalized.csv"):
+                client.upload_file(f"{dest}/{index}.csv", bucket, f"plain/{index}/{name}")
 
     Path(dest).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -52,4 +66,4 @@ def _download(metastore_url: str, dest: str, threads: int) -> None:
 
 
 if __name__ == "__main__":
-    _download(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+    _download(sys.argv[1], sys.argv[2], int(sys.argv[3]), *sys.argv[4:5])

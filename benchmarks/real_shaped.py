@@ -63,6 +63,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of plain, cold and refresh (default 3)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds before each response (default 0.05)")
+    parser.add_argument(
+        "--tasks",
+        default="threads",
+        help="how the job runs its tasks, comma separated: threads (default), processes (PIPELINE_TASK_THREADS=0)",
+    )
     parser.add_argument("--bandwidth", type=float, default=20, help="MB/s per connection (default 20)")
     parser.add_argument("--runlog", default="sqlite", help="run-log engines, comma separated: sqlite, postgresql")
     parser.add_argument(
@@ -73,7 +78,7 @@ def main() -> None:
     )
     parser.add_argument("--fsync-cost", action="store_true", help="also run cold and refresh without the fsyncs")
     args = parser.parse_args()
-    measured = setups(args.storage.split(","), args.runlog.split(","))
+    measured = setups(args.storage.split(","), args.runlog.split(","), tuple(args.tasks.split(",")))
     labels = [setup.label for setup in measured]
     runlogs = RunLogs(sorted({setup.engine for setup in measured}))
     storages = Storages(args.storage.split(","), runlogs)
@@ -95,6 +100,10 @@ def main() -> None:
             print(f"{len(rows)} CSVs, {size:,.0f} MB, the largest {site.body(max(rows)).stat().st_size / 1e6:,.0f} MB")
             for round_ in range(1, args.rounds + 1):
                 figures["plain"].append(plain_download(day1, work / "plain", 4))
+                if storages.s3:  # object storage's yardstick: the same GETs, and two PUTs of each file
+                    bucket = storages.s3.new_bucket()
+                    wall = plain_download(day1, work / "plain-s3", 4, bucket, storages.s3.env())
+                    figures.setdefault("plain into s3", []).append(wall)
                 for setup in measured:
                     folder, runlog_url = work / f"job-{round_}-{setup.label}", runlogs.url(setup.engine)
                     place = storages.place(setup, folder)
@@ -145,6 +154,16 @@ def main() -> None:
         for kind in ("cold", "refresh", "no-op"):
             pg, lite = (statistics.median(figures[f"{kind} {engine}"]) for engine in ("postgresql", "sqlite"))
             print(f"{kind}: the run log on PostgreSQL {pg:.2f} s vs SQLite {lite:.2f} s = {pg / lite:.2f}x")
+    for setup in (s for s in measured if s.tasks == "processes"):
+        threads = Setup(setup.storage, setup.engine)
+        for kind in ("cold", "refresh", "no-op"):
+            there, here = (statistics.median(figures[f"{kind} {s.label}"]) for s in (threads, setup))
+            print(f"{kind} {threads.label}: tasks in threads {there:.2f} s vs a process each {here:.2f} s")
+    if "plain into s3" in figures:
+        plain_s3 = statistics.median(figures["plain into s3"])
+        for setup in (s for s in measured if s.storage == "s3"):
+            cold = statistics.median(figures[f"cold {setup.label}"])
+            print(f"cold {setup.label}: {cold:.2f} s vs a plain copy into S3 {plain_s3:.2f} s = {cold / plain_s3:.2f}x")
     s3, local = Setup("s3", "postgresql"), Setup("local", "sqlite")
     if s3 in measured and local in measured:
         for kind, goal in (("cold", 1.5), ("refresh", None), ("no-op", 2.0)):

@@ -295,6 +295,11 @@ def main() -> None:
     parser.add_argument("--patch", default="off,on", help="patch states to run, in order: off,on (default), on, off")
     parser.add_argument("--kb", type=float, default=10, help="size of each CSV in KB (default 10)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds before each response (default 0.05)")
+    parser.add_argument(
+        "--tasks",
+        default="threads",
+        help="how the job runs its tasks, comma separated: threads (default), processes (PIPELINE_TASK_THREADS=0)",
+    )
     parser.add_argument("--bandwidth", type=float, default=20, help="MB/s per connection (default 20)")
     parser.add_argument("--threads", type=int, default=4, help="plain download threads (default 4, as cms_http)")
     parser.add_argument("--noop-runs", type=int, default=2, help="no-op runs after each cold run (best kept; 2)")
@@ -339,7 +344,7 @@ def main() -> None:
     patches = args.patch.split(",")
     if not set(patches) <= {"on", "off"}:
         sys.exit("--patch takes on, off or both (comma separated)")
-    measured = setups(args.storage.split(","), args.runlog.split(","))
+    measured = setups(args.storage.split(","), args.runlog.split(","), tuple(args.tasks.split(",")))
     runlogs = RunLogs(sorted({setup.engine for setup in measured}))
     storages = Storages(args.storage.split(","), runlogs)
     body = make_csv(int(args.kb * 1000))
@@ -362,9 +367,11 @@ def main() -> None:
                     folder = work / f"s{n}-{patch}-{setup.label}"
                     row = measure(folder, url, n, patch, args, runlogs.url(setup.engine), storages, setup)
                     row.update(plain=plain, ratio=row["cold"] / plain, runlog=setup.engine, storage=setup.storage)
+                    row.update(tasks=setup.tasks)
                     rows.append(row)
                     print(
-                        f"      patch {patch:3s}, {setup.storage}, run log {setup.engine}: cold {row['cold']:6.1f} s = "
+                        f"      patch {patch:3s}, {setup.storage}, run log {setup.engine}, tasks in {setup.tasks}: "
+                        f"cold {row['cold']:6.1f} s = "
                         f"{row['ratio']:.2f}x plain "
                         f"(CPU {row['cold_cpu']:5.1f} s, luigi process {row['cold_luigi_cpu']:4.1f} s"
                         + (f", luigid {row['cold_luigid_cpu']:4.1f} s" if row["cold_luigid_cpu"] is not None else "")

@@ -6,6 +6,7 @@ import io
 import logging
 import sqlite3
 import sys
+import threading
 
 import luigi.interface
 from luigi.rpc import RPCError
@@ -63,6 +64,17 @@ class OneLineForExpectedErrors(logging.Filter):
             )
             record.exc_info = record.exc_text = None
         return True
+
+
+_SAYING = threading.Lock()
+
+
+def say(line: str) -> None:
+    """One whole line on stdout: print() writes the text and its newline apart, and tasks run in threads
+    (pipeline/task_threads.py) would interleave them."""
+    with _SAYING:
+        sys.stdout.write(f"{line}\n")
+        sys.stdout.flush()
 
 
 def never_fail_on_a_character() -> None:

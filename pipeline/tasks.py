@@ -26,6 +26,7 @@ from pipeline import latest, layout, notify
 from pipeline.catalog import Catalog, CsvVersion
 from pipeline.change_report import write_change_report
 from pipeline.close_run import close_failed, close_if_complete
+from pipeline.console import say
 from pipeline.durable import json_text, remove, temp_path
 from pipeline.errors import DatasetError, RunClosed
 from pipeline.header_rewrite import NotText, SourceScan
@@ -38,6 +39,7 @@ from pipeline.runlog import STATS, RunLog
 from pipeline.schema_drift import diff_columns, previous_version
 from pipeline.settings import FolderParameter, RunIdParameter, RunLogUrlParameter, Settings, SettingsParameter
 from pipeline.storage import Storage, StorageError, open_storage, parent
+from pipeline.task_threads import unwrapped
 from pipeline.version_check import VersionCheck, check_version, deep_check, hash_problem, header_map_of
 
 logger = logging.getLogger("luigi-interface")
@@ -161,7 +163,7 @@ class FetchCatalog(RunTask):
         notes, store = [], self.store
         for folder in folders:
             with store.lock(folder):
-                check = check_version(store, folder)
+                check = check_version(store, folder, fresh=True)
                 damaged = deep_check(store, folder, check) if check.complete else []
                 problems = check.problems + [hash_problem(key) for key in damaged]
                 if not problems:
@@ -281,7 +283,7 @@ class VersionTask(RunTask):
         if not (deep and check.complete):
             return check, check.problems
         with store.lock(self.folder):  # an overlapping run may be writing this version
-            check = check_version(store, self.folder)
+            check = check_version(store, self.folder, fresh=True)
             damaged = deep_check(store, self.folder, check)
             for key in damaged:
                 if key == layout.changes_csv(self.folder):  # the report as a whole, what vouches for it first
@@ -289,7 +291,7 @@ class VersionTask(RunTask):
                 store.remove(key)
             if not damaged:
                 return check, check.problems
-            return check_version(store, self.folder), [hash_problem(key) for key in damaged]
+            return check_version(store, self.folder, fresh=True), [hash_problem(key) for key in damaged]
 
     def failure(self, stage: str, exc: BaseException) -> DatasetError:
         """A data, network or disk problem of this version: one line naming the cause (no traceback)."""
@@ -320,8 +322,8 @@ class VersionTask(RunTask):
         if reporter is not None:
             # Luigi 3.8.1 (pinned): the worker's own scheduler, also where luigi.build(local_scheduler=True) runs
             # with a luigi.cfg (or none) that names a luigid which is not there.
-            scheduler = reporter._scheduler
-            self._reports_to = scheduler if isinstance(scheduler, luigi.rpc.RemoteScheduler) else None
+            scheduler = reporter._scheduler  # a LockedScheduler: task threads share it (pipeline/task_threads.py)
+            self._reports_to = scheduler if isinstance(unwrapped(scheduler), luigi.rpc.RemoteScheduler) else None
         if hasattr(self, "_reports_to"):
             return self._reports_to
         core = luigi.interface.core()  # never ran here (a lost worker's event handler): as the command has it
@@ -368,7 +370,7 @@ class DownloadCsv(VersionTask):
         self._luigid()
         store = self.store
         with store.lock(self.folder):
-            if self.complete():
+            if check_version(store, self.folder, fresh=True).source_whole:
                 return  # an overlapping run fetched it while we waited for the lock
             present = store.sizes(self.folder)
             # Normalized already (only its source is downloaded again): its normalized file is left alone.
@@ -446,7 +448,7 @@ class NormalizeCsv(VersionTask):
         self._luigid()
         store = self.store
         with store.lock(self.folder):
-            check = check_version(store, self.folder)
+            check = check_version(store, self.folder, fresh=True)
             if check.complete:  # an overlapping run normalized it, or only its source or report needed making again
                 if (staged := store.staged(layout.normalized_csv(self.folder))) != layout.normalized_csv(self.folder):
                     store.remove(staged)  # a copy of what is already here, if an overlapping download left one
@@ -534,12 +536,11 @@ class NormalizeCsv(VersionTask):
         figure = report["summary"] if "added" in report else None  # none without an earlier version
         done, failed, total = self.runlog().record_done(self.run_id, self.version, stats, drift, previous)
         self.show_run_progress(done, failed, total)
-        print(
+        say(
             f"[{done + failed}/{total}] {self.identifier} {self.modified}: {result.rows:,} rows"
             + (f" ({figure})" if figure else "")
             + f", {result.bytes / 1e6:,.1f} MB"
-            + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})"),
-            flush=True,
+            + ("" if result.encoding == "utf-8" else f" (read as {result.encoding})")
         )
 
     def _report_changes(self, header_map: dict | None) -> dict | None:

@@ -58,13 +58,15 @@ def _sizes_problem(name: str, size: int | None, recorder: str, recorded: int) ->
     return None
 
 
-def check_version(store: Storage, folder: str) -> VersionCheck:
+def check_version(store: Storage, folder: str, fresh: bool = False) -> VersionCheck:
     """A version is finished when its header map parses, its normalized file has the recorded size, and its
-    source (unless dropped) has the size its scan or header map recorded. An answer from a cached listing that
-    says "not finished" is asked again of the store: another process may have finished it since."""
+    source (unless dropped) has the size its scan or header map recorded. With `fresh` (under the folder's lock,
+    where a task decides to do the work) an answer from a cached listing that says "not finished" is asked again
+    of the store: another machine may have finished it since. Elsewhere (scheduling, planning) the cached answer
+    stands: a version found done under the lock is recorded as up to date."""
     cached = store.cached(folder)
     check = _check(store, folder, store.sizes(folder))
-    if not check.finished and cached:
+    if not check.finished and cached and fresh:
         check = _check(store, folder, store.sizes(folder, fresh=True))
     return check
 
@@ -72,6 +74,9 @@ def check_version(store: Storage, folder: str) -> VersionCheck:
 def _check(store: Storage, folder: str, sizes: dict[str, int]) -> VersionCheck:
     if store.whole_when_visible and all(name in sizes for name in (*FILES, REPORT)):
         return VersionCheck(source_whole=True, normalized_whole=True, report_ok=True)
+    downloaded = {"source.csv", "source.scan.json"} <= sizes.keys()
+    if store.whole_when_visible and downloaded and "header_map.json" not in sizes:
+        return VersionCheck(source_whole=True)  # not normalized yet: its scan is read by Normalize alone
     check = VersionCheck()
     if "header_map.json" in sizes:
         check.header_map, problem = store.read_json(layout.header_map(folder))

@@ -1,8 +1,11 @@
 """The run log on SQLite and on PostgreSQL: what BEGIN IMMEDIATE gives on one (one writer at a time: the close
 claim has exactly one winner, no update is lost, the schema is made once) holds on the other, raced by real
-processes; a connection the server dropped fails the write that needed it with one line, and the next works."""
+processes and by threads of one process; a connection the server dropped fails the write that needed it with
+one line, and the next works."""
 
 import multiprocessing
+import queue
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,17 +39,26 @@ def open_log(folder: Path, url: str) -> RunLog:
     return RunLog(folder / "runlog.sqlite", url)
 
 
-def race(target, *args) -> list:
-    """`target(*args, queue)` in RACERS processes released together; their answers."""
-    start, answers = fork.Barrier(RACERS), fork.Queue()
-    procs = [fork.Process(target=_after, args=(start, target, args, answers)) for _ in range(RACERS)]
-    for proc in procs:
-        proc.start()
-    results = [answers.get(timeout=120) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
-    return results
+@pytest.fixture(params=["processes", "threads"])
+def race(request):
+    """`race(target, *args)`: target(*args) in RACERS processes, or threads of this one (the job's tasks run in
+    threads: pipeline/task_threads.py), released together; their answers."""
+    threads = request.param == "threads"
+
+    def racing(target, *args) -> list:
+        start = threading.Barrier(RACERS) if threads else fork.Barrier(RACERS)
+        answers = queue.Queue() if threads else fork.Queue()
+        kind = threading.Thread if threads else fork.Process
+        racers = [kind(target=_after, args=(start, target, args, answers)) for _ in range(RACERS)]
+        for racer in racers:
+            racer.start()
+        results = [answers.get(timeout=120) for _ in racers]
+        for racer in racers:
+            racer.join(timeout=60)
+            assert threads or racer.exitcode == 0
+        return results
+
+    return racing
 
 
 def _after(start, target, args, answers) -> None:
@@ -74,7 +86,7 @@ def _open_schema(folder: Path, url: str) -> int:
         return db.execute("SELECT count(*) FROM runs").fetchone()[0]
 
 
-def test_the_close_claim_raced_by_many_processes_has_exactly_one_winner(runlog_engine, tmp_path):
+def test_the_close_claim_raced_by_many_processes_has_exactly_one_winner(race, runlog_engine, tmp_path):
     log = open_log(tmp_path, runlog_engine)
     log.start_run("r1", "https://example.org/items", "Hospitals")
     log.plan_run("r1", [version(1)], [], [])
@@ -83,7 +95,7 @@ def test_the_close_claim_raced_by_many_processes_has_exactly_one_winner(runlog_e
     assert log.run("r1")["status"] == "closing"
 
 
-def test_settled_versions_raced_by_many_processes_lose_no_update(runlog_engine, tmp_path):
+def test_settled_versions_raced_by_many_processes_lose_no_update(race, runlog_engine, tmp_path):
     log = open_log(tmp_path, runlog_engine)
     versions = [version(n) for n in range(RACERS)]
     log.start_run("r1", "https://example.org/items", "Hospitals")
@@ -96,7 +108,7 @@ def test_settled_versions_raced_by_many_processes_lose_no_update(runlog_engine, 
     assert log.known_versions().keys() == {v.key for v in versions}
 
 
-def test_the_schema_is_made_once_when_many_processes_open_a_new_run_log(runlog_engine, tmp_path):
+def test_the_schema_is_made_once_when_many_processes_open_a_new_run_log(race, runlog_engine, tmp_path):
     assert race(_open_schema, tmp_path, runlog_engine) == [0] * RACERS
     log = open_log(tmp_path, runlog_engine)
     with log.engine.connection() as db:

@@ -216,8 +216,9 @@ def test_the_password_is_in_no_output_file_table_or_luigid_of_a_shared_run(postg
 
 
 def test_spawned_workers_find_the_password_in_their_own_luigi_cfg(postgres, site, tmp_path):
-    """As on Windows: each task process is a fresh interpreter that never saw where the run started. The URL
-    comes with the task, without its password; the process finds the password in the luigi.cfg it reads."""
+    """As on Windows with a process per task (PIPELINE_TASK_THREADS=0, or a worker timeout): each task process is
+    a fresh interpreter that never saw where the run started. The URL comes with the task, without its password;
+    the process finds the password in the luigi.cfg it reads."""
     from tests.test_spawn import BUILD_SCRIPT
 
     url = postgres.url()
@@ -228,7 +229,7 @@ def test_spawned_workers_find_the_password_in_their_own_luigi_cfg(postgres, site
     done = subprocess.run(
         [sys.executable, str(script), "spawn", str(tmp_path / "data"), site.metastore_url],
         cwd=tmp_path,
-        env=loopback_env(config),
+        env={**loopback_env(config), "PIPELINE_TASK_THREADS": "0"},
         capture_output=True,
         text=True,
         timeout=300,

@@ -38,6 +38,20 @@ def test_a_no_op_day_at_75_datasets_costs_a_few_requests_and_as_many_as_at_5(sit
     assert at_75 == at_5
 
 
+def test_a_cold_day_costs_a_few_requests_per_version_and_one_listing(site, s3, bucket_data):
+    """The tasks share one client and one listing (they run in threads of one process: pipeline/task_threads.py):
+    a version costs its five uploads, its copy to latest/, a listing of its folder under its lock in each of its
+    two tasks and the reads of its scan and report; 21 requests a version when each task was a process."""
+    many_datasets(site, 20)
+    before = s3.request_counts(bucket_data.bucket)
+    ok, report = run_daily(site, bucket_data.dir, workers=8)
+    assert ok and report["counts"]["downloaded"] == 20
+    cold = s3.request_counts(bucket_data.bucket) - before
+    print(f"cold S3 requests for 20 versions: {sum(cold.values())}: {dict(cold)}")
+    assert cold["LIST"] <= 3 * 20 and cold["PUT"] + cold["COPY"] <= 7 * 20, cold
+    assert sum(cold.values()) <= 12 * 20, cold
+
+
 def s3_command(tmp_path, data_dir: str, *extra: str):
     runlog = f"sqlite:///{(tmp_path / 'runlog.sqlite').as_posix().lstrip('/')}"
     return run_command(tmp_path, "--data-dir", data_dir, "--runlog-url", runlog, *extra)

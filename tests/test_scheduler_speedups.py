@@ -434,7 +434,8 @@ def assert_same_as_luigi(seed: int, clock, restart: Path | None = None) -> None:
     assert patched_state == original_state, f"seed {seed}"
 
 
-@pytest.mark.parametrize("block", range(10))
+# The first 100 seeds in the fast loop; the other 400 (and the driver's reach over 500) with the integration tests.
+@pytest.mark.parametrize("block", [b if b < 2 else pytest.param(b, marks=pytest.mark.integration) for b in range(10)])
 def test_same_answers_and_state_as_luigi(block, clock):
     for seed in range(block * 50, block * 50 + 50):
         assert_same_as_luigi(seed, clock)
@@ -445,6 +446,7 @@ def test_same_answers_and_state_as_luigi_across_a_luigid_restart(clock, tmp_path
         assert_same_as_luigi(seed, clock, restart=tmp_path)
 
 
+@pytest.mark.integration
 def test_the_driver_reaches_the_cases_that_matter(clock, monkeypatch):
     """The seeds above choose tasks with resources and batches, hit rank ties, DISABLED and removed tasks, count
     pending tasks below DISABLED ones, and reach the cases the patch leaves to Luigi's own code."""

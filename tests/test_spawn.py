@@ -1,5 +1,7 @@
 """Worker processes started with "spawn", as on Windows and macOS: Luigi pickles each task into a fresh
 interpreter, which imports the pipeline and reads luigi.cfg again but never sees the parent's command line.
+The job's tasks run in threads (pipeline/task_threads.py); a process per task is what Luigi does with
+PIPELINE_TASK_THREADS=0, or with a worker timeout, and what these tests compare the threads with.
 
 The runs happen in fresh Python processes (the start method is per process); the loopback site stays here.
 """
@@ -155,12 +157,13 @@ def test_a_task_pickled_here_keeps_its_run_id_in_a_fresh_interpreter(tmp_path):
 # -- whole runs ----------------------------------------------------------------------------------------------------
 
 
-def build_run(site: Site, folder: Path, method: str) -> tuple[dict, Path]:
+def build_run(site: Site, folder: Path, method: str, threads: bool = False) -> tuple[dict, Path]:
     folder.mkdir()
     script = folder / "build_daily.py"
     script.write_text(BUILD_SCRIPT, encoding="utf-8")
     data_dir = folder / "data"
-    result = run_python([str(script), method, str(data_dir), site.metastore_url], folder)
+    env = {**loopback_env(), **({} if threads else {"PIPELINE_TASK_THREADS": "0"})}
+    result = run_python([str(script), method, str(data_dir), site.metastore_url], folder, env)
     assert result.returncode == 0, result.stdout + result.stderr
     [line] = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     return json.loads(line.removeprefix("RESULT ")), data_dir
@@ -202,7 +205,7 @@ def files_under(data_dir: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.skipif("fork" not in START_METHODS, reason="needs fork to compare with (not on Windows)")
-def test_spawned_workers_give_the_same_outputs_report_and_run_log_as_forked_ones(tmp_path):
+def test_threads_and_spawned_workers_give_the_same_outputs_report_and_run_log_as_forked_ones(tmp_path):
     with LoopbackServer() as server:
         site = Site(server)
         publish(site)
@@ -210,6 +213,9 @@ def test_spawned_workers_give_the_same_outputs_report_and_run_log_as_forked_ones
         server.clear()
         spawned, spawn_data = build_run(site, tmp_path / "spawn", "spawn")
         spawn_paths = Counter(server.paths())
+        server.clear()
+        threads, thread_data = build_run(site, tmp_path / "threads", "spawn", threads=True)
+        thread_paths = Counter(server.paths())
 
     assert forked == {"ok": True, "start_method": "fork", "spawned": 0}
     assert spawned["ok"] and spawned["start_method"] == "spawn"
@@ -224,6 +230,13 @@ def test_spawned_workers_give_the_same_outputs_report_and_run_log_as_forked_ones
     assert runlog_rows(spawn_data) == runlog_rows(fork_data)
     assert runlog_rows(spawn_data)["runs"][0][:4] == ("cmp", "succeeded", 5, 5)
     assert not list(spawn_data.rglob("*-luigi-tmp-*"))
+
+    # The same run in threads of one process: nothing spawned, the same requests, files, report and run log.
+    assert threads == {"ok": True, "start_method": "spawn", "spawned": 0}
+    assert thread_paths == spawn_paths
+    assert files_under(thread_data) == files_under(fork_data)
+    assert comparable_report(thread_data) == report
+    assert runlog_rows(thread_data) == runlog_rows(fork_data)
 
 
 # -- the luigi command under spawn ---------------------------------------------------------------------------------

@@ -67,12 +67,14 @@ class WindowsEnv:
         env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
         return env
 
-    def run(self, args: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
-        """A Windows program under Wine. Its stdin must not be a terminal and its stdout a pipe: the build
-        cannot use a file redirect as stdout ("Invalid handle")."""
+    def run(
+        self, args: list[str], timeout: float, extra_env: dict | None = None, **kwargs
+    ) -> subprocess.CompletedProcess:
+        """A Windows program under Wine, with `extra_env` added to its environment. Its stdin must not be a
+        terminal and its stdout a pipe: the build cannot use a file redirect as stdout ("Invalid handle")."""
         return subprocess.run(
             ["wine", *args],
-            env=self.env(),
+            env=self.env() | (extra_env or {}),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -8,7 +8,9 @@ transaction-scoped advisory lock taken first: read-then-write sequences are seri
 exactly one winner, overlapping runs lose no update), and the lock goes with the transaction, whatever ends
 it. Reads take no lock (READ COMMITTED). The schema is created and migrated under the same lock.
 
-One connection per process, reused (keyed by process id: a forked worker opens its own). A connection that
+A pool of connections per process (keyed by process id: a forked process opens its own): each operation takes
+an idle one, or opens one, and gives it back, so the tasks running in threads (pipeline/task_threads.py) never
+share a transaction and the pool holds as many connections as operations ever ran at once. A connection that
 broke (PostgreSQL restarted) is dropped; the operation that found it broken is tried once more on a new
 connection only when nothing of it had run yet.
 
@@ -19,6 +21,7 @@ thousands of rows) go out in pages of statements, `execute_batch`, not one round
 
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -28,7 +31,8 @@ from pipeline.runlog_engines.steps import check_version, statements
 
 CONNECT_TIMEOUT = 10  # seconds; a connect_timeout in the URL wins
 LOCK_KEY = 0x636D_7352_756E  # any constant: every writer of the run log takes this one advisory lock
-_CONNECTIONS: dict[tuple[int, str], Any] = {}
+_IDLE: dict[tuple[int, str], list["_Connection"]] = {}  # (process id, URL) -> connections no operation holds
+_POOL = threading.Lock()
 _SCHEMA_CHECKED: set[str] = set()  # URLs whose schema is up to date: forked workers inherit it
 _PLACEHOLDER = re.compile(r"\?")
 _INTEGER = re.compile(r"\bINTEGER\b")
@@ -124,7 +128,6 @@ class _Connection:
 class PostgresEngine:
     def __init__(self, url: str):
         self.url = urls.public(url)
-        self._key = (0, self.url)
 
     # -- connections ------------------------------------------------------------------------------------
 
@@ -146,48 +149,64 @@ class PostgresEngine:
         raw.autocommit = True  # BEGIN and COMMIT are sent as the SQLite engine sends them
         return raw
 
-    def _connect(self) -> _Connection:
-        self._key = (os.getpid(), self.url)
-        if (conn := _CONNECTIONS.get(self._key)) is not None and not conn.closed:
-            return conn
-        conn = _Connection(self._open())
-        _CONNECTIONS[self._key] = conn
-        return conn
+    def _take(self) -> tuple[_Connection, bool]:
+        """An idle connection of this process's pool, else a new one; and whether it was reused."""
+        with _POOL:
+            idle = _IDLE.setdefault((os.getpid(), self.url), [])
+            while idle:
+                if not (conn := idle.pop()).closed:
+                    return conn, True
+        return _Connection(self._open()), False
 
-    def _drop(self) -> None:
-        conn = _CONNECTIONS.pop(self._key, None)
-        if conn is not None:
-            with suppress(Exception):  # already broken: nothing to close politely
-                conn.conn.close()
+    def _give_back(self, conn: _Connection) -> None:
+        if not conn.closed:
+            with _POOL:
+                _IDLE.setdefault((os.getpid(), self.url), []).append(conn)
+
+    def _begin(self, statements: list[tuple[str, tuple]]) -> tuple[_Connection, Any]:
+        """A connection on which `statements` ran, and the last one's result; a pooled connection found broken
+        is replaced once by a new one (nothing had run on it)."""
+        psycopg2 = _driver()
+        for attempt in (1, 2):
+            db, reused = self._take()
+            try:
+                result = None
+                for sql, params in statements:
+                    result = db.execute(sql, params)
+                return db, result
+            except psycopg2.OperationalError as exc:
+                _close(db)
+                if not (reused and attempt == 1):  # a fresh connection that fails is a real failure
+                    raise self._fail(exc, "lost the connection") from None
+                self._drop_idle()  # the server restarted: the pool's other connections are as broken
+        raise AssertionError("unreachable")
+
+    def _drop_idle(self) -> None:
+        with _POOL:
+            idle = _IDLE.pop((os.getpid(), self.url), [])
+        for conn in idle:
+            _close(conn)
 
     @contextmanager
     def _session(self, begin: tuple[str, ...]) -> Iterator[_Connection]:
         psycopg2 = _driver()
-        for attempt in (1, 2):
-            reused = (os.getpid(), self.url) in _CONNECTIONS
-            db = self._connect()
-            try:
-                for statement in begin:
-                    db.execute(statement)
-                break
-            except psycopg2.OperationalError as exc:
-                self._drop()
-                if not (reused and attempt == 1):  # a fresh connection that fails is a real failure
-                    raise self._fail(exc, "lost the connection") from None
+        db, _ = self._begin([(statement, ()) for statement in begin])
         try:
             yield db
             if begin:
                 db.execute("COMMIT")
         except psycopg2.OperationalError as exc:
-            self._drop()
+            _close(db)
             raise self._fail(exc, "lost the connection; this outcome was not recorded") from None
         except BaseException:
             if begin and not db.closed:
                 try:
                     db.execute("ROLLBACK")
                 except psycopg2.OperationalError:
-                    self._drop()
+                    _close(db)
             raise
+        finally:
+            self._give_back(db)
 
     def ensure_schema(self, migrations: list[str]) -> None:
         if self.url in _SCHEMA_CHECKED:
@@ -209,23 +228,43 @@ class PostgresEngine:
     @contextmanager
     def session_lock(self, key: int, wait: bool = True) -> Iterator[bool]:
         """An advisory lock every machine that reaches this database shares (the data folder's locks when the
-        data is in object storage), on a connection of its own: PostgreSQL drops it when the holder's connection
-        ends, however its process died. Yields False at once if another holder has it and wait is False."""
-        raw = self._open()
+        data is in object storage), held by a connection of the pool until released: PostgreSQL drops it when
+        the connection ends, however its process died. Yields False at once if another holder has it and wait
+        is False."""
+        sql = "SELECT pg_advisory_lock(?)" if wait else "SELECT pg_try_advisory_lock(?)"
+        db, result = self._begin([(sql, (key,))])
+        held = result.fetchone()[0] is not False
         try:
-            with raw.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_lock(%s)" if wait else "SELECT pg_try_advisory_lock(%s)", (key,))
-                held = cursor.fetchone()[0] is not False
             yield held
         finally:
-            with suppress(Exception):
-                raw.close()
+            try:
+                if held:
+                    db.execute("SELECT pg_advisory_unlock(?)", (key,))
+            except BaseException:
+                _close(db)  # the server releases what a closed connection held
+                raise
+            finally:
+                self._give_back(db)
 
     @contextmanager
     def read_only(self) -> Iterator[_Connection | None]:
         """Without creating or writing anything; None when the run log has no tables yet."""
         with self._session(("BEGIN READ ONLY",)) as db:
             yield db if _version(db) else None
+
+
+def close_idle() -> None:
+    """Close the idle connections of this process's pools: a worker's run is over (pipeline/task_threads.py);
+    the next operation opens what it needs."""
+    with _POOL:
+        idle = [conn for key in [key for key in _IDLE if key[0] == os.getpid()] for conn in _IDLE.pop(key)]
+    for conn in idle:
+        _close(conn)
+
+
+def _close(db: _Connection) -> None:
+    with suppress(Exception):  # already broken: nothing to close politely
+        db.conn.close()
 
 
 def _version(db: _Connection) -> int:

@@ -5,6 +5,7 @@
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 
 from pipeline.storage.base import Storage, StorageError, join, parent
@@ -23,6 +24,7 @@ __all__ = [
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")  # two letters at least: C:\\data is a Windows folder
 _OPEN: dict[tuple, Storage] = {}
+_OPENING = threading.Lock()
 
 
 def scheme(data_dir: str) -> str | None:
@@ -68,9 +70,14 @@ def sweep_scratch(scratch_dir: str) -> None:
 
 
 def open_storage(data_dir: str, runlog_url: str = "", scratch_dir: str = "") -> Storage:
-    """One Storage per data folder and process (a client and its listing are reused by every task there)."""
+    """One Storage per data folder and process (a client and its listing are reused by every task there, and
+    the tasks run in threads of one process: pipeline/task_threads.py)."""
     key = (data_dir, runlog_url, scratch_dir, os.getpid())
-    if (store := _OPEN.get(key)) is None:
+    if (store := _OPEN.get(key)) is not None:
+        return store
+    with _OPENING:
+        if (store := _OPEN.get(key)) is not None:
+            return store
         if problem := data_dir_problem(data_dir, runlog_url):
             raise StorageError(problem)
         if scheme(data_dir) == "s3":

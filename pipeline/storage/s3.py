@@ -11,6 +11,8 @@ unfinished multipart upload, a scratch folder) is deleted by `sweep` once nobody
 
 import os
 import shutil
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +42,7 @@ MB = 1024 * 1024
 # Parts of 16 MB, 4 at a time: the biggest file (about 150 MB) goes up in 10 parts with 64 MB in flight at most.
 TRANSFER = dict(multipart_threshold=16 * MB, multipart_chunksize=16 * MB, max_concurrency=4)
 SCRATCH = "cms-pipeline"
+LISTING_TRUSTED = 600  # seconds a prefetched listing answers for its folders
 
 
 class S3Storage(Storage):
@@ -63,10 +66,14 @@ class S3Storage(Storage):
         self.scratch = Path(scratch) / SCRATCH
         self.locks = locks.for_runlog(runlog_url, self.scratch)
         self._tree: dict[str, dict[str, int]] = {}  # folder key -> {name: size}, from listings and own writes
-        # Folders whose whole subtree a prefetch put in _tree. Only those answer from the cache: a folder's own
-        # listing is fresh when made, but a long-lived process (a worker that runs tasks itself, an assistant)
-        # would otherwise trust it after another process has changed the folder.
-        self._listed: set[str] = set()
+        # Folders whose whole subtree a prefetch put in _tree, and when. Only those answer from the cache, and only
+        # for the run that listed them: a run's sweep starts a new listing, and one older than LISTING_TRUSTED
+        # seconds is made again (a worker or an assistant runs the tasks of runs it did not start). A folder's own
+        # listing is fresh when made, but other machines change folders after it.
+        self._listed: dict[str, float] = {}
+        # The tasks of a run share this object from their threads (pipeline/task_threads.py): one lock for the
+        # cache, held through a prefetch's listing so that threads asking together make one listing.
+        self._cache = threading.RLock()
 
     # -- names and errors ---------------------------------------------------------------------------------
 
@@ -138,33 +145,49 @@ class S3Storage(Storage):
                     yield item["Key"][len(self.prefix) :], item["Size"]
 
     def _covered(self, folder: str) -> bool:
-        return any(folder == done or folder.startswith(f"{done}/") for done in self._listed)
+        trusted = time.monotonic() - LISTING_TRUSTED
+        return any(
+            (folder == done or folder.startswith(f"{done}/")) and at > trusted for done, at in self._listed.items()
+        )
 
     def cached(self, folder: str) -> bool:
-        return self._covered(folder)
+        with self._cache:
+            return self._covered(folder)
 
     def prefetch(self, folder: str) -> None:
-        if self._covered(folder):
-            return
-        for key, size in self._list(folder, recursive=True):
-            self._tree.setdefault(parent(key), {})[PurePosixPath(key).name] = size
-        self._listed.add(folder)
+        with self._cache:
+            if self._covered(folder):
+                return
+            at = time.monotonic()
+            for key, size in self._list(folder, recursive=True):
+                self._tree.setdefault(parent(key), {})[PurePosixPath(key).name] = size
+            self._listed[folder] = at
 
     def sizes(self, folder: str, fresh: bool = False) -> dict[str, int]:
-        if fresh or not self._covered(folder):
-            self._tree[folder] = {PurePosixPath(key).name: size for key, size in self._list(folder, recursive=False)}
-        return dict(self._tree.get(folder, {}))
+        with self._cache:
+            if not fresh and self._covered(folder):
+                return dict(self._tree.get(folder, {}))
+        listed = {PurePosixPath(key).name: size for key, size in self._list(folder, recursive=False)}
+        with self._cache:
+            self._tree[folder] = listed
+        return dict(listed)
 
     def listing(self, folder: str) -> Iterator[tuple[str, int]]:
         yield from self._list(folder, recursive=True)
 
     def _seen(self, key: str, size: int | None) -> None:
         """Keep the cached listing true to this process's own writes."""
-        names = self._tree.setdefault(parent(key), {})
-        if size is None:
-            names.pop(PurePosixPath(key).name, None)
-        else:
-            names[PurePosixPath(key).name] = size
+        with self._cache:
+            names = self._tree.setdefault(parent(key), {})
+            if size is None:
+                names.pop(PurePosixPath(key).name, None)
+            else:
+                names[PurePosixPath(key).name] = size
+
+    def _forget(self) -> None:
+        with self._cache:
+            self._tree.clear()
+            self._listed.clear()
 
     # -- reading ------------------------------------------------------------------------------------------
 
@@ -233,7 +256,9 @@ class S3Storage(Storage):
             self.client.copy_object(
                 Bucket=self.bucket, Key=self._full(dest), CopySource={"Bucket": self.bucket, "Key": self._full(source)}
             )
-        self._seen(dest, self._tree.get(parent(source), {}).get(PurePosixPath(source).name, 0))
+        with self._cache:
+            size = self._tree.get(parent(source), {}).get(PurePosixPath(source).name, 0)
+        self._seen(dest, size)
 
     def move(self, source: str, dest: str, read_only: bool = False) -> None:
         self.copy(source, dest, read_only)
@@ -254,7 +279,9 @@ class S3Storage(Storage):
                 first = errors[0]
                 cause = _cause(first["Code"], None, first["Message"])
                 raise StorageError(f"s3://{self.bucket}/{first['Key']}: {cause}")
-        self._tree.pop(folder, None)
+        with self._cache:
+            for cached in [name for name in self._tree if name == folder or name.startswith(f"{folder}/")]:
+                del self._tree[cached]
         return sum(size for _, size in found)
 
     # -- concurrency and leftovers ------------------------------------------------------------------------
@@ -264,8 +291,11 @@ class S3Storage(Storage):
 
     def sweep(self) -> None:
         sweep_scratch(self.scratch)
+        self._forget()  # a run starts: what an earlier run of this process listed is not trusted
         self.prefetch("datasets")
-        for folder, names in list(self._tree.items()):
+        with self._cache:
+            folders = [(folder, dict(names)) for folder, names in self._tree.items()]
+        for folder, names in folders:
             if {"normalized.csv"} == names.keys() & {"normalized.csv", "source.csv", "header_map.json"}:
                 with self.lock(folder, wait=False) as held:  # a download cut short: its staged copy alone
                     if held and "source.csv" not in self.sizes(folder, fresh=True):
@@ -305,6 +335,7 @@ def _client_cause(exc) -> str:
 
 
 _SESSION = None
+_SESSION_LOCK = threading.Lock()  # boto3's sessions are not thread-safe; the clients made from one are
 
 
 def _session():
@@ -313,11 +344,12 @@ def _session():
     a session of each task's own made every DownloadCsv and NormalizeCsv parse them again. Each process still
     makes its own client (its own connections), as open_storage does."""
     global _SESSION
-    if _SESSION is None:
-        core = botocore.session.get_session()
-        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
-        _SESSION = boto3.session.Session(botocore_session=core)
-    return _SESSION
+    with _SESSION_LOCK:
+        if _SESSION is None:
+            core = botocore.session.get_session()
+            core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
+            _SESSION = boto3.session.Session(botocore_session=core)
+        return _SESSION
 
 
 def _timestamp(value):
