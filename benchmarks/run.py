@@ -404,6 +404,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="luigi --workers, and the download threads")
     parser.add_argument("--cms-http", type=int, help="override [resources] cms_http of luigi.cfg (shipped: 4)")
     parser.add_argument("--profile", type=int, metavar="N", help="also profile Luigi's scheduler on N datasets")
+    parser.add_argument("--memory-only", action="store_true", help="figure 2 alone (the memory of the whole run)")
     args = parser.parse_args()
     compile_pipeline()
     if not sys.platform.startswith("linux"):
@@ -429,6 +430,9 @@ def main() -> None:
             duplicate_header_figure(results)
             print("2. Memory (luigi process tree, /proc sampled every 20 ms, unthrottled server)", flush=True)
             memory_figure(site, work, [small_mb, big_mb], args, results)
+            if args.memory_only:
+                print("\n" + results.table())
+                return
 
             rows = realistic_rows(scale)
             print(

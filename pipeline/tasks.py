@@ -118,17 +118,18 @@ class FetchCatalog(RunTask):
             revision, _ = known.get(version.key, ("", ""))
             expected = sizes.get((version.identifier, version.position), sizes.get((version.identifier, None), 0))
             version = replace(version, revision=revision, expected_bytes=expected)
-            done = NormalizeCsv.for_version(self, version)
-            folders.add(done.folder)
-            check, problems = done.inspect(deep=self.deep_check)
+            # The version's folder, not its task: building a task per version costs more than checking it.
+            folder = layout.version_dir(version.identifier, version.modified, version.url, version.revision)
+            folders.add(folder)
+            check, problems = inspect_version(store, folder, deep=self.deep_check)
             if check.finished:
                 # Where the listing alone decided (object storage), the run log knows what the header map says.
-                stats = recorded.get(store.location(layout.normalized_csv(done.folder)))
-                up_to_date.append((version, stats or stored_stats(header_map_of(store, done.folder, check))))
+                stats = recorded.get(store.location(layout.normalized_csv(folder)))
+                up_to_date.append((version, stats or stored_stats(header_map_of(store, folder, check))))
             else:
                 queued.append(version)
                 if problems:  # damaged, not merely unfinished: say what, and what this run does about it
-                    notes[version] = f"{done.folder_label}: {'; '.join(problems)}; {check.repair}"
+                    notes[version] = f"{folder}: {'; '.join(problems)}; {check.repair}"
         if self.deep_check:
             log.add_notes(self.run_id, self._deep_check_the_rest(folders, known, len(notes)))
         if self.verify:
@@ -270,28 +271,6 @@ class VersionTask(RunTask):
     @cached_property
     def folder(self) -> str:
         return layout.version_dir(self.identifier, self.modified, self.url, self.revision)
-
-    @property
-    def folder_label(self) -> str:
-        return self.folder
-
-    def inspect(self, deep: bool = False) -> tuple[VersionCheck, list[str]]:
-        """The version's files as a crash may have left them, and what is damaged. `deep` also hashes, and
-        deletes a file whose bytes differ from its recorded sha256, so the run makes it again."""
-        store = self.store
-        check = check_version(store, self.folder)
-        if not (deep and check.complete):
-            return check, check.problems
-        with store.lock(self.folder):  # an overlapping run may be writing this version
-            check = check_version(store, self.folder, fresh=True)
-            damaged = deep_check(store, self.folder, check)
-            for key in damaged:
-                if key == layout.changes_csv(self.folder):  # the report as a whole, what vouches for it first
-                    store.remove(layout.changes_json(self.folder))
-                store.remove(key)
-            if not damaged:
-                return check, check.problems
-            return check_version(store, self.folder, fresh=True), [hash_problem(key) for key in damaged]
 
     def failure(self, stage: str, exc: BaseException) -> DatasetError:
         """A data, network or disk problem of this version: one line naming the cause (no traceback)."""
@@ -594,6 +573,24 @@ class HospitalsDaily(RunTask):
         yield children
         self.runlog().settle_queued(self.run_id)
         self.close_run_if_complete()
+
+
+def inspect_version(store: Storage, folder: str, deep: bool = False) -> tuple[VersionCheck, list[str]]:
+    """A version's files as a crash may have left them, and what is damaged. `deep` also hashes, and deletes a
+    file whose bytes differ from its recorded sha256, so the run makes it again."""
+    check = check_version(store, folder)
+    if not (deep and check.complete):
+        return check, check.problems
+    with store.lock(folder):  # an overlapping run may be writing this version
+        check = check_version(store, folder, fresh=True)
+        damaged = deep_check(store, folder, check)
+        for key in damaged:
+            if key == layout.changes_csv(folder):  # the report as a whole, what vouches for it first
+                store.remove(layout.changes_json(folder))
+            store.remove(key)
+        if not damaged:
+            return check, check.problems
+        return check_version(store, folder, fresh=True), [hash_problem(key) for key in damaged]
 
 
 def _report_status(store: Storage, run_id: str) -> str | None:
