@@ -12,6 +12,7 @@ is failed by luigid without the run log knowing, and its run cannot close; the n
 
 import logging
 
+import luigi
 import luigi.worker
 
 from pipeline.runlog import RunLog
@@ -62,5 +63,13 @@ def _keep_alive(worker: luigi.worker.Worker, get_work_response) -> bool:
         return True
 
 
-def install() -> None:
+SUPPORTED_VERSION = "3.8.1"  # _keep_alive calls Luigi's own, and reads the worker's _scheduled_tasks and _assistant
+
+
+def install() -> bool:
+    """Only on the Luigi release this code reads the worker of (pinned); any other keeps Luigi's own rule."""
+    if luigi.__version__ != SUPPORTED_VERSION:
+        logger.debug("keep-alive: luigi %s is not %s; Luigi's own rule", luigi.__version__, SUPPORTED_VERSION)
+        return False
     luigi.worker.Worker._keep_alive = _keep_alive  # type: ignore[method-assign]
+    return True

@@ -14,7 +14,9 @@ import luigi
 import luigi.configuration
 import luigi.scheduler
 import pytest
+from luigi.worker import Worker
 
+from pipeline import keep_alive, task_threads
 from pipeline.task_threads import LockedScheduler, ThreadWorker
 from pipeline.tasks import RunTask
 from tests.fixtures import HEADER_OAS_CAHPS, csv_bytes, quoted_rows
@@ -184,3 +186,24 @@ def test_many_versions_settle_through_luigis_scheduler_from_eight_threads(tmp_pa
 
     assert ok and report["counts"]["downloaded"] == 200 and fetched == 200
     assert len(list((tmp_path / "data" / "datasets").glob("*/*/normalized.csv"))) == 200
+
+
+def test_another_luigi_release_or_the_switch_keeps_a_process_per_task(monkeypatch):
+    """The runner mirrors Luigi 3.8.1's worker (pinned): another release, or PIPELINE_TASK_THREADS=0, gets Luigi's
+    own worker; so does another release with the keep-alive rule (pipeline/keep_alive.py)."""
+    factory = luigi.interface._WorkerSchedulerFactory()
+
+    def worker_type() -> type:
+        return type(factory.create_worker(scheduler=factory.create_local_scheduler(), worker_processes=2))
+
+    try:
+        monkeypatch.setenv(task_threads.SWITCH, "0")
+        assert not task_threads.apply() and worker_type() is Worker
+        monkeypatch.delenv(task_threads.SWITCH)
+        monkeypatch.setattr(luigi, "__version__", "3.9.0")
+        assert not task_threads.apply() and not keep_alive.install()
+        assert worker_type() is Worker
+    finally:
+        monkeypatch.undo()
+        assert task_threads.apply() and keep_alive.install()
+    assert worker_type() is ThreadWorker
