@@ -92,7 +92,7 @@ class ChangeSummary:
 READ = 1 << 20
 _HAS_QUOTE = methodcaller("__contains__", b'"')
 _FIND_QUOTE = methodcaller("find", b'"')
-_NOT_QUOTE_OR_LF = bytes(sorted(set(range(256)) - set(b'"\n')))
+_NOT_MARKS = bytes(sorted(set(range(256)) - set(b',"\n')))
 
 
 class Offsets:
@@ -109,13 +109,13 @@ class Offsets:
 
 
 def batches(
-    file: BinaryIO, offsets: Offsets | None = None, sep: bytes = b"", quoted: bool = False
+    file: BinaryIO, offsets: Offsets | None = None, sep: bytes = b"", reach: int = 0
 ) -> Iterator[tuple[list[bytes], Sequence[int]]]:
     """The file's CSV records, a list per MiB read, each record's bytes without its line ending (blank lines are
     no records, as for the csv module). Split in C at the file's line ending; a block with a line break inside
-    quotes is split line by line in Python. `offsets`, if given, gets where each record starts. With `quoted`,
-    each list comes with the positions in it of the records that may hold a quote (all of them where most do),
-    else with none."""
+    quotes is split line by line in Python. `offsets`, if given, gets where each record starts. With `reach`,
+    each list comes with the positions in it of the records that may hold a quote among their first `reach`
+    fields (a few more, never fewer), else with none."""
     carry, offset = b"", 0  # offset: where `carry` starts in the file; `sep`: as its first line ends, unless given
     while chunk := file.read(READ):
         block = carry + chunk
@@ -131,7 +131,7 @@ def batches(
             continue
         block, carry, at = block[:cut], block[cut + len(sep) :], offset
         offset += cut + len(sep)
-        broken, opens = _quotes(block)
+        broken, opens, marks = _quotes(block)
         if broken:  # a line break inside quotes
             lines, rest = _join_quoted(block.split(b"\n"))
             if rest is not None:  # a record still open: read on, from its start
@@ -147,12 +147,12 @@ def batches(
             broken = True
             if offsets:
                 offsets.forget()
-        if not quoted:
+        if not reach:
             yield lines, ()
         elif broken:
             yield lines, _quoted(lines)
         elif opens is None:
-            yield lines, range(len(lines))
+            yield lines, _quoted_in(lines, marks, reach)
         elif opens:  # the record each quoted stretch opens in, by where the records start
             starts = list(accumulate(map(len(sep).__add__, map(len, lines[:-1])), initial=0))
             yield lines, list(dict.fromkeys(map((-1).__add__, map(bisect_right, repeat(starts), opens))))
@@ -169,29 +169,42 @@ def batches(
         joined, rest = _join_quoted(tail.split(b"\n"))
         lines = list(filter(None, [*joined, rest or b""]))
     if tail:
-        yield lines, _quoted(lines) if quoted else ()
+        yield lines, _quoted(lines) if reach else ()
 
 
 FEW_QUOTES = 1024  # quotes in a block found one by one; beyond, the block is split at them
 
 
-def _quotes(block: bytes) -> tuple[bool, list[int] | None]:
+def _quotes(block: bytes) -> tuple[bool, list[int] | None, bytes]:
     """Whether a line break is inside quotes in the block (a quote left open counts), and where its quoted
-    stretches open, unless the quotes are many (None). While they are few (by its first 16th), only the quotes
-    are visited."""
+    stretches open; unless the quotes are many (None), then with the block's commas, quotes and line breaks.
+    While they are few (by its first 16th), only the quotes are visited."""
     find, opens = block.find, list[int]()
     at = find(b'"') if block.count(b'"', 0, len(block) >> 4) << 4 <= FEW_QUOTES else -2
     while at >= 0 and len(opens) < FEW_QUOTES:
         close = find(b'"', at + 1)
         if close < 0 or find(b"\n", at, close) >= 0:
-            return True, None
+            return True, None, b""
         opens.append(at)
         at = find(b'"', close + 1)
     if at == -1:
-        return False, opens
-    # Many: a line with an odd number of quotes ends inside them. Everything but quotes and line breaks dropped,
-    # then the pairs of quotes, in C: a quote left is one.
-    return b'"' in block.translate(None, _NOT_QUOTE_OR_LF).replace(b'""', b""), None
+        return False, opens, b""
+    # Many: a line with an odd number of quotes ends inside them. All but commas, quotes and line breaks dropped,
+    # then the commas and the pairs of quotes, in C: a quote left is one.
+    marks = block.translate(None, _NOT_MARKS)
+    return b'"' in marks.replace(b",", b"").replace(b'""', b""), None, marks
+
+
+def _quoted_in(lines: list[bytes], marks: bytes, reach: int) -> Sequence[int]:
+    """The records with a quote among their first `reach` fields, by the block's marks (commas, quotes and line
+    breaks): those whose marks do not start with `reach` commas. Counted in C, and found line by line only if
+    there are some."""
+    if marks.count(b"\n") + 1 != len(lines):  # a line break outside quotes that is not a record's end
+        return range(len(lines))
+    commas = b"," * reach
+    if (b"\n" + marks).count(b"\n" + commas) == len(lines):
+        return ()
+    return list(compress(range(len(lines)), map(not_, map(methodcaller("startswith", commas), marks.split(b"\n")))))
 
 
 def _quoted(lines: list[bytes]) -> list[int]:
@@ -321,7 +334,7 @@ def _key_hashes(open_file: Callable[[], BinaryIO], combo: tuple[str, ...], at: d
     """One candidate key's hashes for every data record of a file."""
     keys = _KeyHashes(combo, at)
     with open_file() as file:
-        for lines, quoted in _data(batches(file, quoted=True)):
+        for lines, quoted in _data(batches(file, reach=keys.reach)):
             keys.add(lines, quoted)
     return keys
 
@@ -449,7 +462,7 @@ def _in_line(
     out_old: list[bytes] = []
     new_rows = old_rows = 0
     with open_old() as old_file, open_new() as new_file:
-        new_batches = _data(batches(new_file, quoted=keys.get is not None))
+        new_batches = _data(batches(new_file, reach=keys.reach if keys.get else 0))
         old_batches = _data(batches(old_file))
         new: list[bytes] = []
         old: list[bytes] = []
@@ -549,7 +562,7 @@ def _by_hashes(
     old_repeats = len(old_left) < len(old_hashes)
     with open_new() as new_file:
         new_hashes = array("q")
-        for lines, quoted in _data(batches(new_file, quoted=keys.get is not None)):
+        for lines, quoted in _data(batches(new_file, reach=keys.reach if keys.get else 0)):
             hashes = list(map(hash, lines))
             new_hashes.extend(hashes)
             keys.add(lines, quoted)
