@@ -2,12 +2,14 @@
 
     python benchmarks/changes.py --source ../shared/cms-sample/csv/nrdb-3fcy.csv   # 445k rows, 1% changed
     python benchmarks/changes.py --source ../shared/cms-sample/csv/nrdb-3fcy.csv --changed 1 --rounds 1
+    python benchmarks/changes.py --source ../shared/cms-sample/csv/nrdb-3fcy.csv --shuffle   # rows reordered
 
 Builds an old and a new normalized file of --rows rows (default 445,000, the HCAHPS file's size) from --source, a
 real CMS CSV (the largest sample, Timely and Effective Care - Hospital, 18k rows: its header normalized, its rows
 repeated with a per-copy prefix on the first column so that facility IDs stay unique). In the new file
 --changed of the rows get another value in a middle column, and as many rows are removed and added as 1/10 of
-that. Each round measures, side by side, in CPU seconds of this process (the machine may be shared): one read of
+that; with --shuffle the new file's rows are in another order (the report then pairs records by hashes). Each
+round measures, side by side, in CPU seconds of this process (the machine may be shared): one read of
 the new file with the csv module, and the change report of old against new. Peak RSS is measured in a child
 process per report (Linux: VmHWM), so the read does not count. Not a test.
 """
@@ -38,7 +40,7 @@ def source_rows(source: Path) -> tuple[bytes, list[bytes]]:
     return lines[0], [line for line in lines[1:] if line]
 
 
-def build(folder: Path, source: Path, rows: int, changed: float) -> tuple[Path, Path]:
+def build(folder: Path, source: Path, rows: int, changed: float, shuffle: bool = False) -> tuple[Path, Path]:
     header, body = source_rows(source)
     names = normalize_header(next(csv.reader([header.decode("utf-8")])))
     text = io.StringIO()
@@ -59,6 +61,8 @@ def build(folder: Path, source: Path, rows: int, changed: float) -> tuple[Path, 
     for i in sorted(rng.sample(range(len(new)), moved), reverse=True):
         del new[i]
     new += [b"X" + line for line in body[:moved]]
+    if shuffle:
+        rng.shuffle(new)
     old_path, new_path = folder / "old.csv", folder / "new.csv"
     head = text.getvalue().encode()
     old_path.write_bytes(head + b"\r\n".join(out) + b"\r\n")
@@ -107,10 +111,12 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=445_000, help="rows per file (default 445000)")
     parser.add_argument("--changed", type=float, default=0.01, help="share of rows changed (default 0.01)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
+    parser.add_argument("--shuffle", action="store_true", help="the new file's rows in another order")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="changes-bench-") as folder:
-        old, new = build(Path(folder), args.source, args.rows, args.changed)
-        print(f"files: {args.rows:,} rows, {new.stat().st_size / MIB:,.1f} MiB; {args.changed:.1%} of rows changed")
+        old, new = build(Path(folder), args.source, args.rows, args.changed, args.shuffle)
+        size, order = new.stat().st_size / MIB, ", in another order" if args.shuffle else ""
+        print(f"files: {args.rows:,} rows, {size:,.1f} MiB; {args.changed:.1%} of rows changed{order}")
         reads, reports, peaks = [], [], []
         for _ in range(args.rounds):
             reads.append(read_once(new))

@@ -6,20 +6,26 @@ be seekable) and writes the changed cells to an open text file. No Luigi, no pat
 
 How, in bounded memory:
 1. Records are split in C at line ends (a block with a line break inside quotes is joined in Python) and compared
-   as raw bytes: a new record whose bytes are an old record is unchanged, without being parsed. The old file is
-   held as 64-bit hashes (a set, about 30 MB at 445k rows) and each record's offset (8 bytes a row); only the
-   records without an identical twin are kept, spooled to a temporary file beyond a few MB, the old ones read
-   back at their offsets.
+   as raw bytes: a new record whose bytes are an old record is unchanged, without being parsed. A refresh keeps
+   the rows in order, so both files are read side by side and runs of equal records are counted in C; after a
+   difference the next few thousand records of each file line them up again (a changed row, rows removed or
+   added). The records out of line are kept (a few MB) and paired by their bytes at the end (a moved row is
+   unchanged). Files that do not keep their order (too many records out of line) are compared by hashes
+   instead: the old file held as 64-bit hashes (a set, about 30 MB at 445k rows) and each record's offset
+   (8 bytes a row), the records without an identical twin spooled, the old ones read back at their offsets.
+   Either way only the records without a twin are kept, spooled to a temporary file beyond a few MB.
 2. The key: among the identifying columns (an `_id` or `_ccn` name, `state`), the smallest set, up to three
    columns, whose values are unique in both files. The first rows of the new file rule candidates out; the
-   few left are hashed on every new row. Uniqueness in the old file follows from the new file's and the
-   spooled records' keys, so the old file's keys are never all computed.
+   first one left is split and hashed in C on every new row (the csv module parses only the records with a
+   quote before its last column), the others in a pass of their own if it is not unique. Uniqueness in the
+   old file follows from the new file's and the spooled records' keys, so the old file's keys are never all
+   computed.
 3. The records without a twin are matched by key (by their cells in the columns both versions have, as a
    multiset, when no key is unique), in buckets of bounded size when there are many: a pair whose cells differ
    is a changed row, an unmatched new record added, an unmatched old one removed.
 
 A hash collision can only make a key look not unique (a larger key, or whole rows, is used) or, for two
-different records, hide a change with odds of about n^2 / 2^64 (1e-8 at 445k rows).
+different records compared by hashes, hide a change with odds of about n^2 / 2^64 (1e-8 at 445k rows).
 """
 
 import csv
@@ -27,10 +33,12 @@ import gc
 import re
 import tempfile
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, combinations, compress
-from operator import itemgetter, methodcaller, not_
+from itertools import accumulate, combinations, compress, islice, repeat, takewhile
+from operator import eq, itemgetter, methodcaller, not_
 from typing import IO, BinaryIO, TextIO
 
 IDENTIFYING = re.compile(r"(^|_)(id|ccn)$|^state$|^provider_number$")
@@ -39,6 +47,8 @@ SAMPLE = 5000  # first rows of the new file that rule key candidates out
 CHECKED = 4  # candidates checked on every row, at most
 BUCKET_ROWS = 50_000  # unmatched records per side held in memory at once
 SPOOL_BYTES = 8 << 20  # unmatched records kept in memory before they go to a temporary file
+LOOK = 4096  # records looked ahead in each file to line them up again after a difference
+OUT_OF_LINE = 40_000  # records out of line, at most, before the files are taken not to keep their order
 
 
 @dataclass
@@ -81,7 +91,8 @@ class ChangeSummary:
 
 READ = 1 << 20
 _HAS_QUOTE = methodcaller("__contains__", b'"')
-_HAS_LF = methodcaller("__contains__", b"\n")
+_FIND_QUOTE = methodcaller("find", b'"')
+_NOT_MARKS = bytes(sorted(set(range(256)) - set(b',"\n')))
 
 
 class Offsets:
@@ -97,11 +108,14 @@ class Offsets:
         self.starts = array("q")
 
 
-def batches(file: BinaryIO, offsets: Offsets | None = None, sep: bytes = b"") -> Iterator[list[bytes]]:
+def batches(
+    file: BinaryIO, offsets: Offsets | None = None, sep: bytes = b"", reach: int = 0
+) -> Iterator[tuple[list[bytes], Sequence[int]]]:
     """The file's CSV records, a list per MiB read, each record's bytes without its line ending (blank lines are
     no records, as for the csv module). Split in C at the file's line ending; a block with a line break inside
-    quotes (seen by splitting it at its quotes) is split line by line in Python. `offsets`, if given, gets where
-    each record starts."""
+    quotes is split line by line in Python. `offsets`, if given, gets where each record starts. With `reach`,
+    each list comes with the positions in it of the records that may hold a quote among their first `reach`
+    fields (a few more, never fewer), else with none."""
     carry, offset = b"", 0  # offset: where `carry` starts in the file; `sep`: as its first line ends, unless given
     while chunk := file.read(READ):
         block = carry + chunk
@@ -117,8 +131,8 @@ def batches(file: BinaryIO, offsets: Offsets | None = None, sep: bytes = b"") ->
             continue
         block, carry, at = block[:cut], block[cut + len(sep) :], offset
         offset += cut + len(sep)
-        quotes = block.count(b'"')
-        if quotes and (quotes % 2 or any(map(_HAS_LF, block.split(b'"')[1::2]))):  # a line break inside quotes
+        broken, opens, marks = _quotes(block)
+        if broken:  # a line break inside quotes
             lines, rest = _join_quoted(block.split(b"\n"))
             if rest is not None:  # a record still open: read on, from its start
                 carry, offset = rest + sep + carry, offset - len(rest) - len(sep)
@@ -130,19 +144,71 @@ def batches(file: BinaryIO, offsets: Offsets | None = None, sep: bytes = b"") ->
                 offsets.starts.extend(accumulate(map(len(sep).__add__, map(len, lines[:-1])), initial=at))
         if b"" in lines:
             lines = list(filter(None, lines))
+            broken = True
             if offsets:
                 offsets.forget()
-        yield lines
+        if not reach:
+            yield lines, ()
+        elif broken:
+            yield lines, _quoted(lines)
+        elif opens is None:
+            yield lines, _quoted_in(lines, marks, reach)
+        elif opens:  # the record each quoted stretch opens in, by where the records start
+            starts = list(accumulate(map(len(sep).__add__, map(len, lines[:-1])), initial=0))
+            yield lines, list(dict.fromkeys(map((-1).__add__, map(bisect_right, repeat(starts), opens))))
+        else:
+            yield lines, ()
     tail = carry.rstrip(b"\r\n")
     if tail and b"\n" not in tail:  # the last record, without a line ending
         if offsets and offsets.usable:
             offsets.starts.append(offset)
-        yield [tail]
+        lines = [tail]
     elif tail:
         if offsets:
             offsets.forget()
-        lines, rest = _join_quoted(tail.split(b"\n"))
-        yield list(filter(None, [*lines, rest or b""]))
+        joined, rest = _join_quoted(tail.split(b"\n"))
+        lines = list(filter(None, [*joined, rest or b""]))
+    if tail:
+        yield lines, _quoted(lines) if reach else ()
+
+
+FEW_QUOTES = 1024  # quotes in a block found one by one; beyond, the block is split at them
+
+
+def _quotes(block: bytes) -> tuple[bool, list[int] | None, bytes]:
+    """Whether a line break is inside quotes in the block (a quote left open counts), and where its quoted
+    stretches open; unless the quotes are many (None), then with the block's commas, quotes and line breaks.
+    While they are few (by its first 16th), only the quotes are visited."""
+    find, opens = block.find, list[int]()
+    at = find(b'"') if block.count(b'"', 0, len(block) >> 4) << 4 <= FEW_QUOTES else -2
+    while at >= 0 and len(opens) < FEW_QUOTES:
+        close = find(b'"', at + 1)
+        if close < 0 or find(b"\n", at, close) >= 0:
+            return True, None, b""
+        opens.append(at)
+        at = find(b'"', close + 1)
+    if at == -1:
+        return False, opens, b""
+    # Many: a line with an odd number of quotes ends inside them. All but commas, quotes and line breaks dropped,
+    # then the commas and the pairs of quotes, in C: a quote left is one.
+    marks = block.translate(None, _NOT_MARKS)
+    return b'"' in marks.replace(b",", b"").replace(b'""', b""), None, marks
+
+
+def _quoted_in(lines: list[bytes], marks: bytes, reach: int) -> Sequence[int]:
+    """The records with a quote among their first `reach` fields, by the block's marks (commas, quotes and line
+    breaks): those whose marks do not start with `reach` commas. Counted in C, and found line by line only if
+    there are some."""
+    if marks.count(b"\n") + 1 != len(lines):  # a line break outside quotes that is not a record's end
+        return range(len(lines))
+    commas = b"," * reach
+    if (b"\n" + marks).count(b"\n" + commas) == len(lines):
+        return ()
+    return list(compress(range(len(lines)), map(not_, map(methodcaller("startswith", commas), marks.split(b"\n")))))
+
+
+def _quoted(lines: list[bytes]) -> list[int]:
+    return list(compress(range(len(lines)), map(_HAS_QUOTE, lines)))
 
 
 def _join_quoted(lines: list[bytes]) -> tuple[list[bytes], bytes | None]:
@@ -157,8 +223,8 @@ def _join_quoted(lines: list[bytes]) -> tuple[list[bytes], bytes | None]:
 
 
 def records(file: BinaryIO) -> Iterator[bytes]:
-    for batch in batches(file):
-        yield from batch
+    for lines, _ in batches(file):
+        yield from lines
 
 
 def fields(record: bytes) -> list[bytes]:
@@ -200,70 +266,88 @@ class _Spool:
         self.file.write(record + b"\n")
         self.count += 1
 
-    def extend(self, records: Iterable[bytes]) -> None:
-        for record in records:
-            self.add(record)
+    def extend(self, records: list[bytes]) -> None:
+        if records:
+            self.file.write(b"\n".join(records) + b"\n")
+            self.count += len(records)
 
     def __iter__(self) -> Iterator[bytes]:
         self.file.seek(0)
-        for batch in batches(self.file, sep=b"\n"):  # type: ignore[arg-type]
-            yield from batch  # type: ignore[arg-type]
+        for lines, _ in batches(self.file, sep=b"\n"):  # type: ignore[arg-type]
+            yield from lines
 
     def close(self) -> None:
         self.file.close()
 
 
 class _KeyHashes:
-    """Each candidate key's hash for every record of a file, in arrays of 8 bytes a value (a set of 445k Python
-    ints takes 30 MB; made only at the end, one candidate at a time)."""
+    """One candidate key's hash for every record of a file: the key is unique where they are distinct. A list as
+    the file is read, a set once asked for (made then, when the big sets of the pass are gone)."""
 
-    def __init__(self, tried: list[tuple[str, ...]], at: dict[str, int]) -> None:
-        self.getters = [itemgetter(*(at[name] for name in combo)) for combo in tried]
-        self.reach = max((at[name] for combo in tried for name in combo), default=0) + 1
+    def __init__(self, combo: tuple[str, ...], at: dict[str, int]) -> None:
+        positions = [at[name] for name in combo]
+        self.get = itemgetter(*positions) if positions else None
+        self.reach = max(positions, default=0) + 1
         self.split = methodcaller("split", b",", self.reach)  # no further than the last key column
-        self.hashes = [array("q") for _ in tried]
-        self.ragged = False  # a record too short for a key: no key is trusted
+        self.hashes: list[int] = []
+        self.seen: set[int] | None = None
+        self.ragged = False  # a record too short for the key: it is not trusted
 
-    def add(self, batch: list[bytes]) -> None:
-        if not self.getters or self.ragged:
+    def add(self, lines: list[bytes], quoted: Sequence[int]) -> None:
+        if self.get is None or self.ragged:
             return
-        parts = list(map(self.split, batch))
-        # A quote up to the last key column (a name with a comma): those records through one csv reader.
-        quoted = [i for i in compress(range(len(batch)), map(_HAS_QUOTE, batch)) if b'"' in b"".join(parts[i][:-1])]
-        for i, row in zip(quoted, csv.reader(batch[i].decode("utf-8") for i in quoted)):  # noqa: B905 - one each
-            parts[i] = [cell.encode("utf-8") for cell in row]
         try:
-            for get, kept in zip(self.getters, self.hashes):  # noqa: B905 - made together
-                kept.extend(map(hash, map(get, parts)))
+            # Split and hashed in C, a map over the whole batch; then the few records with a quote up to the last
+            # key column (a name with a comma), through one csv reader: those with fewer commas before their
+            # first quote than the key reaches.
+            hashes = list(map(hash, map(self.get, map(self.split, lines))))
+            texts = list(map(lines.__getitem__, quoted))
+            before = map(bytes.count, texts, repeat(b","), repeat(0), map(_FIND_QUOTE, texts))
+            parsed = list(compress(quoted, map(self.reach.__gt__, before)))
+            if parsed:
+                rows = csv.reader(map(bytes.decode, map(lines.__getitem__, parsed)))
+                for i, value in zip(parsed, map(self.get, rows)):  # noqa: B905 - a row each
+                    hashes[i] = hash(value.encode() if isinstance(value, str) else tuple(map(str.encode, value)))
         except IndexError:
             self.ragged = True
+            return
+        self.hashes += hashes
+
+    def distinct(self) -> set[int] | None:
+        """The set of the hashes, or None if some repeat (the key is not unique in the file)."""
+        if self.seen is None:
+            self.seen = set(self.hashes)
+        return self.seen if len(self.seen) == len(self.hashes) else None
 
 
-def _after_header(first: list[bytes], rest: Iterator[list[bytes]]) -> Iterator[list[bytes]]:
-    yield first[1:]
-    yield from rest
+def _data(batches: Iterable[tuple[list[bytes], Sequence[int]]]) -> Iterator[tuple[list[bytes], Sequence[int]]]:
+    """The batches without the header record."""
+    header = True
+    for lines, quoted in batches:
+        if header and lines:
+            header = False
+            lines, quoted = lines[1:], [i - 1 for i in quoted if i]
+        yield lines, quoted
 
 
 def _key_hashes(open_file: Callable[[], BinaryIO], combo: tuple[str, ...], at: dict[str, int]) -> "_KeyHashes":
     """One candidate key's hashes for every data record of a file."""
-    keys = _KeyHashes([combo], at)
+    keys = _KeyHashes(combo, at)
     with open_file() as file:
-        it = batches(file)
-        for batch in _after_header(next(it, []), it):
-            keys.add(batch)
+        for lines, quoted in _data(batches(file, reach=keys.reach)):
+            keys.add(lines, quoted)
     return keys
 
 
-def _hash_file(file: BinaryIO, offsets: Offsets) -> array:
-    """Every data record's hash, in file order."""
-    hashes = array("q")
-    it = batches(file, offsets)
-    for batch in _after_header(next(it, []), it):
-        hashes.extend(map(hash, batch))
+def _hash_file(file: BinaryIO, offsets: Offsets) -> list[int]:
+    """Every data record's hash, in file order (a list: its ints are the ones the set of them holds)."""
+    hashes: list[int] = []
+    for lines, _ in _data(batches(file, offsets)):
+        hashes += map(hash, lines)
     return hashes
 
 
-def _spool(file: BinaryIO, offsets: Offsets | None, hashes: array, wanted: set[int], spool: "_Spool") -> None:
+def _spool(file: BinaryIO, offsets: Offsets | None, hashes: Sequence[int], wanted: set[int], spool: "_Spool") -> None:
     """The records whose hash is in `wanted`, to the spool: read where they start when that is known (few, unless
     most rows changed), else by reading the file again."""
     if not wanted:
@@ -273,12 +357,11 @@ def _spool(file: BinaryIO, offsets: Offsets | None, hashes: array, wanted: set[i
             file.seek(offsets.starts[i + 1])  # the header is record 0
             spool.add(file.readline().rstrip(b"\r\n"))
         return
-    it = batches(file)
-    for batch in _after_header(next(it, []), it):
-        spool.extend(compress(batch, map(wanted.__contains__, map(hash, batch))))
+    for lines, _ in _data(batches(file)):
+        spool.extend(list(compress(lines, map(wanted.__contains__, map(hash, lines)))))
 
 
-def _duplicated(hashes: array) -> set[int]:
+def _duplicated(hashes: Sequence[int]) -> set[int]:
     """The hashes that occur more than once (whole rows repeated in a file: rare)."""
     distinct = set(hashes)
     if len(distinct) == len(hashes):
@@ -328,50 +411,29 @@ def _compare(open_old, open_new, cells_out: TextIO, renamed: dict[str, str], key
     else:
         tried = [combo for combo in candidates(new_columns, sample) if all(name in old_at for name in combo)]
 
-    # 1. The old records' hashes; 2. the new ones' (and their keys'), with the new records that have no identical
-    # old one spooled as they pass; 3. the old records that have no identical new one, read again and spooled.
-    old_offsets = Offsets()
-    with open_old() as old_file:
-        old_hashes = _hash_file(old_file, old_offsets)
-    old_set = set(old_hashes)
-    keys = _KeyHashes(tried[:1], new_at)  # the others only if it is not unique: a pass of their own
+    first = tried[0] if tried else ()  # the others only if it is not unique: a pass of their own
+    keys = _KeyHashes(first, new_at)
     added, removed = _Spool(), _Spool()
     try:
-        with open_new() as new_file:
-            pieces = batches(new_file)
-            new_hashes = array("q")
-            for batch in _after_header(next(pieces, []), pieces):
-                hashes = list(map(hash, batch))
-                new_hashes.extend(hashes)
-                keys.add(batch)
-                added.extend(compress(batch, map(not_, map(old_set.__contains__, hashes))))
-        old_left = old_set.difference(new_hashes)
-        old_rows, new_rows, old_repeats = len(old_hashes), len(new_hashes), len(old_set) < len(old_hashes)
-        del old_set  # before the next big set: memory holds one at a time
-        with open_old() as old_file:
-            _spool(old_file, old_offsets, old_hashes, old_left, removed)
+        counted = _in_line(open_old, open_new, keys, added, removed)
+        if counted is None:  # the files do not line up: every record hashed
+            added.close()
+            removed.close()
+            keys, added, removed = _KeyHashes(first, new_at), _Spool(), _Spool()
+            counted = _by_hashes(open_old, open_new, keys, added, removed)
+        old_rows, new_rows, old_repeats = counted
 
         chosen = None
         if not (keys.ragged or old_repeats):  # a row repeated whole repeats its key
             for combo in tried:
-                if combo != tried[0]:
+                if combo != first:
                     keys = _key_hashes(open_new, combo, new_at)
                 if keys.ragged:
                     break
-                key_hashes = keys.hashes[0]
-                if _unique_in_both(key_hashes, removed, added, [old_at[n] for n in combo], [new_at[n] for n in combo]):
+                if _unique_in_both(keys, removed, added, [old_at[n] for n in combo], [new_at[n] for n in combo]):
                     chosen = list(combo)
                     break
         del keys
-        if chosen is None:  # whole rows repeated in a file are matched by count: every copy goes to the spools
-            repeated = _duplicated(new_hashes) | (_duplicated(old_hashes) if old_repeats else set())
-            in_both = repeated.intersection(old_hashes).intersection(new_hashes)
-            if in_both:
-                with open_new() as new_file:
-                    _spool(new_file, None, new_hashes, in_both, added)
-                with open_old() as old_file:
-                    _spool(old_file, old_offsets, old_hashes, in_both - old_left, removed)
-        del old_hashes, new_hashes, old_left, old_offsets
         if key and chosen is None and key_note is None:
             key_note = "configured key is not unique in both versions"
         summary = ChangeSummary(
@@ -389,14 +451,146 @@ def _compare(open_old, open_new, cells_out: TextIO, renamed: dict[str, str], key
     return summary
 
 
+def _in_line(
+    open_old: Callable[[], BinaryIO], open_new: Callable[[], BinaryIO], keys: _KeyHashes, added: _Spool, removed: _Spool
+) -> tuple[int, int, bool] | None:
+    """Both files read together, record against record: a refresh keeps the rows in order, so whole runs of
+    records compare equal as bytes in C, and only the records around a difference are looked at one by one.
+    Records out of line (changed, added, removed or moved) are paired by their bytes at the end; the rest go to
+    the spools in file order. None, and nothing spooled, when too many records are out of line."""
+    out_new: list[bytes] = []
+    out_old: list[bytes] = []
+    new_rows = old_rows = 0
+    with open_old() as old_file, open_new() as new_file:
+        new_batches = _data(batches(new_file, reach=keys.reach if keys.get else 0))
+        old_batches = _data(batches(old_file))
+        new: list[bytes] = []
+        old: list[bytes] = []
+        a = b = 0  # the next new and old record
+        new_more = old_more = True
+        while True:
+            if new_more and len(new) - a < LOOK:  # records ahead to line up again after a difference
+                batch = next(new_batches, None)
+                if batch is None:
+                    new_more = False
+                else:
+                    keys.add(*batch)
+                    new_rows += len(batch[0])
+                    new, a = new[a:] + batch[0], 0
+                continue
+            if old_more and len(old) - b < len(new) - a + LOOK:
+                batch = next(old_batches, None)
+                if batch is None:
+                    old_more = False
+                else:
+                    old_rows += len(batch[0])
+                    old, b = old[b:] + batch[0], 0
+                continue
+            count = min(len(new) - a, len(old) - b)
+            if count == 0:
+                break
+            new_at, old_at = iter(new), iter(old)
+            new_at.__setstate__(a)  # type: ignore[attr-defined]
+            old_at.__setstate__(b)  # type: ignore[attr-defined]
+            run = sum(takewhile(bool, map(eq, islice(new_at, count), old_at)))  # equal records, counted in C
+            a, b = a + run, b + run
+            if run == count:
+                continue
+            skip_new, skip_old = _line_up(new, a, old, b)
+            out_new += new[a : a + skip_new]
+            out_old += old[b : b + skip_old]
+            a, b = a + skip_new, b + skip_old
+            if len(out_new) + len(out_old) > OUT_OF_LINE:
+                return None
+        out_new += new[a:]  # one file is done: the rest of the other is out of line
+        out_old += old[b:]
+        for lines, quoted in new_batches:
+            keys.add(lines, quoted)
+            new_rows += len(lines)
+            out_new += lines
+            if len(out_new) + len(out_old) > OUT_OF_LINE:
+                return None
+        for lines, _ in old_batches:
+            old_rows += len(lines)
+            out_old += lines
+            if len(out_new) + len(out_old) > OUT_OF_LINE:
+                return None
+    # A record out of line in both files is a moved one: only the rest are added and removed (counted, so that a
+    # record repeated whole is paired as often as it is in both).
+    left = Counter(out_old)
+    new_only, old_only = [], []
+    for record in out_new:
+        if left[record]:
+            left[record] -= 1
+        else:
+            new_only.append(record)
+    for record in out_old:
+        if left[record]:
+            left[record] -= 1
+            old_only.append(record)
+    added.extend(new_only)
+    removed.extend(old_only)
+    return old_rows, new_rows, False
+
+
+def _line_up(new: list[bytes], a: int, old: list[bytes], b: int) -> tuple[int, int]:
+    """How many records of each file, from two that differ, are out of line: up to the first new record found in
+    the old file's next records (a changed row: one each; removed rows: old ones; added rows: new ones)."""
+    if a + 1 < len(new) and b + 1 < len(old) and new[a + 1] == old[b + 1]:
+        return 1, 1
+    for width in (64, LOOK):
+        ahead = old[b : b + width]
+        where = dict(zip(reversed(ahead), range(len(ahead) - 1, -1, -1), strict=True))  # the first of equal ones
+        found = list(map(where.__contains__, new[a : a + width]))
+        if True in found:
+            skip = found.index(True)
+            return skip, where[new[a + skip]]
+    return min(LOOK, len(new) - a), min(LOOK, len(old) - b)  # not in line so far ahead: all of them out of line
+
+
+def _by_hashes(
+    open_old: Callable[[], BinaryIO], open_new: Callable[[], BinaryIO], keys: _KeyHashes, added: _Spool, removed: _Spool
+) -> tuple[int, int, bool]:
+    """Records paired by hashes, in any order: 1. the old records' hashes; 2. the new ones' (and their keys'),
+    with the new records that have no identical old one spooled as they pass; 3. the old records that have no
+    identical new one, read again and spooled. Whole rows repeated in a file are matched by count: every copy
+    goes to the spools (no key is used then)."""
+    old_offsets = Offsets()
+    with open_old() as old_file:
+        old_hashes = _hash_file(old_file, old_offsets)
+    old_left = set(old_hashes)
+    old_repeats = len(old_left) < len(old_hashes)
+    with open_new() as new_file:
+        new_hashes = array("q")
+        for lines, quoted in _data(batches(new_file, reach=keys.reach if keys.get else 0)):
+            hashes = list(map(hash, lines))
+            new_hashes.extend(hashes)
+            keys.add(lines, quoted)
+            added.extend(list(compress(lines, map(not_, map(old_left.__contains__, hashes)))))
+    old_left.difference_update(new_hashes)  # in place: a copy would be as large as the set
+    old_left = set(old_left)  # and the large table it leaves, let go
+    with open_old() as old_file:
+        _spool(old_file, old_offsets, old_hashes, old_left, removed)
+    # A key unique in the new file rules out rows repeated whole there; else they are looked for.
+    new_repeats = keys.get is None or keys.ragged or keys.distinct() is None
+    repeated = (_duplicated(new_hashes) if new_repeats else set()) | (_duplicated(old_hashes) if old_repeats else set())
+    in_both = repeated.intersection(old_hashes).intersection(new_hashes) if repeated else set()
+    if in_both:
+        with open_new() as new_file:
+            _spool(new_file, None, new_hashes, in_both, added)
+        with open_old() as old_file:
+            _spool(old_file, old_offsets, old_hashes, in_both - old_left, removed)
+    return len(old_hashes), len(new_hashes), old_repeats
+
+
 def _unique_in_both(
-    new_keys: array, removed: "_Spool", added: "_Spool", old_positions: list[int], new_positions: list[int]
+    new_keys: _KeyHashes, removed: _Spool, added: _Spool, old_positions: list[int], new_positions: list[int]
 ) -> bool:
     """Unique in the new file: its key hashes are distinct. Unique in the old one, whose keys were not all
     computed: an old record is either one the new file has byte for byte (its key is a new key that no added
     record has) or a removed one; the removed ones' keys must be distinct and none the key of a kept record."""
-    new_set = set(new_keys)
-    if len(new_set) != len(new_keys):
+    new_set = new_keys.distinct()
+    if new_set is None:
         return False
     old_key = _projection(old_positions, 0)
     new_key = _projection(new_positions, 0)

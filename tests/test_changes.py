@@ -223,3 +223,33 @@ def test_a_candidate_the_sample_left_but_not_unique_gives_way_to_the_next_one(mo
     summary, cells = diff(body(FACILITY, old_rows), body(FACILITY, new_rows))
     assert summary.key == ["facility_id", "measure_id"]  # measure_id alone repeats past the sample
     assert cells[1:] == [["010001", "OP_18b", "score", "10", "99"]]
+
+
+@pytest.mark.parametrize(("few_quotes", "look", "out_of_line"), [(0, 4096, 40_000), (1 << 20, 2, 40_000), (0, 2, 5)])
+def test_files_read_side_by_side_or_by_hashes_give_the_same_report(monkeypatch, few_quotes, look, out_of_line):
+    """Rows removed, added in a run longer than the look-ahead, moved far, with quotes and a line break inside
+    them: the same report whether the files are lined up record by record or, once too many records are out of
+    line, paired by hashes."""
+    old_rows = [replace_cell(r, 0, f"{n}{r[:6]}") for n in range(8) for r in facility_rows()]
+    new_rows = [replace_cell(r, 10, "5") if i % 7 == 0 else r for i, r in enumerate(old_rows) if i % 11]
+    new_rows[20] = replace_cell(new_rows[20], 12, "line\nbreak")
+    new_rows[40:40] = [replace_cell(r, 8, f"OP_2{i}") for i, r in enumerate(old_rows[:6])]  # added, in a run
+    new_rows.append(new_rows.pop(3))  # moved to the end
+    expected = diff(body(FACILITY, old_rows), body(FACILITY, new_rows))
+    monkeypatch.setattr(changes, "FEW_QUOTES", few_quotes)
+    monkeypatch.setattr(changes, "LOOK", look)
+    monkeypatch.setattr(changes, "OUT_OF_LINE", out_of_line)
+    summary, cells = diff(body(FACILITY, old_rows), body(FACILITY, new_rows))
+    assert summary.to_json() == expected[0].to_json() and cells == expected[1]
+    assert (summary.added, summary.removed) == (6, len(old_rows) // 11 + 1) and summary.changed > 10
+
+
+def test_a_quoted_value_in_the_last_key_column_is_the_value(monkeypatch):
+    """`"MORT_30"` and `MORT_30` are one measure: measure_id alone repeats, and the key takes the state too."""
+    monkeypatch.setattr(changes, "SAMPLE", 1)  # the sample does not show it
+    header = '"measure_name","state","measure_id"'
+    old = ["Death rate,AK,MORT_30", "Complications,AK,COMP_HIP", 'Death rate,AL,"MORT_30"']
+    new = [old[0], "Complications (hip),AK,COMP_HIP", old[2]]
+    summary, cells = diff(body(header, old), body(header, new))
+    assert summary.key == ["state", "measure_id"]
+    assert cells[1:] == [["AK", "COMP_HIP", "measure_name", "Complications", "Complications (hip)"]]
