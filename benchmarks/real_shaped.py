@@ -89,7 +89,7 @@ def main() -> None:
     runs = [kind for kind in ("cold", "refresh", "no-op") if kind in args.runs.split(",")]
     kinds = [f"{kind} {label}" for label in labels for kind in runs]
     if args.fsync_cost:
-        kinds += [f"{kind} {labels[0]} without fsyncs" for kind in ("cold", "refresh")]
+        kinds += [f"{kind} {labels[0]} without fsyncs" for kind in ("cold", "refresh") if kind in runs]
     figures: dict[str, list[float]] = {"plain": []} | {kind: [] for kind in kinds}
     rss: dict[str, list[float]] = {kind: [] for kind in kinds}  # the luigi process's peak RSS, MiB
     largest: dict[str, list[float]] = {kind: [] for kind in kinds}  # the largest process's, MiB
@@ -130,7 +130,7 @@ def main() -> None:
                             s3_requests[name].append(counts)
                     shutil.rmtree(folder)
                     if args.fsync_cost and setup == measured[0]:
-                        for kind, day in (("cold", day1), ("refresh", day2)):
+                        for kind, day in ((k, d) for k, d in (("cold", day1), ("refresh", day2)) if k in runs):
                             result = run_job(folder, day, fetched, runlog_url, syncs=False)
                             figures[f"{kind} {setup.label} without fsyncs"].append(result["wall"])
                         shutil.rmtree(folder)
@@ -140,7 +140,7 @@ def main() -> None:
         runlogs.close()
         storages.close()
     plain = statistics.median(figures["plain"])
-    for name in kinds:
+    for name in (k for k in kinds if rss[k]):  # the runs without fsyncs have their own line below
         value = statistics.median(figures[name])
         print(
             f"{name}: {value:.2f} s vs plain {plain:.2f} s = {value / plain:.2f}x (median of {args.rounds}); "
@@ -149,7 +149,7 @@ def main() -> None:
             + (f"; S3 requests {' / '.join(requests(r) for r in rounds)}" if (rounds := s3_requests.get(name)) else "")
         )
     if args.fsync_cost:
-        for kind in ("cold", "refresh"):
+        for kind in (k for k in ("cold", "refresh") if k in runs):
             synced, unsynced = (
                 statistics.median(figures[f"{kind} {labels[0]}{how}"]) for how in ("", " without fsyncs")
             )
