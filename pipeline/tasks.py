@@ -136,11 +136,11 @@ class FetchCatalog(RunTask):
             up_to_date, replaced, verify_notes = self._verify(up_to_date, known)
             queued += replaced
             notes.update(verify_notes)
-        snapshot = replace(catalog, versions=queued + [v for v, _ in up_to_date]).to_json()
-        log.plan_run(self.run_id, queued, up_to_date, catalog.invalid, json_text(snapshot))
+        snapshot = json_text(replace(catalog, versions=queued + [v for v, _ in up_to_date]).to_json())  # once
+        log.plan_run(self.run_id, queued, up_to_date, catalog.invalid, snapshot)
         for version, note in notes.items():
             log.note(self.run_id, version, note)
-        store.write_json(layout.catalog_snapshot(self.run_id), snapshot)
+        store.write_text(layout.catalog_snapshot(self.run_id), snapshot)
 
     def _deep_check_the_rest(self, in_catalog: set[str], known, damaged_in_catalog: int) -> list[str]:
         """After the catalog's versions: latest/, and the versions no longer in the catalog; then what was found."""
