@@ -80,17 +80,9 @@ def unwrapped(scheduler):
 class TaskThread(luigi.worker.ContextManagedTaskProcess):
     """Luigi's task runner with a thread where it had a process; `run()` is Luigi's, unchanged."""
 
-    process_state: tuple[str, dict[str, str]]  # the worker's current folder and environment
-
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run_and_tidy, name=f"task {self.task.task_id}", daemon=True)
+        self._thread = threading.Thread(target=self.run, name=f"task {self.task.task_id}", daemon=True)
         self._thread.start()
-
-    def _run_and_tidy(self) -> None:
-        try:
-            self.run()
-        finally:
-            _put_back(self.task, *self.process_state)
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
@@ -126,6 +118,18 @@ def _put_back(task, folder: str, environment: dict[str, str]) -> None:
                 os.environ.pop(key, None)
 
 
+class _PutBackFirst:
+    """The worker's result queue, as a task thread posts its outcome to it: the current folder and environment are
+    put back first, so the next task (which the worker may start on that outcome) finds them as they were."""
+
+    def __init__(self, results, task, state: tuple[str, dict[str, str]]):
+        self.results, self.task, self.state = results, task, state
+
+    def put(self, outcome) -> None:
+        _put_back(self.task, *self.state)
+        self.results.put(outcome)
+
+
 class ThreadWorker(luigi.worker.Worker):
     """Luigi's worker, running the job's tasks in threads (the module's docstring)."""
 
@@ -147,7 +151,7 @@ class ThreadWorker(luigi.worker.Worker):
         if _in_a_thread(task) and process.timeout_time is None:
             process.__class__ = TaskThread  # Luigi's runner as Luigi made it, started as a thread
             process.use_multiprocessing = True  # so the worker calls start(), not run() in its own loop
-            process.process_state = self._process_state
+            process.result_queue = _PutBackFirst(process.result_queue, task, self._process_state)
         return process
 
 
