@@ -1,0 +1,114 @@
+"""The typed side of latest/ (`[analytics] parquet = true`): latest/<name>.parquet beside each latest/<name>.csv,
+copied from the same version's normalized.parquet, and latest/hospitals.duckdb, a view per file over the Parquet
+files by paths relative to the data folder (`latest/<name>.parquet`), so that it works wherever the folder is, or
+a copy of its latest/ (`aws s3 sync s3://bucket/prefix/latest latest`), with DuckDB started in that folder.
+
+A dataset whose current version has no typed file (it could not be made: a NOTE of its run) has no Parquet file
+and no view, never one of another version. The database is made again only when a file or view changed, or it
+is missing or not the size latest.json records; like every file of latest/ it is replaced on its own, so one an
+analyst holds open (Windows) stays as it was until the next run. Knows latest/ and the version folders' files."""
+
+import re
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from pipeline import layout
+from pipeline.layout import LATEST
+from pipeline.storage import Storage, join, parent
+
+DATABASE = "hospitals.duckdb"
+_NOT_SQL = re.compile(r"[^a-z0-9_]+")
+
+
+def view_name(csv_name: str) -> str:
+    """The view of latest/<csv_name>: `ds_` and the file's stem with anything but a-z, 0-9 and _ as `_`
+    (48nr-hqxx.csv -> ds_48nr_hqxx), a name SQL takes unquoted; unique, as the file names are."""
+    return "ds_" + _NOT_SQL.sub("_", PurePosixPath(csv_name).stem.lower())
+
+
+def parquet_name(csv_name: str) -> str:
+    return str(PurePosixPath(csv_name).with_suffix(".parquet"))
+
+
+def publish_typed(
+    store: Storage,
+    rows: dict[str, dict],
+    old_rows: dict[str, dict],
+    entries: dict[str, dict],
+    sizes: dict[str, int],
+    old_database: dict | None,
+) -> tuple[list[str], dict | None]:
+    """Point latest/<name>.parquet at each finished entry's typed file (`entries`: latest name -> the run's entry,
+    whose row in `rows` latest.py has just written; `old_rows` and `old_database` as latest.json had them), and
+    make the database again if anything changed. Sets each row's `parquet`; returns notes and the database's
+    record for latest.json (None: made again next run)."""
+    notes, changed = [], False
+    for name, entry in entries.items():
+        row, old, target = rows[name], old_rows.get(name) or {}, parquet_name(name)
+        kept = old.get("parquet")
+        if kept and old["sha256"] == entry["sha256"] and sizes.get(target) == kept["bytes"]:
+            row["parquet"] = kept
+            continue
+        folder = parent(store.key(entry["output_path"]))
+        typed, _ = store.read_json(layout.dictionary_json(folder))
+        whole = typed is not None and store.size(layout.normalized_parquet(folder)) == typed.get("parquet_bytes")
+        changed = True
+        if not (whole and typed and typed["normalized_sha256"] == entry["sha256"]):
+            store.remove(join(LATEST, target))  # of another version: no file beats a file that does not match
+            continue
+        try:
+            store.copy(layout.normalized_parquet(folder), join(LATEST, target), read_only=True)
+        except OSError as exc:
+            cause = "is in use" if isinstance(exc, PermissionError) else f"cannot be replaced ({exc.strerror or exc})"
+            notes.append(f"latest/{target} {cause}; its view is left out until the next run")
+            continue
+        columns = [{"column": c["column"], "type": c["type"]} for c in typed["columns"]]
+        row["parquet"] = {
+            "path": target,
+            "bytes": typed["parquet_bytes"],
+            "sha256": typed["parquet_sha256"],
+            "view": view_name(name),
+            "columns": columns,
+        }
+    listed = {row["parquet"]["path"] for row in rows.values() if row.get("parquet")}
+    for gone in (n for n in sizes if n.endswith(".parquet") and n not in listed):  # no longer in latest.json
+        store.remove(join(LATEST, gone))
+        changed = True
+    if changed or old_database is None or sizes.get(DATABASE) != old_database["bytes"]:
+        return notes, _write_database(store, rows, notes)
+    return notes, old_database
+
+
+def _write_database(store: Storage, rows: dict[str, dict], notes: list[str]) -> dict | None:
+    from pipeline import typed_files  # DuckDB: imported only when the database is made again
+
+    views = [
+        {**row["parquet"], "path": f"{LATEST}/{row['parquet']['path']}", "identifier": row["identifier"]}
+        | {"title": row["title"], "rows": row["rows"]}
+        for _, row in sorted(rows.items())
+        if row.get("parquet")
+    ]
+    sizes: list[int] = []
+
+    def write(temp: Path) -> None:
+        with tempfile.TemporaryDirectory() as work:
+            typed_files.write_database(temp, views, Path(work))
+        sizes.append(temp.stat().st_size)
+
+    try:
+        store.write_file(join(LATEST, DATABASE), write)
+    except (OSError, typed_files.duckdb.Error) as exc:
+        cause = "is in use" if isinstance(exc, PermissionError) else f"cannot be made ({str(exc).splitlines()[0]})"
+        notes.append(f"latest/{DATABASE} {cause}; retried next run")
+        return None
+    return {"path": DATABASE, "bytes": sizes[0], "views": len(views)}
+
+
+def withdraw_typed(store: Storage, rows: dict[str, dict], sizes: dict[str, int]) -> list[str]:
+    """`[analytics] parquet` turned off: the typed files of latest/ would no longer follow its CSVs, so they go."""
+    for row in rows.values():
+        row.pop("parquet", None)
+    for name in sizes:
+        if name.endswith(".parquet") or name == DATABASE:
+            store.remove(join(LATEST, name))
+    return [f"latest/: [analytics] parquet is off; its Parquet files and {DATABASE} deleted"]

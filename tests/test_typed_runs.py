@@ -1,0 +1,189 @@
+"""The typed files through the real Luigi graph on the loopback site, on both storages: each new version's
+normalized.parquet and dictionary.json, latest/<id>.parquet and latest/hospitals.duckdb queried from the data
+folder; made again without a download when a kill or power cut lost them, or the deep check finds them damaged; a
+NOTE, never a failure, when they cannot be made; deleted with their version by retention; nothing at all with
+`[analytics] parquet = false`."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Site, by_identifier, run_daily
+from tests.test_change_report import NEW_ROWS, OLD_ROWS, csv_downloads, entry_notes, flip, folder_of
+from tests.test_changes import FACILITY, body
+from tests.typed_support import needs_duckdb
+
+pytestmark = [pytest.mark.integration, needs_duckdb]
+
+TYPED = ("normalized.parquet", "dictionary.json")
+
+
+@pytest.fixture
+def typed(luigi_setting):
+    luigi_setting("analytics", "parquet", "true")
+
+
+def first_version(site: Site, data, rows=OLD_ROWS) -> str:
+    site.dataset("yv7e-xc69", "2025-07-01", {"Timely.csv": body(FACILITY, rows)})
+    ok, report = run_daily(site, data.dir)
+    [entry] = by_identifier(report)["yv7e-xc69"]
+    assert ok and entry["status"] == "downloaded" and entry_notes(report) == []
+    return data.key(folder_of(entry))
+
+
+def local_latest(data, tmp_path: Path) -> Path:
+    """A folder holding latest/ as the data folder has it: the folder itself, or a copy of the bucket's latest/
+    (what `aws s3 sync s3://bucket/prefix/latest latest` makes)."""
+    if data.kind == "local":
+        return data.root
+    for key in data.listing("latest"):
+        (tmp_path / "synced" / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "synced" / key).write_bytes(data.read(key))
+    return tmp_path / "synced"
+
+
+def test_a_new_version_is_typed_and_latest_gets_its_parquet_and_a_database_to_query(
+    site, data, typed, tmp_path, monkeypatch
+):
+    import duckdb
+
+    rows = [OLD_ROWS[0].replace(",10,200,", ",Not Available,200,"), *OLD_ROWS[1:]]
+    folder = first_version(site, data, rows)
+    record = json.loads(data.read(f"{folder}/dictionary.json"))
+    parquet = data.read(f"{folder}/normalized.parquet")
+    assert record["parquet_bytes"] == len(parquet) and record["rows"] == 12
+    types = {c["column"]: (c["type"], c["nulls"]) for c in record["columns"]}
+    assert types["zip_code"] == ("VARCHAR", 0) and types["facility_id"] == ("VARCHAR", 0)
+    assert types["score"] == ("BIGINT", 1) and types["sample"] == ("BIGINT", 0) and types["start_date"][0] == "DATE"
+    assert data.read("latest/yv7e-xc69.parquet") == parquet
+    manifest = json.loads(data.read("latest/latest.json"))
+    assert manifest["datasets"][0]["parquet"]["view"] == "ds_yv7e_xc69"
+    assert manifest["database"]["views"] == 1
+    monkeypatch.chdir(local_latest(data, tmp_path))  # DuckDB reads the views' files from where it runs
+    with duckdb.connect("latest/hospitals.duckdb", read_only=True) as con:
+        found = con.execute("SELECT zip_code, score FROM ds_yv7e_xc69 WHERE state = 'CT' ORDER BY score").fetchall()
+        assert found == [("06106", 13), ("06106", 14), ("06106", 15)]
+        assert con.execute("SELECT count(*) FROM ds_yv7e_xc69 WHERE score IS NULL").fetchone() == (1,)
+        assert con.execute("SELECT view_name, identifier, rows FROM datasets").fetchall() == [
+            ("ds_yv7e_xc69", "yv7e-xc69", 12)
+        ]
+
+
+def test_a_refresh_replaces_latest_parquet_and_a_no_op_run_leaves_latest_alone(site, data, typed):
+    first_version(site, data)
+    database = data.read("latest/hospitals.duckdb")
+    site.dataset("yv7e-xc69", "2025-10-01", {"Timely.csv": body(FACILITY, NEW_ROWS)}, upload=1700000999)
+    ok, report = run_daily(site, data.dir)
+    [entry] = by_identifier(report)["yv7e-xc69"]
+    assert ok and entry_notes(report) == []
+    assert data.read("latest/yv7e-xc69.parquet") == data.read(f"{data.key(folder_of(entry))}/normalized.parquet")
+    listing = {key: data.read(key) for key in data.listing("latest") if not key.endswith(".json")}
+    assert listing["latest/hospitals.duckdb"] != database  # made again with the new file's view
+    site.server.clear()
+    ok, report = run_daily(site, data.dir)
+    assert ok and entry_notes(report) == [] and csv_downloads(site) == []
+    assert {key: data.read(key) for key in listing} == listing
+
+
+def lose_record(data, folder: str) -> None:  # a kill between the Parquet file and its record
+    data.delete(f"{folder}/dictionary.json")
+
+
+def zero_parquet(data, folder: str) -> None:  # a power cut after the rename, before the data reached the disk
+    data.write(f"{folder}/normalized.parquet", b"")
+
+
+def cut_record(data, folder: str) -> None:
+    whole = data.read(f"{folder}/dictionary.json")
+    data.write(f"{folder}/dictionary.json", whole[: len(whole) // 2])
+
+
+DAMAGE = {
+    "killed before dictionary.json": (lose_record, "dictionary.json is missing"),
+    "normalized.parquet zero-length": (zero_parquet, "normalized.parquet has 0 bytes, dictionary.json says"),
+    "dictionary.json cut mid-JSON": (cut_record, "dictionary.json does not parse"),
+}
+
+
+@pytest.mark.parametrize(
+    "state, data",
+    [*((state, "local") for state in DAMAGE), ("killed before dictionary.json", "s3")],
+    indirect=["data"],
+)
+def test_a_lost_or_damaged_typed_file_is_made_again_by_the_next_run_without_a_download(site, data, typed, state):
+    folder = first_version(site, data)
+    record = json.loads(data.read(f"{folder}/dictionary.json"))
+    how, problem = DAMAGE[state]
+    how(data, folder)
+    site.server.clear()
+    ok, report = run_daily(site, data.dir)
+    [entry] = by_identifier(report)["yv7e-xc69"]
+    assert ok and entry["status"] == "up_to_date" and csv_downloads(site) == []
+    [note] = entry_notes(report)
+    assert note.startswith(f"yv7e-xc69: {folder}: {problem}") and note.endswith("; typed file made again")
+    assert json.loads(data.read(f"{folder}/dictionary.json"))["columns"] == record["columns"]
+    assert (
+        len(data.read(f"{folder}/normalized.parquet"))
+        == json.loads(data.read(f"{folder}/dictionary.json"))["parquet_bytes"]
+    )
+    ok, report = run_daily(site, data.dir)
+    assert ok and entry_notes(report) == []  # repaired for good
+
+
+def test_a_typed_file_with_flipped_bytes_is_made_again_by_the_deep_check(site, data, typed):
+    folder = first_version(site, data)
+    flip(data, f"{folder}/normalized.parquet")
+    ok, report = run_daily(site, data.dir)
+    assert ok and entry_notes(report) == []  # the size is right: the daily check cannot see it
+    site.server.clear()
+    ok, report = run_daily(site, data.dir, deep_check=True)
+    assert ok and csv_downloads(site) == []
+    problem = "normalized.parquet does not match dictionary.json's sha256"
+    assert f"yv7e-xc69: {folder}: {problem}; typed file made again" in entry_notes(report)
+    record = json.loads(data.read(f"{folder}/dictionary.json"))
+    assert len(data.read(f"{folder}/normalized.parquet")) == record["parquet_bytes"]
+    assert data.read("latest/yv7e-xc69.parquet") == data.read(f"{folder}/normalized.parquet")
+
+
+def test_a_typed_file_that_cannot_be_made_is_a_note_the_csv_is_published_and_the_next_run_tries_again(
+    site, data, typed
+):
+    ragged = [*OLD_ROWS[:-1], OLD_ROWS[-1] + ",an extra cell"]  # kept byte for byte in the CSV; DuckDB refuses it
+    for attempt in range(2):
+        site.dataset("yv7e-xc69", "2025-07-01", {"Timely.csv": body(FACILITY, ragged)})
+        ok, report = run_daily(site, data.dir)
+        [entry] = by_identifier(report)["yv7e-xc69"]
+        assert ok and report["status"] == "succeeded" and entry["status"] == ("downloaded", "up_to_date")[attempt]
+        assert entry["error"].startswith("typed file: DuckDB: ") and entry["error"].endswith("; retried next run")
+        folder = data.key(folder_of(entry))
+        assert not any(data.exists(f"{folder}/{name}") for name in TYPED)
+        assert data.read("latest/yv7e-xc69.csv") == body(FACILITY, ragged)
+        assert not data.exists("latest/yv7e-xc69.parquet")
+
+
+def test_retention_deletes_a_version_with_its_typed_files(site, data, typed, luigi_setting):
+    luigi_setting("retention", "keep_versions", "1")
+    first = first_version(site, data)
+    site.dataset("yv7e-xc69", "2025-10-01", {"Timely.csv": body(FACILITY, NEW_ROWS)}, upload=1700000999)
+    ok, report = run_daily(site, data.dir)
+    [entry] = by_identifier(report)["yv7e-xc69"]
+    assert ok and data.listing(first) == []
+    second = data.key(folder_of(entry))
+    assert {key.rsplit("/", 1)[1] for key in data.listing(second)} >= set(TYPED)
+
+
+def test_with_parquet_off_no_typed_file_is_made_and_turning_it_off_withdraws_latest_ones(site, data, luigi_setting):
+    folder = first_version(site, data)
+    assert not any(key.endswith((".parquet", ".duckdb", "dictionary.json")) for key in data.listing())
+    luigi_setting("analytics", "parquet", "true")
+    ok, report = run_daily(site, data.dir)  # a version made before: typed now, without a NOTE or a download
+    assert ok and entry_notes(report) == [] and data.exists(f"{folder}/normalized.parquet")
+    assert data.exists("latest/yv7e-xc69.parquet") and data.exists("latest/hospitals.duckdb")
+    luigi_setting("analytics", "parquet", "false")
+    ok, report = run_daily(site, data.dir)
+    assert ok and report["notes"] == [
+        "latest/: [analytics] parquet is off; its Parquet files and hospitals.duckdb deleted"
+    ]
+    assert not data.exists("latest/yv7e-xc69.parquet") and not data.exists("latest/hospitals.duckdb")
+    assert "database" not in json.loads(data.read("latest/latest.json"))
