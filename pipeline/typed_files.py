@@ -39,6 +39,7 @@ _DECIMAL = r"-?(0|[1-9][0-9]*)(\.[0-9]+)?"
 _US_DATE, _ISO_DATE = r"[0-9]{2}/[0-9]{2}/[0-9]{4}", r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
 BOOLEANS = (("Yes", "No"), ("Y", "N"))
 MAX_PRECISION = 38  # DuckDB's widest DECIMAL
+BATCH = 4  # columns per query
 
 
 @dataclass(frozen=True)
@@ -121,15 +122,30 @@ def _decide(values: int, integers: int, decimals: int, digits, scale, us, iso, *
     return ColumnType(TEXT)
 
 
-def column_types(con: duckdb.DuckDBPyConnection, source: str, columns: list[str]) -> list[ColumnType]:
-    """One pass over the CSV: each column's type by the rules above."""
+def _batches(columns: list[str]) -> list[list[str]]:
+    # DuckDB plans a query of hundreds of aggregates in more than linear time: a few columns per query is
+    # faster (the whole sample catalog: 17.7 s typed in one query per file, 8.2 s by 4 columns).
+    return [columns[i : i + BATCH] for i in range(0, len(columns), BATCH)]
+
+
+def _aggregate(con: duckdb.DuckDBPyConnection, table: str, columns: list[str], measures) -> list[tuple]:
+    """Per column, the values of `measures(column)` over `table`."""
+    found = []
+    for batch in _batches(columns):
+        row = con.execute(f"SELECT {', '.join(m for c in batch for m in measures(c))} FROM {table}").fetchone()
+        assert row is not None
+        width = len(row) // len(batch)
+        found += [row[i : i + width] for i in range(0, len(row), width)]
+    return found
+
+
+def column_types(con: duckdb.DuckDBPyConnection, table: str, columns: list[str]) -> list[ColumnType]:
+    """Each column's type by the rules above, from the text columns of `table`."""
     measured = [c for c in columns if not is_identifier(c)]
-    if not measured:
-        return [ColumnType(TEXT)] * len(columns)
-    width = len(_measures(measured[0]))
-    row = con.execute(f"SELECT {', '.join(m for c in measured for m in _measures(c))} FROM ({source})").fetchone()
-    assert row is not None
-    found = {c: _decide(*(x or 0 for x in row[i * width : (i + 1) * width])) for i, c in enumerate(measured)}
+    found = {
+        c: _decide(*(x or 0 for x in row))
+        for c, row in zip(measured, _aggregate(con, table, measured, _measures), strict=True)
+    }
     return [found.get(c, ColumnType(TEXT)) for c in columns]
 
 
@@ -139,22 +155,26 @@ def write_parquet(csv_path: Path, parquet_path: Path, columns: list[str], null_v
     Raises duckdb.Error (or OSError) when it cannot be made."""
     con = connect(parquet_path.with_name(parquet_path.name + ".spill"))
     try:
-        source = _source(csv_path, columns, null_values)
-        types = column_types(con, source, columns)
+        # Read once (DuckDB spills what exceeds its memory limit), then measured and written from the table.
+        con.execute(f"CREATE TEMP TABLE text_values AS {_source(csv_path, columns, null_values)}")
+        types = column_types(con, "text_values", columns)
         typed = ", ".join(f"{t.cast(quote(c))} AS {quote(c)}" for c, t in zip(columns, types, strict=True))
         con.execute(
-            f"COPY (SELECT {typed} FROM ({source})) TO {literal(str(parquet_path))} "
+            f"COPY (SELECT {typed} FROM text_values) TO {literal(str(parquet_path))} "
             "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 122880)"
         )
-        stats = ", ".join(f"count(*) - count({q}), min({q})::VARCHAR, max({q})::VARCHAR" for q in map(quote, columns))
-        row = con.execute(f"SELECT {stats} FROM read_parquet({literal(str(parquet_path))})").fetchone()
+        written = f"read_parquet({literal(str(parquet_path))})"
+        stats = _aggregate(con, written, columns, lambda c: [f"count(*) - count({quote(c)})", *_range(quote(c))])
     finally:
         con.close()
-    assert row is not None
     return [
         {"column": c, "type": t.sql, "read_from": t.read_from, "nulls": nulls, "min": low, "max": high}
-        for c, t, (nulls, low, high) in zip(columns, types, zip(*[iter(row)] * 3, strict=True), strict=True)
+        for c, t, (nulls, low, high) in zip(columns, types, stats, strict=True)
     ]
+
+
+def _range(column: str) -> list[str]:
+    return [f"min({column})::VARCHAR", f"max({column})::VARCHAR"]
 
 
 def write_database(db_path: Path, views: list[dict], work: Path) -> None:
