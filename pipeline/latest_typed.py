@@ -45,10 +45,12 @@ def publish_typed(
     notes, changed = [], False
     for name, entry in entries.items():
         row, old, target = rows[name], old_rows.get(name) or {}, parquet_name(name)
-        kept = old.get("parquet")
-        if kept and old["sha256"] == entry["sha256"] and sizes.get(target) == kept["bytes"]:
+        kept = old.get("parquet") if old.get("sha256") == entry["sha256"] else None
+        if kept and sizes.get(target) == kept["bytes"]:
             row["parquet"] = kept
             continue
+        if kept and target in sizes:  # what a power cut or another writer left
+            notes.append(f"latest/{target} had {sizes[target]:,} bytes, its version {kept['bytes']:,}; put back")
         folder = parent(store.key(entry["output_path"]))
         typed, _ = store.read_json(layout.dictionary_json(folder))
         whole = typed is not None and store.size(layout.normalized_parquet(folder)) == typed.get("parquet_bytes")
@@ -74,7 +76,12 @@ def publish_typed(
     for gone in (n for n in sizes if n.endswith(".parquet") and n not in listed):  # no longer in latest.json
         store.remove(join(LATEST, gone))
         changed = True
-    if changed or old_database is None or sizes.get(DATABASE) != old_database["bytes"]:
+    if old_database is not None and DATABASE in sizes and sizes[DATABASE] != old_database["bytes"]:
+        notes.append(
+            f"latest/{DATABASE} has {sizes[DATABASE]:,} bytes, latest.json says {old_database['bytes']:,}; made again"
+        )
+        changed = True
+    if changed or old_database is None or DATABASE not in sizes:
         return notes, _write_database(store, rows, notes)
     return notes, old_database
 

@@ -120,8 +120,12 @@ def test_a_lost_or_damaged_typed_file_is_made_again_by_the_next_run_without_a_do
     ok, report = run_daily(site, data.dir)
     [entry] = by_identifier(report)["yv7e-xc69"]
     assert ok and entry["status"] == "up_to_date" and csv_downloads(site) == []
-    [note] = entry_notes(report)
+    [note] = [note for note in entry_notes(report) if not note.startswith("latest/")]
     assert note.startswith(f"yv7e-xc69: {folder}: {problem}") and note.endswith("; typed file made again")
+    # latest/'s hard link to the same file, cut short with it, is put back too
+    put_back = f"latest/yv7e-xc69.parquet had 0 bytes, its version {record['parquet_bytes']:,}; put back"
+    latest_notes = [note for note in entry_notes(report) if note.startswith("latest/")]
+    assert latest_notes == ([put_back] if "zero" in state else [])
     assert json.loads(data.read(f"{folder}/dictionary.json"))["columns"] == record["columns"]
     assert (
         len(data.read(f"{folder}/normalized.parquet"))
@@ -187,3 +191,19 @@ def test_with_parquet_off_no_typed_file_is_made_and_turning_it_off_withdraws_lat
     ]
     assert not data.exists("latest/yv7e-xc69.parquet") and not data.exists("latest/hospitals.duckdb")
     assert "database" not in json.loads(data.read("latest/latest.json"))
+
+
+def test_latest_typed_files_cut_short_are_put_back_with_a_note(site, data, typed):
+    folder = first_version(site, data)
+    database = data.read("latest/hospitals.duckdb")
+    data.write("latest/hospitals.duckdb", b"")  # a power cut after the rename, or another writer
+    data.delete("latest/yv7e-xc69.parquet")  # its own file, not the version's hard link
+    data.write("latest/yv7e-xc69.parquet", b"")
+    ok, report = run_daily(site, data.dir)
+    size = len(data.read(f"{folder}/normalized.parquet"))
+    assert ok and entry_notes(report) == [
+        f"latest/yv7e-xc69.parquet had 0 bytes, its version {size:,}; put back",
+        f"latest/hospitals.duckdb has 0 bytes, latest.json says {len(database):,}; made again",
+    ]
+    assert data.read("latest/yv7e-xc69.parquet") == data.read(f"{folder}/normalized.parquet")
+    assert len(data.read("latest/hospitals.duckdb")) == len(database)
