@@ -837,13 +837,19 @@ def optional_dependencies() -> str:
     return pyproject.split("[project.optional-dependencies]\n", 1)[1].split("\n[", 1)[0]
 
 
+def assert_extra(name: str, extra: str, requirement: str, package: str) -> None:
+    """The block installs the extra, pyproject.toml's extra is `requirement` (a pattern), and the default install
+    (requirements.txt) does not bring `package`."""
+    [install] = commands(block(name).text)
+    assert install == f".venv/bin/pip install -e .[{extra}]"
+    extras = optional_dependencies()
+    assert re.search(rf"^{extra} = {requirement}$", extras, flags=re.MULTILINE), extras
+    assert not any(package in line for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+
+
 @covers("postgres-install")
 def test_the_postgres_extra_is_the_driver_and_the_default_install_stays_without_it():
-    [install] = commands(block("postgres-install").text)
-    assert install == ".venv/bin/pip install -e .[postgres]"
-    extras = optional_dependencies()
-    assert re.search(r'^postgres = \["psycopg2-binary>=2\.9\.9"\]$', extras, flags=re.MULTILINE), extras
-    assert not any("psycopg" in line for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+    assert_extra("postgres-install", "postgres", r'\["psycopg2-binary>=2\.9\.9"\]', "psycopg")
 
 
 @runs
@@ -1075,11 +1081,7 @@ def test_the_change_report_shown_is_the_one_a_refresh_of_a_real_file_gets(tmp_pa
 
 @covers("analytics-install")
 def test_the_analytics_extra_is_duckdb_and_the_default_install_stays_without_it():
-    [install] = commands(block("analytics-install").text)
-    assert install == ".venv/bin/pip install -e .[analytics]"
-    extras = optional_dependencies()
-    assert re.search(r'^analytics = \["duckdb>=1\.1\.1,<3"\]$', extras, flags=re.MULTILINE), extras
-    assert not any("duckdb" in line for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+    assert_extra("analytics-install", "analytics", r'\["duckdb>=1\.1\.1,<3"\]', "duckdb")
 
 
 @runs

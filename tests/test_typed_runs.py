@@ -12,6 +12,7 @@ import pytest
 from tests.harness import Site, by_identifier, run_daily
 from tests.test_change_report import NEW_ROWS, OLD_ROWS, csv_downloads, entry_notes, flip, folder_of
 from tests.test_changes import FACILITY, body
+from tests.test_power_cut import halve, zero
 from tests.typed_support import needs_duckdb
 
 pytestmark = [pytest.mark.integration, needs_duckdb]
@@ -86,23 +87,19 @@ def test_a_refresh_replaces_latest_parquet_and_a_no_op_run_leaves_latest_alone(s
     assert {key: data.read(key) for key in listing} == listing
 
 
-def lose_record(data, folder: str) -> None:  # a kill between the Parquet file and its record
-    data.delete(f"{folder}/dictionary.json")
+def lose(data, key: str) -> None:  # a kill between the Parquet file and its record
+    data.delete(key)
 
 
-def zero_parquet(data, folder: str) -> None:  # a power cut after the rename, before the data reached the disk
-    data.write(f"{folder}/normalized.parquet", b"")
-
-
-def cut_record(data, folder: str) -> None:
-    whole = data.read(f"{folder}/dictionary.json")
-    data.write(f"{folder}/dictionary.json", whole[: len(whole) // 2])
-
-
+# state -> (the file, what happens to it, the NOTE's problem); zero and halve are a power cut's (test_power_cut.py)
 DAMAGE = {
-    "killed before dictionary.json": (lose_record, "dictionary.json is missing"),
-    "normalized.parquet zero-length": (zero_parquet, "normalized.parquet has 0 bytes, dictionary.json says"),
-    "dictionary.json cut mid-JSON": (cut_record, "dictionary.json does not parse"),
+    "killed before dictionary.json": ("dictionary.json", lose, "dictionary.json is missing"),
+    "normalized.parquet zero-length": (
+        "normalized.parquet",
+        zero,
+        "normalized.parquet has 0 bytes, dictionary.json says",
+    ),
+    "dictionary.json cut mid-JSON": ("dictionary.json", halve, "dictionary.json does not parse"),
 }
 
 
@@ -114,8 +111,8 @@ DAMAGE = {
 def test_a_lost_or_damaged_typed_file_is_made_again_by_the_next_run_without_a_download(site, data, typed, state):
     folder = first_version(site, data)
     record = json.loads(data.read(f"{folder}/dictionary.json"))
-    how, problem = DAMAGE[state]
-    how(data, folder)
+    name, how, problem = DAMAGE[state]
+    how(data, f"{folder}/{name}")
     site.server.clear()
     ok, report = run_daily(site, data.dir)
     [entry] = by_identifier(report)["yv7e-xc69"]
