@@ -5,6 +5,9 @@ NOTE, never a failure, when they cannot be made; deleted with their version by r
 `[analytics] parquet = false`."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -204,3 +207,29 @@ def test_latest_typed_files_cut_short_are_put_back_with_a_note(site, data, typed
     ]
     assert data.read("latest/yv7e-xc69.parquet") == data.read(f"{folder}/normalized.parquet")
     assert len(data.read("latest/hospitals.duckdb")) == len(database)
+
+
+NO_OP = """
+import sys, luigi
+from pipeline import HospitalsDaily
+task = HospitalsDaily(data_dir=sys.argv[1], metastore_url=sys.argv[2], run_id="no-op")
+ok = luigi.build([task], local_scheduler=True, workers=1, log_level="WARNING")
+print(ok, "duckdb" in sys.modules)
+"""
+
+
+def test_a_no_op_run_does_not_even_import_duckdb(site, typed, tmp_path):
+    site.dataset("yv7e-xc69", "2025-07-01", {"Timely.csv": body(FACILITY, OLD_ROWS)})
+    assert run_daily(site, tmp_path / "data")[0]
+    assert (tmp_path / "data" / "latest" / "hospitals.duckdb").is_file()
+    (tmp_path / "typed.cfg").write_text("[analytics]\nparquet = true\n", encoding="utf-8")
+    ran = subprocess.run(
+        [sys.executable, "-c", NO_OP, str(tmp_path / "data"), site.metastore_url],
+        env={**os.environ, "LUIGI_CONFIG_PATH": str(tmp_path / "typed.cfg")},  # [analytics] as this test has it
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines()[-1] == "True False"  # succeeded, and DuckDB never imported
