@@ -71,8 +71,9 @@ def literal(text: str) -> str:
 
 def connect(spill: Path) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB that spills to `spill` (not to ./.tmp, its default) and shares the machine with the
-    job's other workers."""
-    con = duckdb.connect(config={"threads": 2, "memory_limit": "1GB"})
+    job's other workers: with 128 MB, typing the largest file (445k rows) peaks at about 230 MiB and takes 25% longer
+    than with 1 GB (460 MiB); docs/benchmark.md."""
+    con = duckdb.connect(config={"threads": 2, "memory_limit": "128MB"})
     con.execute(f"SET temp_directory = {literal(str(spill))}")
     return con
 
