@@ -53,7 +53,9 @@ def publish_typed(
             notes.append(f"latest/{target} had {sizes[target]:,} bytes, its version {kept['bytes']:,}; put back")
         folder = parent(store.key(entry["output_path"]))
         typed, _ = store.read_json(layout.dictionary_json(folder))
-        whole = typed is not None and store.size(layout.normalized_parquet(folder)) == typed.get("parquet_bytes")
+        # Asked of the store itself: another process may have typed it since this one listed the folders.
+        parquet_size = store.sizes(folder, fresh=True).get("normalized.parquet") if typed is not None else None
+        whole = typed is not None and parquet_size == typed.get("parquet_bytes")
         changed = True
         if not (whole and typed and typed["normalized_sha256"] == entry["sha256"]):
             store.remove(join(LATEST, target))  # of another version: no file beats a file that does not match
