@@ -42,7 +42,8 @@ def publish_typed(
     whose row in `rows` latest.py has just written; `old_rows` and `old_database` as latest.json had them), and
     make the database again if anything changed. Sets each row's `parquet`; returns notes and the database's
     record for latest.json (None: made again next run)."""
-    notes, changed = [], False
+    notes: list[str] = []
+    changed = False
     for name, entry in entries.items():
         row, old, target = rows[name], old_rows.get(name) or {}, parquet_name(name)
         kept = old.get("parquet") if old.get("sha256") == entry["sha256"] else None
@@ -51,32 +52,12 @@ def publish_typed(
             continue
         if kept and target in sizes:  # what a power cut or another writer left
             notes.append(f"latest/{target} had {sizes[target]:,} bytes, its version {kept['bytes']:,}; put back")
-        folder = parent(store.key(entry["output_path"]))
-        typed, _ = store.read_json(layout.dictionary_json(folder))
-        # Asked of the store itself: another process may have typed it since this one listed the folders.
-        parquet_size = store.sizes(folder, fresh=True).get("normalized.parquet") if typed is not None else None
-        whole = typed is not None and parquet_size == typed.get("parquet_bytes")
         changed = True
-        if not (whole and typed and typed["normalized_sha256"] == entry["sha256"]):
-            store.remove(join(LATEST, target))  # of another version: no file beats a file that does not match
-            continue
-        try:
-            store.copy(layout.normalized_parquet(folder), join(LATEST, target), read_only=True)
-        except OSError as exc:
-            cause = "is in use" if isinstance(exc, PermissionError) else f"cannot be replaced ({exc.strerror or exc})"
-            notes.append(f"latest/{target} {cause}; its view is left out until the next run")
-            continue
-        columns = [{"column": c["column"], "type": c["type"]} for c in typed["columns"]]
-        row["parquet"] = {
-            "path": target,
-            "bytes": typed["parquet_bytes"],
-            "sha256": typed["parquet_sha256"],
-            "view": view_name(name),
-            "columns": columns,
-        }
+        if parquet := _put(store, name, entry, notes):
+            row["parquet"] = parquet
     listed = {row["parquet"]["path"] for row in rows.values() if row.get("parquet")}
-    for gone in (n for n in sizes if n.endswith(".parquet") and n not in listed):  # no longer in latest.json
-        store.remove(join(LATEST, gone))
+    for gone in (n for n in sizes if n.endswith(".parquet") and n not in listed):  # of no file in latest.json now
+        _remove(store, gone, notes)
         changed = True
     if old_database is not None and DATABASE in sizes and sizes[DATABASE] != old_database["bytes"]:
         notes.append(
@@ -86,6 +67,40 @@ def publish_typed(
     if changed or old_database is None or DATABASE not in sizes:
         return notes, _write_database(store, rows, notes)
     return notes, old_database
+
+
+def _put(store: Storage, name: str, entry: dict, notes: list[str]) -> dict | None:
+    """latest/<name>.parquet from the entry's version, and what latest.json says of it; None when the version has
+    no whole typed file of its normalized file (the old file is then deleted: none beats one of another version)."""
+    target, folder = parquet_name(name), parent(store.key(entry["output_path"]))
+    typed, _ = store.read_json(layout.dictionary_json(folder))
+    # Asked of the store itself: another process may have typed it since this one listed the folders.
+    size = store.sizes(folder, fresh=True).get("normalized.parquet") if typed is not None else None
+    if typed is None or size != typed.get("parquet_bytes") or typed.get("normalized_sha256") != entry["sha256"]:
+        return None
+    try:
+        store.copy(layout.normalized_parquet(folder), join(LATEST, target), read_only=True)
+    except OSError as exc:
+        notes.append(f"latest/{target} {_cause(exc)}; its view is left out until the next run")
+        return None
+    return {
+        "path": target,
+        "bytes": typed["parquet_bytes"],
+        "sha256": typed["parquet_sha256"],
+        "view": view_name(name),
+        "columns": [{"column": c["column"], "type": c["type"]} for c in typed["columns"]],
+    }
+
+
+def _remove(store: Storage, name: str, notes: list[str]) -> None:
+    try:
+        store.remove(join(LATEST, name))
+    except OSError as exc:  # held open (Windows): its view is gone already, the file goes next run
+        notes.append(f"latest/{name} {_cause(exc)}; deleted next run")
+
+
+def _cause(exc: OSError) -> str:
+    return "is in use" if isinstance(exc, PermissionError) else f"cannot be replaced ({exc.strerror or exc})"
 
 
 def _write_database(store: Storage, rows: dict[str, dict], notes: list[str]) -> dict | None:
@@ -106,9 +121,11 @@ def _write_database(store: Storage, rows: dict[str, dict], notes: list[str]) -> 
 
     try:
         store.write_file(join(LATEST, DATABASE), write)
-    except (OSError, typed_files.duckdb.Error) as exc:
-        cause = "is in use" if isinstance(exc, PermissionError) else f"cannot be made ({str(exc).splitlines()[0]})"
-        notes.append(f"latest/{DATABASE} {cause}; retried next run")
+    except OSError as exc:
+        notes.append(f"latest/{DATABASE} {_cause(exc)}; retried next run")
+        return None
+    except typed_files.duckdb.Error as exc:
+        notes.append(f"latest/{DATABASE} cannot be made ({str(exc).splitlines()[0]}); retried next run")
         return None
     return {"path": DATABASE, "bytes": sizes[0], "views": len(views)}
 
@@ -117,7 +134,8 @@ def withdraw_typed(store: Storage, rows: dict[str, dict], sizes: dict[str, int])
     """`[analytics] parquet` turned off: the typed files of latest/ would no longer follow its CSVs, so they go."""
     for row in rows.values():
         row.pop("parquet", None)
+    notes = [f"latest/: [analytics] parquet is off; its Parquet files and {DATABASE} deleted"]
     for name in sizes:
         if name.endswith(".parquet") or name == DATABASE:
-            store.remove(join(LATEST, name))
-    return [f"latest/: [analytics] parquet is off; its Parquet files and {DATABASE} deleted"]
+            _remove(store, name, notes)
+    return notes
