@@ -187,17 +187,17 @@ def write_database(db_path: Path, views: list[dict], work: Path) -> None:
     try:
         con.execute(f"SET file_search_path = {literal(str(work))}")
         for view in views:
-            empty = work / view["path"]
-            empty.parent.mkdir(parents=True, exist_ok=True)
+            stub = work / view["path"]
+            stub.parent.mkdir(parents=True, exist_ok=True)
             typed = ", ".join(f"CAST(NULL AS {c['type']}) AS {quote(c['column'])}" for c in view["columns"])
-            con.execute(f"COPY (SELECT {typed} WHERE false) TO {literal(str(empty))} (FORMAT parquet)")
+            con.execute(f"COPY (SELECT {typed} WHERE false) TO {literal(str(stub))} (FORMAT parquet)")
             con.execute(f"CREATE VIEW {quote(view['view'])} AS SELECT * FROM read_parquet({literal(view['path'])})")
         listing = " UNION ALL ".join(
             f"SELECT {', '.join(literal(str(v[k])) for k in ('view', 'identifier', 'title', 'path'))}, {int(v['rows'])}"
             for v in views
         )
-        empty = "SELECT '', '', '', '', 0 WHERE false"
-        con.execute(f"CREATE VIEW datasets(view_name, identifier, title, file, rows) AS {listing or empty}")
+        no_rows = "SELECT '', '', '', '', 0 WHERE false"
+        con.execute(f"CREATE VIEW datasets(view_name, identifier, title, file, rows) AS {listing or no_rows}")
         con.execute("CHECKPOINT")
     finally:
         con.close()
