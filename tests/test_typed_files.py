@@ -123,3 +123,21 @@ def test_parquet_on_without_duckdb_stops_the_command_naming_the_extra(monkeypatc
     message = preflight.analytics_message(["luigi", "HospitalsDaily"])
     assert message == f"pipeline: {typed_version.MISSING_EXTRA}"
     assert "pip install -e '.[analytics]'" in message
+
+
+def test_view_names_are_sql_names_made_from_the_latest_file_names():
+    from pipeline.latest_typed import view_name
+
+    assert view_name("48nr-hqxx.csv") == "ds_48nr_hqxx"
+    assert view_name("abcd-0001__part_a-3c5af74f.csv") == "ds_abcd_0001__part_a_3c5af74f"
+
+
+@needs_duckdb
+def test_a_database_without_typed_files_still_opens_and_lists_none(tmp_path):
+    import duckdb
+
+    from pipeline.typed_files import write_database
+
+    write_database(tmp_path / "hospitals.duckdb", [], tmp_path / "work")
+    with duckdb.connect(str(tmp_path / "hospitals.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT * FROM datasets").fetchall() == []
