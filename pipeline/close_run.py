@@ -29,10 +29,11 @@ logger = logging.getLogger("luigi-interface")
 
 
 def close_if_complete(
-    store: Storage, log: RunLog, run_id: str, keep_versions: int, by_wrapper: bool = False
+    store: Storage, log: RunLog, run_id: str, keep_versions: int, by_wrapper: bool = False, typed: bool = False
 ) -> dict | None:
     """Close the run if nothing of it is left to do; returns the report when this call closed it. `by_wrapper`:
-    the job's pipeline/shared_run.py mails, pings and prints the summary, not this process."""
+    the job's pipeline/shared_run.py mails, pings and prints the summary, not this process. `typed`: latest/ gets
+    the typed files too ([analytics] parquet)."""
     claim = log.claim_close(run_id)
     if claim is None:
         return None
@@ -46,7 +47,7 @@ def close_if_complete(
     for item in done:  # a new version's change report: read here once, for the report and latest/index.csv
         item["changes"] = change_summary(store, item) if item["outcome"] == "downloaded" else None
     notes = json.loads(run["notes"] or "[]")  # what the catalog task repaired
-    notes += latest.publish(store, latest.latest_names(catalog.versions), done, retired, run_id, now())
+    notes += latest.publish(store, latest.latest_names(catalog.versions), done, retired, run_id, now(), typed)
     if keep_versions > 0:
         notes += _prune(store, log, run_id, keep_versions)
     finished = now()

@@ -10,6 +10,7 @@ import io
 from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 
+from pipeline import latest_typed
 from pipeline.catalog import CsvVersion, VersionKey, file_name
 from pipeline.durable import json_text
 from pipeline.layout import LATEST, safe_component
@@ -52,24 +53,32 @@ def _holds(entry: dict | None) -> str:
 
 
 def publish(
-    store: Storage, names: dict[VersionKey, str], entries: list[dict], retired: set[str], run_id: str, now: str
+    store: Storage,
+    names: dict[VersionKey, str],
+    entries: list[dict],
+    retired: set[str],
+    run_id: str,
+    now: str,
+    typed: bool = False,
 ) -> list[str]:
     """Point latest/ at each finished entry (identifier, modified, download_url, title, output_path, rows, sha256,
     released, described_by; changes: a new version's change report, {path, summary}, else None). `names` holds
     every CSV distribution of the catalog: a dataset in it keeps exactly those files, whatever failed today;
     datasets not in it (retired, or invalid today) keep theirs.
+    With `typed`, each file's Parquet copy and latest/hospitals.duckdb too (pipeline/latest_typed.py).
     Returns a note for each file that could not be updated."""
     with store.lock(LATEST):  # one publisher at a time, whichever run it closes
-        return _publish(store, names, entries, retired, run_id, now)
+        return _publish(store, names, entries, retired, run_id, now, typed)
 
 
-def _publish(store: Storage, names, entries, retired, run_id, now) -> list[str]:
+def _publish(store: Storage, names, entries, retired, run_id, now, typed: bool) -> list[str]:
     old, problem = store.read_json(join(LATEST, MANIFEST))
     notes = [f"latest/{MANIFEST} {problem}; rebuilt from this run's catalog"] if problem else []
     datasets = {d["path"]: d for d in (old or {"datasets": []})["datasets"]}
     if problem := _index_problem(store.read_bytes(join(LATEST, INDEX)), len(datasets) if old else None):
         notes.append(f"latest/{INDEX} {problem}; written again")
     sizes = store.sizes(LATEST, fresh=True)
+    old_rows, published = dict(datasets), {}
     for entry in entries:
         name = names[VersionKey(entry["identifier"], entry["modified"], entry["download_url"])]
         current, size = datasets.get(name), sizes.get(name)
@@ -96,6 +105,7 @@ def _publish(store: Storage, names, entries, retired, run_id, now) -> list[str]:
             if current is None or current["sha256"] != entry["sha256"]
             else current.get("updated_run", run_id),
         }
+        published[name] = entry
     in_catalog = {key.identifier for key in names}
     for name, item in list(datasets.items()):
         if item["identifier"] in in_catalog and name not in names.values():  # the catalog no longer lists it
@@ -109,8 +119,17 @@ def _publish(store: Storage, names, entries, retired, run_id, now) -> list[str]:
                 )
     for item in datasets.values():
         item["retired"] = item["identifier"] in retired
+    database = (old or {}).get("database")
+    if typed:
+        typed_notes, database = latest_typed.publish_typed(store, datasets, old_rows, published, sizes, database)
+        notes += typed_notes
+    elif database is not None:
+        notes += latest_typed.withdraw_typed(store, datasets, sizes)
+        database = None
     rows = sorted(datasets.values(), key=lambda d: d["path"])
     manifest = {"generated_at": now, "run_id": run_id, "datasets": rows}
+    if database is not None:
+        manifest["database"] = database
     for name, write in ((MANIFEST, _json_writer(manifest)), (INDEX, _index_writer(rows))):
         try:
             store.write_file(join(LATEST, name), write)
@@ -162,17 +181,19 @@ def check_hashes(store: Storage) -> tuple[list[str], int]:
     publish puts its version back. Returns a note for each, and how many files were hashed."""
     manifest, _ = store.read_json(join(LATEST, MANIFEST))
     notes, hashed, present = [], 0, store.sizes(LATEST, fresh=True)
-    for item in (manifest or {}).get("datasets", []):
-        if item["path"] not in present:
+    files = [(item["path"], item["sha256"]) for item in (manifest or {}).get("datasets", [])]
+    files += [(p["path"], p["sha256"]) for item in (manifest or {}).get("datasets", []) if (p := item.get("parquet"))]
+    for path, sha256 in files:
+        if path not in present:
             continue
         hashed += 1
-        key = join(LATEST, item["path"])
-        if file_sha256(store, key) != item["sha256"]:
+        key = join(LATEST, path)
+        if file_sha256(store, key) != sha256:
             try:
                 store.remove(key)
-                notes.append(f"latest/{item['path']} does not match latest.json's sha256; put back")
+                notes.append(f"latest/{path} does not match latest.json's sha256; put back")
             except OSError as exc:
-                notes.append(_cannot(item["path"], exc, "bytes that differ from its version"))
+                notes.append(_cannot(path, exc, "bytes that differ from its version"))
     return notes, hashed
 
 

@@ -6,7 +6,8 @@ relative to the data folder (pipeline/storage/ maps them to files or objects).
 <data>/reports/<run_id>.json               the run report
 <data>/reports/plan-<run_id>.json          a dry run's plan
 <data>/datasets/<identifier>/<modified>-<url fingerprint>/
-    source.csv  source.scan.json  normalized.csv  header_map.json
+    source.csv  source.scan.json  normalized.csv  header_map.json  changes.csv  changes.json
+    normalized.parquet  dictionary.json      (with [analytics] parquet = true)
     (normalized.staged: on disk, the normalized file written during the download, until Normalize moves it in
     place; Storage.staged)
 """
@@ -87,3 +88,13 @@ def changes_json(version: str) -> str:
 def changes_csv(version: str) -> str:
     """The change report's changed cells: the key's columns, column, old, new."""
     return _in(version, "changes.csv")
+
+
+def normalized_parquet(version: str) -> str:
+    """The typed copy of normalized.csv (`[analytics] parquet`): written first, vouched for by dictionary.json."""
+    return _in(version, "normalized.parquet")
+
+
+def dictionary_json(version: str) -> str:
+    """The typed file's data dictionary and record (its size and sha256, the normalized file's sha256): last."""
+    return _in(version, "dictionary.json")

@@ -1,6 +1,7 @@
 """Before the `luigi` command schedules anything: a configuration must have been found, the data folder must
 be a folder or an s3:// URL (any other URL would become a folder named after its scheme; object storage needs a
-run log given), a run log on PostgreSQL must be reachable, and so must a bucket.
+run log given), typed files asked for need DuckDB installed (the `analytics` extra), a run log on PostgreSQL
+must be reachable, and so must a bucket.
 
 Luigi reads ./luigi.cfg (the current folder) or the files named by LUIGI_CONFIG_PATH. Started elsewhere
 (cron starts in $HOME, Task Scheduler in System32) it finds none, falls back to a central scheduler on
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import luigi.configuration
 
-from pipeline import config_path, processes, run_lock
+from pipeline import config_path, processes, run_lock, typed_version
 from pipeline.runlog import RunLog
 from pipeline.runlog_engines import RunLogUnavailable, RunLogUrlError, SchemaTooNew, engine_for, url
 from pipeline.storage import StorageError, data_dir_problem, normalized_data_dir, open_storage
@@ -136,6 +137,12 @@ def runlog_url(argv: list[str]) -> str:
     return _option(argv, ("--runlog-url",), luigi.configuration.get_config().get("runlog", "url", ""))
 
 
+def analytics_message(argv: list[str]) -> str | None:
+    """`[analytics] parquet = true` (or --analytics-parquet) without DuckDB: the extra to install, before any run."""
+    on = "--analytics-parquet" in argv or luigi.configuration.get_config().getboolean("analytics", "parquet", False)
+    return f"pipeline: {problem}" if on and (problem := typed_version.duckdb_missing()) else None
+
+
 def runlog_message(argv: list[str]) -> str | None:
     try:
         if url.engine(target := runlog_url(argv)) != "postgresql":
@@ -154,7 +161,9 @@ def problem(argv: list[str]) -> tuple[int, str] | None:
     """The first start-up check that fails, as (exit code, line); also for pipeline/shared_run.py. A relative
     data_dir from a config file is made absolute first, beside that file."""
     anchor_data_dir(argv)
-    if message := config_path.problem() or missing_config_message(argv) or data_dir_message(argv):
+    if message := (
+        config_path.problem() or missing_config_message(argv) or data_dir_message(argv) or analytics_message(argv)
+    ):
         return NO_CONFIG, message
     if message := runlog_message(argv):
         return RUNLOG_UNAVAILABLE, message

