@@ -180,6 +180,9 @@ class S3Server:
             f"-ip.bind={self.address}",
             *(f"-{name}={port}" for name, port in self.ports.items()),
             f"-bucket={self.bucket}",
+            # Each bucket is a collection with a volume of its own, and the default count is the free disk over the
+            # volume size (64 on a 66 GB disk): the suite's buckets would run out ("no free volumes", HTTP 500).
+            "-volume.max=2000",
             "-s3.autoCreateBucket=false",  # as AWS: a PUT to a missing bucket is NoSuchBucket, not a new bucket
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",

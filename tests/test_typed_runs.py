@@ -235,7 +235,7 @@ def test_a_no_op_run_does_not_even_import_duckdb(site, typed, tmp_path):
     assert ran.stdout.splitlines()[-1] == "True False"  # succeeded, and DuckDB never imported
 
 
-def test_every_dataset_typed_in_other_worker_processes_gets_its_latest_parquet_and_view(site, data, typed):
+def test_every_dataset_typed_by_tasks_side_by_side_gets_its_latest_parquet_and_view(site, data, typed):
     identifiers = ["aaaa-0001", "bbbb-0002", "cccc-0003", "dddd-0004"]
     for n, identifier in enumerate(identifiers):
         site.dataset(identifier, "2025-07-01", {"Timely.csv": body(FACILITY, OLD_ROWS[: 4 + n])})
