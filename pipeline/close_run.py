@@ -20,6 +20,7 @@ import logging
 
 from pipeline import latest, layout, notify
 from pipeline.catalog import Catalog
+from pipeline.console import say
 from pipeline.report import COUNTS, build_report, summary_lines, tally
 from pipeline.runlog import RunLog, now
 from pipeline.storage import Storage, parent
@@ -82,7 +83,7 @@ def _finish(store: Storage, log: RunLog, run_id: str, report: dict, record, by_w
         return
     record(path)
     if not by_wrapper:
-        print("\n".join(summary_lines(report, path)), flush=True)
+        say("\n".join(summary_lines(report, path)))
 
 
 def add_told(log: RunLog, run_id: str, report: dict, notes: list[str]) -> None:

@@ -178,14 +178,8 @@ class PostgresEngine:
                 _close(db)
                 if not (reused and attempt == 1):  # a fresh connection that fails is a real failure
                     raise self._fail(exc, "lost the connection") from None
-                self._drop_idle()  # the server restarted: the pool's other connections are as broken
+                close_idle(self.url)  # the server restarted: the pool's other connections are as broken
         raise AssertionError("unreachable")
-
-    def _drop_idle(self) -> None:
-        with _POOL:
-            idle = _IDLE.pop((os.getpid(), self.url), [])
-        for conn in idle:
-            _close(conn)
 
     @contextmanager
     def _session(self, begin: tuple[str, ...]) -> Iterator[_Connection]:
@@ -253,11 +247,12 @@ class PostgresEngine:
             yield db if _version(db) else None
 
 
-def close_idle() -> None:
-    """Close the idle connections of this process's pools: a worker's run is over (pipeline/task_threads.py);
-    the next operation opens what it needs."""
+def close_idle(url: str | None = None) -> None:
+    """Close the idle connections of this process's pool for `url`, or of all its pools: a worker's run is over
+    (pipeline/task_threads.py); the next operation opens what it needs."""
     with _POOL:
-        idle = [conn for key in [key for key in _IDLE if key[0] == os.getpid()] for conn in _IDLE.pop(key)]
+        mine = [key for key in _IDLE if key[0] == os.getpid() and url in (None, key[1])]
+        idle = [conn for key in mine for conn in _IDLE.pop(key)]
     for conn in idle:
         _close(conn)
 
