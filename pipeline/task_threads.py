@@ -148,6 +148,8 @@ class ThreadWorker(luigi.worker.Worker):
 
     def _create_task_process(self, task):
         process = super()._create_task_process(task)
+        if _in_a_thread(task):
+            process.check_complete = _complete_afresh
         if _in_a_thread(task) and process.timeout_time is None:
             process.__class__ = TaskThread  # Luigi's runner as Luigi made it, started as a thread
             process.use_multiprocessing = True  # so the worker calls start(), not run() in its own loop
@@ -159,6 +161,14 @@ def _in_a_thread(task) -> bool:
     from pipeline.tasks import RunTask  # the tasks module imports this one's users
 
     return isinstance(task, RunTask)
+
+
+def _complete_afresh(requirement) -> bool:
+    """Luigi's check of a task's requirements just before it runs the task. The job's tasks answer complete() from
+    the run's listing of a bucket, which cannot show what another machine's worker made since (a shared run: the
+    scheduler gives this worker a task whose requirement an assistant ran); what it calls unfinished is asked of
+    the store itself (`RunTask.complete_afresh`), or the task would fail on a requirement that is there."""
+    return getattr(requirement, "complete_afresh", requirement.complete)()
 
 
 def _create_worker(self, scheduler, worker_processes, assistant=False):

@@ -74,6 +74,11 @@ class RunTask(luigi.Task):
         self.store  # noqa: B018 - object storage without a run log stops here, before a SQLite file is made
         return RunLog(layout.runlog_db(Path(self.data_dir)), self.runlog_url)
 
+    def complete_afresh(self) -> bool:
+        """complete() as the store answers it now, not the run's listing: asked of a task's requirements just
+        before the task runs (pipeline/task_threads.py)."""
+        return self.complete()
+
     def close_run_if_complete(self) -> None:
         """Called by every task that may settle the run's last item; pipeline/close_run.py has the protocol."""
         keep = self.config.retention.keep_versions
@@ -347,6 +352,9 @@ class DownloadCsv(VersionTask):
     def complete(self):
         return check_version(self.store, self.folder).source_whole  # not merely there: the size its scan recorded
 
+    def complete_afresh(self):
+        return self.complete() or check_version(self.store, self.folder, fresh=True).source_whole
+
     def run(self):
         self._luigid()
         store = self.store
@@ -581,7 +589,9 @@ class HospitalsDaily(RunTask):
             message, percent = progress_line(*self.runlog().progress(self.run_id))
             self.set_status_message(message)
             self.set_progress_percentage(percent)
-        store.prefetch("datasets")  # Luigi checks every child's complete() here, in this process: one listing
+        # Luigi checks every child's complete() here, in this process: one listing, made now (once the children
+        # are done, it must show what the assistants of a shared run made since the catalog's listing).
+        store.prefetch("datasets", fresh=True)
         yield children
         self.runlog().settle_queued(self.run_id)
         self.close_run_if_complete()

@@ -287,7 +287,8 @@ def test_a_run_closed_by_an_assistant_started_before_the_overlay_gained_mail_and
     out = output(job_log)
     assert code == 30, out + output(assistant_log)
     helped = [line for line in output(assistant_log).splitlines() if "/8] ds0" in line or "HTTP 404" in line]
-    assert helped, "the assistant settled versions of the run"
+    assert helped, "the assistant settled no version of the run:\n" + output(assistant_log) + out
+    assert len(run.mail.mails) == 1, "\n\n".join(text(mail) for mail in run.mail.mails) + output(assistant_log) + out
     [received] = run.mail.mails
     assert received["Subject"].startswith("HospitalsDaily run edited failed: 8 discovered, 6 downloaded")
     assert text(received).count("  FAILED ds0") == 2

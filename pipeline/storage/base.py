@@ -66,8 +66,9 @@ class Storage(ABC):
         """Whether `sizes(folder)` would answer from a listing made earlier in this process (object storage)."""
         return False
 
-    def prefetch(self, folder: str) -> None:  # noqa: B027 - a local folder is its own listing
-        """One listing of everything under `folder` that later `sizes` calls in this process answer from."""
+    def prefetch(self, folder: str, fresh: bool = False) -> None:  # noqa: B027 - a local folder is its own listing
+        """One listing of everything under `folder` that later `sizes` calls in this process answer from (one
+        made earlier in this run does, unless `fresh`)."""
 
     def size(self, key: str) -> int | None:
         return self.sizes(parent(key)).get(PurePosixPath(key).name)

@@ -154,13 +154,17 @@ class S3Storage(Storage):
         with self._cache:
             return self._covered(folder)
 
-    def prefetch(self, folder: str) -> None:
+    def prefetch(self, folder: str, fresh: bool = False) -> None:
         with self._cache:
-            if self._covered(folder):
+            if self._covered(folder) and not fresh:
                 return
             at = time.monotonic()
+            listed: dict[str, dict[str, int]] = {}
             for key, size in self._list(folder, recursive=True):
-                self._tree.setdefault(parent(key), {})[PurePosixPath(key).name] = size
+                listed.setdefault(parent(key), {})[PurePosixPath(key).name] = size
+            for known in [f for f in self._tree if f == folder or f.startswith(f"{folder}/")]:
+                del self._tree[known]  # what was deleted since an earlier listing is gone from this one
+            self._tree.update(listed)
             self._listed[folder] = at
 
     def sizes(self, folder: str, fresh: bool = False) -> dict[str, int]:
