@@ -14,7 +14,7 @@ relative to the data folder (pipeline/storage/ maps them to files or objects).
 
 import hashlib
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 _UNSAFE = re.compile(r"[^a-z0-9_-]+")
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
@@ -41,7 +41,7 @@ def version_dir(identifier: str, modified: str, url: str, revision: str = "") ->
 
 
 def _in(version: str, name: str) -> str:
-    return str(PurePosixPath(version) / name)
+    return f"{version}/{name}"  # a version folder as version_dir() makes it: no trailing slash to normalize
 
 
 def source_csv(version: str) -> str:

@@ -143,7 +143,9 @@ class FetchCatalog(RunTask):
             up_to_date, replaced, verify_notes = self._verify(up_to_date, known)
             queued += replaced
             notes.update(verify_notes)
-        snapshot = json_text(replace(catalog, versions=queued + [v for v, _ in up_to_date]).to_json())  # once
+        # The plan too: the first `queued` versions are the run's work, the rest were found finished above.
+        planned = replace(catalog, versions=queued + [v for v, _ in up_to_date])
+        snapshot = json_text({**planned.to_json(), "queued": len(queued)})  # made once
         log.plan_run(self.run_id, queued, up_to_date, catalog.invalid, snapshot)
         for version, note in notes.items():
             log.note(self.run_id, version, note)
@@ -581,17 +583,15 @@ class HospitalsDaily(RunTask):
         snapshot, problem = store.read_json(layout.catalog_snapshot(self.run_id))
         if snapshot is None:
             raise OSError(f"{store.location(layout.catalog_snapshot(self.run_id))}: {problem or 'is missing'}")
-        catalog = Catalog.from_json(snapshot)
-        children = [
-            NormalizeCsv.for_version(self, version, wrapper_task_id=self.task_id) for version in catalog.versions
-        ]
+        # The versions FetchCatalog queued; those it found finished, it has just checked (a no-op day yields none).
+        queued = Catalog.from_json(snapshot).versions[: snapshot.get("queued")]
+        children = [NormalizeCsv.for_version(self, version, wrapper_task_id=self.task_id) for version in queued]
         if self.set_status_message:  # the run log knows what is done: no second pass over the children's files
             message, percent = progress_line(*self.runlog().progress(self.run_id))
             self.set_status_message(message)
             self.set_progress_percentage(percent)
-        # Luigi checks every child's complete() here, in this process: one listing, made now (once the children
-        # are done, it must show what the assistants of a shared run made since the catalog's listing).
-        store.prefetch("datasets", fresh=True)
+        if children:  # Luigi checks each one's complete() here, in this process: one listing, made now (once they
+            store.prefetch("datasets", fresh=True)  # are done, it must show what a shared run's assistants made)
         yield children
         self.runlog().settle_queued(self.run_id)
         self.close_run_if_complete()

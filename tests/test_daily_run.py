@@ -8,8 +8,10 @@ import json
 import threading
 from pathlib import Path
 
+import luigi
 import pytest
 
+from pipeline.tasks import NormalizeCsv
 from tests.fixtures import HEADER_IPF, HEADER_OAS_CAHPS, HEADER_UNQUOTED_LF, HEADER_WITH_COMMA, csv_bytes, quoted_rows
 from tests.harness import CATALOG_PATH, Site, by_identifier, query, run_daily
 
@@ -121,6 +123,31 @@ def test_second_run_makes_no_file_request(site, server, tmp_path, data):
     assert ok and server.paths() == [CATALOG_PATH]
     assert report["counts"]["up_to_date"] == 5 and report["counts"]["downloaded"] == 0
     assert query(data.runlog_dir, "SELECT count(*), count(DISTINCT status) FROM runs") == [(2, 1)]
+
+
+def test_a_day_with_one_new_version_gives_luigi_that_version_alone(site, server, data):
+    """The catalog task checks every version's files; HospitalsDaily yields the queued versions alone, so Luigi
+    (and luigid's UI) is given the day's work, not a task per finished version to check again."""
+    small_site(site)
+    assert run_daily(site, data.dir)[0]
+    site.dataset("48nr-hqxx", "2025-05-01", {"OAS.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(12, 5, "new"))})
+    given = []
+
+    def found_done(task):
+        given.append(("found done", task.identifier))
+
+    def started(task):
+        given.append(("started", task.identifier))
+
+    NormalizeCsv.event_handler(luigi.Event.DEPENDENCY_PRESENT)(found_done)
+    NormalizeCsv.event_handler(luigi.Event.START)(started)
+    try:
+        ok, report = run_daily(site, data.dir)
+    finally:
+        NormalizeCsv._event_callbacks[NormalizeCsv][luigi.Event.DEPENDENCY_PRESENT].discard(found_done)
+        NormalizeCsv._event_callbacks[NormalizeCsv][luigi.Event.START].discard(started)
+    assert ok and (report["counts"]["downloaded"], report["counts"]["up_to_date"]) == (1, 4)
+    assert given == [("started", "48nr-hqxx")]
 
 
 @pytest.mark.parametrize(
