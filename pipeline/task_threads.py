@@ -18,6 +18,9 @@ How
   outside), keep Luigi's process.
 * `LockedScheduler` serializes every call into Luigi's in-process scheduler, which is not thread-safe: the
   worker's loop, its keep-alive thread and the task threads' status reports share it.
+* Luigi's check of a task's requirements, just before it runs the task, asks each one `complete_afresh()`
+  (pipeline/tasks.py): the tasks share the run's bucket listing, which cannot show what an assistant on another
+  machine made since.
 * What the tasks share is made for threads where they share it: one Storage (one boto3 client, one listing) per
   data folder and process (pipeline/storage/__init__.py, s3.py), a pool of run-log connections on PostgreSQL
   (pipeline/runlog_engines/postgres.py; SQLite opens one per operation), whole progress lines (pipeline/report.py).
@@ -148,9 +151,10 @@ class ThreadWorker(luigi.worker.Worker):
 
     def _create_task_process(self, task):
         process = super()._create_task_process(task)
-        if _in_a_thread(task):
-            process.check_complete = _complete_afresh
-        if _in_a_thread(task) and process.timeout_time is None:
+        if not _in_a_thread(task):
+            return process
+        process.check_complete = _complete_afresh
+        if process.timeout_time is None:
             process.__class__ = TaskThread  # Luigi's runner as Luigi made it, started as a thread
             process.use_multiprocessing = True  # so the worker calls start(), not run() in its own loop
             process.result_queue = _PutBackFirst(process.result_queue, task, self._process_state)
