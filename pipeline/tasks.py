@@ -355,7 +355,10 @@ class DownloadCsv(VersionTask):
         return check_version(self.store, self.folder).source_whole  # not merely there: the size its scan recorded
 
     def complete_afresh(self):
-        return self.complete() or check_version(self.store, self.folder, fresh=True).source_whole
+        if self.complete():
+            return True
+        check = check_version(self.store, self.folder, fresh=True)
+        return check.source_whole or check.complete  # finished elsewhere, its source dropped ([retention])
 
     def run(self):
         self._luigid()

@@ -210,28 +210,36 @@ def test_another_luigi_release_or_the_switch_keeps_a_process_per_task(monkeypatc
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("drop_source", [False, True])
 def test_a_version_another_machine_downloaded_after_this_process_listed_the_bucket_is_there_for_its_next_task(
-    site, s3, bucket_data, tmp_path
+    site, s3, bucket_data, tmp_path, luigi_setting, drop_source
 ):
     """A shared run: this process listed the bucket as the run started, then an assistant's worker downloaded a
     version, and the scheduler gives this worker the version's NormalizeCsv. The listing cannot show the
     download; Luigi's check of the task's requirements, just before it runs it, asks the bucket itself (it
-    failed the dataset with "Unfulfilled dependency at run time")."""
+    failed the dataset with "Unfulfilled dependency at run time"). With `[retention] drop_source` the other machine
+    finished it and deleted its source: that counts as there too."""
     from pipeline import layout
     from pipeline.catalog import Catalog
     from pipeline.tasks import HospitalsDaily, NormalizeCsv
     from tests.harness import run_command, write_project_cfg
 
     site.dataset("sh00-hosp", "2025-04-08", {"S0.csv": csv_bytes(HEADER_OAS_CAHPS, quoted_rows(20, 5))})
+    luigi_setting("retention", "drop_source", str(drop_source).lower())
     daily = HospitalsDaily(data_dir=bucket_data.dir, run_id="shared", metastore_url=site.metastore_url)
     daily.store.prefetch("datasets")  # this machine's listing: nothing there yet
     write_project_cfg(site, tmp_path)
+    config = (tmp_path / "luigi.cfg").read_text(encoding="utf-8")
+    assert "# drop_source = false\n" in config
+    config = config.replace("# drop_source = false\n", f"drop_source = {str(drop_source).lower()}\n")
+    (tmp_path / "luigi.cfg").write_text(config, encoding="utf-8")
     other = run_command(tmp_path, "--data-dir", bucket_data.dir, "--run-id", "shared")  # the other machine
     assert other.returncode == 0, other.stdout + other.stderr
     [version] = Catalog.from_json(daily.store.read_json(layout.catalog_snapshot("shared"))[0]).versions
     normalize = NormalizeCsv.for_version(daily, version, wrapper_task_id=daily.task_id)
     [download] = luigi.task.flatten(normalize.requires())
     assert not download.complete()  # as the listing has it
+    assert bucket_data.exists(f"{normalize.folder}/source.csv") is not drop_source
 
     with ThreadWorker() as worker:
         worker._create_task_process(normalize).run()  # what the worker's start of the task runs, in this thread
