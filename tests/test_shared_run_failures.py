@@ -268,8 +268,10 @@ def test_a_run_closed_by_an_assistant_started_before_the_overlay_gained_mail_and
 ):
     """The assistant read its overlay before [email], [smtp] and [notify] were added to it; with 8 versions and
     4 of its workers against the job's 1 it settles most of them, so it usually closes the run. The mail and the
-    final ping come from the job, with the job's settings, whoever closed it."""
-    with shared(tmp_path, postgres, s3, monkeypatch, latency=0.3) as run:
+    final ping come from the job, with the job's settings, whoever closed it. A second before every response: the
+    job's one worker needs 8 s for the files alone, and the assistant asks luigid for work at most 3 s apart
+    (deploy/central.cfg's wait_interval and wait_jitter), so it always gets some."""
+    with shared(tmp_path, postgres, s3, monkeypatch, latency=1.0) as run:
         serve(run.site, 8, missing=2)
         central = run.helper / "central.cfg"
         edited = central.read_text(encoding="utf-8")
