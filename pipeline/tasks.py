@@ -38,7 +38,7 @@ from pipeline.run_files import repair_closed_runs
 from pipeline.runlog import STATS, RunLog
 from pipeline.schema_drift import diff_columns, previous_version
 from pipeline.settings import FolderParameter, RunIdParameter, RunLogUrlParameter, Settings, SettingsParameter
-from pipeline.storage import Storage, StorageError, open_storage, parent
+from pipeline.storage import Storage, StorageError, join, open_storage, parent
 from pipeline.task_threads import unwrapped
 from pipeline.typed_version import write_typed
 from pipeline.version_check import VOUCHED_BY, VersionCheck, check_version, deep_check, hash_problem, header_map_of
@@ -611,7 +611,7 @@ def inspect_version(store: Storage, folder: str, typed: bool, deep: bool = False
         damaged = deep_check(store, folder, check)
         for key in damaged:
             if voucher := VOUCHED_BY.get(PurePosixPath(key).name):  # a report or typed file as a whole, its
-                store.remove(str(PurePosixPath(key).with_name(voucher)))  # voucher first
+                store.remove(join(folder, voucher))  # voucher first
             store.remove(key)
         if not damaged:
             return check, check.problems

@@ -146,9 +146,12 @@ class S3Storage(Storage):
 
     def _covered(self, folder: str) -> bool:
         trusted = time.monotonic() - LISTING_TRUSTED
-        return any(
-            (folder == done or folder.startswith(f"{done}/")) and at > trusted for done, at in self._listed.items()
-        )
+        return any(_within(folder, done) and at > trusted for done, at in self._listed.items())
+
+    def _drop_cached(self, folder: str) -> None:
+        """The folder and everything under it out of the cache (called under its lock)."""
+        for known in [name for name in self._tree if _within(name, folder)]:
+            del self._tree[known]
 
     def cached(self, folder: str) -> bool:
         with self._cache:
@@ -162,8 +165,7 @@ class S3Storage(Storage):
             listed: dict[str, dict[str, int]] = {}
             for key, size in self._list(folder, recursive=True):
                 listed.setdefault(parent(key), {})[PurePosixPath(key).name] = size
-            for known in [f for f in self._tree if f == folder or f.startswith(f"{folder}/")]:
-                del self._tree[known]  # what was deleted since an earlier listing is gone from this one
+            self._drop_cached(folder)  # what was deleted since an earlier listing is gone from this one
             self._tree.update(listed)
             self._listed[folder] = at
 
@@ -284,8 +286,7 @@ class S3Storage(Storage):
                 cause = _cause(first["Code"], None, first["Message"])
                 raise StorageError(f"s3://{self.bucket}/{first['Key']}: {cause}")
         with self._cache:
-            for cached in [name for name in self._tree if name == folder or name.startswith(f"{folder}/")]:
-                del self._tree[cached]
+            self._drop_cached(folder)
         return sum(size for _, size in found)
 
     # -- concurrency and leftovers ------------------------------------------------------------------------
@@ -336,6 +337,10 @@ def _client_cause(exc) -> str:
     error = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return _cause(error.get("Code", "?"), status, error.get("Message", ""))
+
+
+def _within(key: str, folder: str) -> bool:
+    return key == folder or key.startswith(f"{folder}/")
 
 
 _SESSION = None
