@@ -50,7 +50,7 @@ def slow_site(server: LoopbackServer) -> Site:
 
 @pytest.mark.integration
 def test_the_versions_run_side_by_side_in_threads_of_this_process(started, tmp_path):
-    threads_before = threading.active_count()
+    threads_before = set(threading.enumerate())  # an earlier test's threads may end meanwhile: not counted
     with LoopbackServer(bandwidth=300_000) as server:  # about 0.4 s a file: downloads overlap if they can
         site = slow_site(server)
         ok, report = run_daily(site, tmp_path / "data", workers=4)
@@ -63,9 +63,9 @@ def test_the_versions_run_side_by_side_in_threads_of_this_process(started, tmp_p
     assert {thread for _, thread, _ in tasks} == {"task"}
     assert overlap >= 2
     deadline = time.monotonic() + 10  # a task's thread ends just after it reported its result
-    while threading.active_count() > threads_before and time.monotonic() < deadline:
+    while set(threading.enumerate()) - threads_before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert threading.active_count() == threads_before
+    assert set(threading.enumerate()) - threads_before == set()
 
 
 @pytest.mark.integration
